@@ -1,0 +1,52 @@
+"""eoca: ETV-optimised customer allocation.
+
+Decide which promoted fund type each user is shown so that the total expected transaction value is as
+high as possible while every fund type reaches its contracted number of users and nobody is shown a fund
+above their risk tolerance.
+"""
+
+from eoca.checks import check_allocation, dual_bound
+from eoca.errors import (
+    DemandError,
+    EocaError,
+    ETVError,
+    FileFormatError,
+    IdError,
+    RiskError,
+    SolverNotAvailableError,
+    UnknownSolverError,
+    UnsupportedFeatureError,
+    ValidationError,
+)
+from eoca.problem import AllocationProblem, Diagnosis, Shortfall
+from eoca.result import Checks, Result, Status
+from eoca.solve import solve
+from eoca.solvers import Solver, available_solvers, get_solver, register_solver
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllocationProblem",
+    "Checks",
+    "DemandError",
+    "Diagnosis",
+    "ETVError",
+    "EocaError",
+    "FileFormatError",
+    "IdError",
+    "Result",
+    "RiskError",
+    "Shortfall",
+    "Solver",
+    "SolverNotAvailableError",
+    "Status",
+    "UnknownSolverError",
+    "UnsupportedFeatureError",
+    "ValidationError",
+    "available_solvers",
+    "check_allocation",
+    "dual_bound",
+    "get_solver",
+    "register_solver",
+    "solve",
+]

@@ -1,0 +1,133 @@
+"""The one independent checker every allocation goes through, and the Lagrangian bound.
+
+Nothing here is shared with any solver: counts, risk rule and objective are recomputed from the problem's
+arrays, and the bound is evaluated from the dual formula for whatever prices are given.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numba
+import numpy as np
+import xarray as xr
+
+from eoca.errors import ValidationError
+from eoca.problem import FUND, AllocationProblem, CompiledProblem
+from eoca.result import Checks
+
+if TYPE_CHECKING:
+    from eoca.result import Result
+
+__all__ = ["check_allocation", "dual_bound", "codes_from_assignment"]
+
+
+@numba.njit(cache=True, nogil=True)
+def _tally(etv, user_level, fund_level, codes):  # pragma: no cover - compiled
+    n, k = etv.shape
+    counts = np.zeros(k, dtype=np.int64)
+    objective = 0.0
+    unplaced = 0
+    invalid = 0
+    risk = 0
+    for i in range(n):
+        j = codes[i]
+        if j < 0:
+            if j == -1:
+                unplaced += 1
+            else:
+                invalid += 1
+            continue
+        if j >= k:
+            invalid += 1
+            continue
+        counts[j] += 1
+        objective += etv[i, j]
+        if user_level[i] < fund_level[j]:
+            risk += 1
+    return counts, objective, unplaced, invalid, risk
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_reduced(etv, user_level, fund_level, prices, holdout):  # pragma: no cover - compiled
+    n, k = etv.shape
+    total = 0.0
+    for i in range(n):
+        best = 0.0 if holdout else -np.inf
+        for j in range(k):
+            if user_level[i] >= fund_level[j]:
+                v = etv[i, j] - prices[j]
+                if v > best:
+                    best = v
+        total += best
+    return total
+
+
+def codes_from_assignment(problem: AllocationProblem, assignment: xr.DataArray) -> np.ndarray:
+    """Turn a labelled assignment (fund id per user, missing for none) into fund codes (-1 for none)."""
+    if not isinstance(assignment, xr.DataArray) or assignment.dims != ("user",):
+        raise ValidationError("assignment", "expected a DataArray over ('user',) holding fund ids")
+    assignment = assignment.reindex(user=problem.users)
+    values = assignment.to_pandas()
+    codes = problem.funds.get_indexer(values.to_numpy())
+    missing = values.isna().to_numpy()
+    codes = np.where(missing, -1, np.where(codes < 0, -2, codes))
+    return codes.astype(np.int32)
+
+
+def check_allocation(problem: AllocationProblem, codes: np.ndarray | xr.DataArray) -> Checks:
+    """Check an allocation against every rule of ``problem``.
+
+    Parameters
+    ----------
+    problem : AllocationProblem
+    codes : ndarray of int, shape (n_users,), or DataArray over "user" of fund ids
+        Fund index per user, -1 for no fund (other negative values count as invalid).
+
+    Returns
+    -------
+    Checks
+    """
+    if isinstance(codes, xr.DataArray):
+        codes = codes_from_assignment(problem, codes)
+    c = problem.compile()
+    codes = np.ascontiguousarray(codes, dtype=np.int32)
+    if codes.shape != (c.n_users,):
+        raise ValidationError("assignment", f"expected {c.n_users} entries, one per user; got shape {codes.shape}")
+    counts, objective, unplaced, invalid, risk = _tally(c.etv, c.user_level, c.fund_level, codes)
+    miss = np.where(counts > c.demand_max, counts - c.demand_max, np.where(counts < c.demand_min, counts - c.demand_min, 0))
+    if c.holdout:
+        unplaced = 0
+    funds = problem.funds
+    checks = Checks(
+        ok=bool(unplaced == 0 and invalid == 0 and risk == 0 and not miss.any()),
+        unplaced=int(unplaced),
+        demand_misses=int(np.abs(miss).sum()),
+        risk_violations=int(risk),
+        invalid=int(invalid),
+        counts=xr.DataArray(counts, dims=(FUND,), coords={FUND: funds}, name="users"),
+        miss_per_fund=xr.DataArray(miss.astype(np.int64), dims=(FUND,), coords={FUND: funds}, name="miss"),
+        objective=float(objective),
+    )
+    return checks
+
+
+def dual_bound(compiled: CompiledProblem, prices: np.ndarray) -> float:
+    """Lagrangian dual value for fund prices: an upper bound on the optimum for *any* prices.
+
+    ``sum_i max(0 if holdout else -inf, max_{j eligible} etv[i, j] - prices[j])
+    + sum_j (prices[j] * demand_max[j] if prices[j] >= 0 else prices[j] * demand_min[j])``.
+    At optimal prices it equals the optimum (the problem is a transportation problem, so LP duality is
+    exact).
+    """
+    prices = np.ascontiguousarray(prices, dtype=np.float64)
+    if prices.shape != (compiled.n_funds,) or not np.isfinite(prices).all():
+        raise ValidationError("prices", f"expected {compiled.n_funds} finite prices; got {prices!r}")
+    users = _best_reduced(compiled.etv, compiled.user_level, compiled.fund_level, prices, compiled.holdout)
+    funds = np.where(prices >= 0, prices * compiled.demand_max, prices * compiled.demand_min).sum()
+    return float(users + funds)
+
+
+def recount(result: Result) -> Checks:
+    """Re-run the checker on a result (what :func:`eoca.testing.assert_valid_result` relies on)."""
+    return check_allocation(result.problem, result.codes)

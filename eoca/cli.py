@@ -1,0 +1,146 @@
+"""The ``eoca`` command line: solve a scenario file, list solvers."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from eoca.errors import EocaError, ValidationError
+from eoca.problem import AllocationProblem
+from eoca.result import Result
+
+__all__ = ["main", "load_scenario", "format_result"]
+
+
+def _parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValidationError(what, f"expected NAME=VALUE; got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
+
+
+def load_scenario(path: str | Path, **params: Any) -> AllocationProblem:
+    """Load a scenario file: a Python file that defines ``build(**params) -> AllocationProblem``
+    (preferred, so sizes can be set from the command line) or a module-level ``problem``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no scenario file at {path}")
+    namespace = runpy.run_path(str(path))
+    if "build" in namespace:
+        problem = namespace["build"](**params)
+    elif "problem" in namespace:
+        if params:
+            raise ValidationError("--param", f"{path} defines no build() function, so it takes no parameters")
+        problem = namespace["problem"]
+    else:
+        raise ValidationError("scenario", f"{path} must define build(**params) or a `problem` variable")
+    if not isinstance(problem, AllocationProblem):
+        raise ValidationError("scenario", f"{path} produced {type(problem).__name__}, not an AllocationProblem")
+    return problem
+
+
+def format_result(result: Result) -> str:
+    """The summary the command line prints: headline figures, then one row per fund."""
+    gap = result.gap
+    lines = [
+        f"problem    {result.problem.name or '(unnamed)'}: {result.problem.n_users:,} users x {result.problem.n_funds} funds",
+        f"solver     {result.solver}",
+        f"status     {result.status.value}",
+        f"objective  {result.objective:,.2f}",
+        f"bound      {result.bound:,.2f}" + (f"   gap {gap:.4%}" if np.isfinite(gap) else ""),
+        f"checks     {result.checks.describe()}",
+        "seconds    " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()),
+    ]
+    if result.message:
+        lines.append(f"message    {result.message}")
+    table = result.summary()
+    cols = {"users": "users", "demand_min": "min", "demand_max": "max", "miss": "miss", "etv": "ETV", "risk": "risk"}
+    shown = table.rename(columns=cols)
+    if "price" in shown:
+        shown = shown.rename(columns={"price": "price"})
+    formatters = {"ETV": "{:,.2f}".format, "price": "{:,.4f}".format}
+    lines += ["", shown.to_string(formatters=formatters)]
+    if result.prices is not None:
+        lines += [
+            "",
+            "price: the ETV the optimum loses if the fund's contract takes one more user (and gains if one fewer).",
+        ]
+    return "\n".join(lines)
+
+
+def _cmd_solve(args: argparse.Namespace) -> int:
+    from eoca.io import save_problem, save_result
+    from eoca.solve import solve
+
+    problem = load_scenario(args.scenario, **_parse_pairs(args.param, "--param"))
+    result = solve(problem, solver=args.solver, **_parse_pairs(args.option, "--option"))
+    print(format_result(result))
+    if args.out:
+        out = Path(args.out)
+        save_result(result, out, format=args.format)
+        if args.save_problem:
+            save_problem(problem, out / "problem.nc")
+        print(f"\nwrote {out}")
+    return 0 if result.ok else 1
+
+
+def _cmd_solvers(args: argparse.Namespace) -> int:
+    from eoca.solvers.base import registered_solvers
+
+    rows = []
+    for name, cls in registered_solvers().items():
+        rows.append({
+            "solver": name,
+            "available": "yes" if cls.available() else f"no ({cls.install_hint})",
+            "supports": ", ".join(sorted(cls.supports)) or "-",
+            "options": ", ".join(f"{k}={v!r}" for k, v in cls.options.items()) or "-",
+            "description": cls.description,
+        })
+    print(pd.DataFrame(rows).to_string(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eoca", description="ETV-optimised customer allocation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("solve", help="solve a scenario file from problems/")
+    p.add_argument("scenario", help="Python file defining build(**params) or `problem`")
+    p.add_argument("--solver", default="exact", help="solver name (see `eoca solvers`); default exact")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="scenario parameter")
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="solver option")
+    p.add_argument("--out", help="directory for assignment and summary.json")
+    p.add_argument("--format", default="parquet", choices=["parquet", "csv"], help="assignment file format")
+    p.add_argument("--save-problem", action="store_true", help="also write problem.nc into --out")
+    p.set_defaults(func=_cmd_solve)
+
+    p = sub.add_parser("solvers", help="list the registered solvers")
+    p.set_defaults(func=_cmd_solvers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (EocaError, FileNotFoundError) as exc:
+        print(f"eoca: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

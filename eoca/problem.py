@@ -1,0 +1,476 @@
+"""The allocation problem users declare: pure data, validated once, never mutated by solving."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from eoca.errors import DemandError, ETVError, IdError, RiskError, show_values
+
+__all__ = ["USER", "FUND", "AllocationProblem", "CompiledProblem", "Diagnosis", "Shortfall"]
+
+USER = "user"
+FUND = "fund"
+DIMS = (USER, FUND)
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledProblem:
+    """The array form every solver works on; produced once by :class:`AllocationProblem`.
+
+    Attributes
+    ----------
+    etv : ndarray of float64, shape (n_users, n_funds)
+        Read-only view of the ETV grid (never a copy when the grid already is C-contiguous float64).
+    user_level : ndarray of int32, shape (n_users,)
+        Each user's risk tolerance as a code on the shared ordinal risk scale.
+    fund_level : ndarray of int32, shape (n_funds,)
+        Each fund's risk level as a code on the same scale. User i may get fund j iff
+        ``user_level[i] >= fund_level[j]``.
+    demand_min, demand_max : ndarray of int64, shape (n_funds,)
+        Bounds on the number of users each fund receives (equal for an exact demand).
+    holdout : bool
+        Whether a user may receive no fund.
+    """
+
+    etv: np.ndarray
+    user_level: np.ndarray
+    fund_level: np.ndarray
+    demand_min: np.ndarray
+    demand_max: np.ndarray
+    holdout: bool
+    n_levels: int
+
+    @property
+    def n_users(self) -> int:
+        return int(self.etv.shape[0])
+
+    @property
+    def n_funds(self) -> int:
+        return int(self.etv.shape[1])
+
+    @property
+    def exact_demands(self) -> bool:
+        return bool(np.array_equal(self.demand_min, self.demand_max))
+
+    def eligible(self, users: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """Boolean (users, funds) mask of the pairs the risk rule allows; built on demand, never stored."""
+        return self.user_level[users, None] >= self.fund_level[None, :]
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """One reason a problem is infeasible, in the terms of the delivery contract."""
+
+    level: Any
+    kind: str  # "risk" (too few users tolerate this level) or "capacity" (too few places below it)
+    available: int
+    required: int
+
+    @property
+    def short_by(self) -> int:
+        return self.required - self.available
+
+    def describe(self) -> str:
+        if self.kind == "risk":
+            return (
+                f"risk level {self.level!r} and above: funds need at least {self.required} users but only "
+                f"{self.available} users tolerate that risk (short by {self.short_by})"
+            )
+        return (
+            f"below risk level {self.level!r}: {self.required} users tolerate only lower risk but funds "
+            f"below that level take at most {self.available} (short by {self.short_by} places; "
+            f"raise those funds' maximum or pass holdout=True)"
+        )
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Whether a problem has any allocation meeting every contract and risk rule, and if not, why."""
+
+    feasible: bool
+    shortfalls: tuple[Shortfall, ...] = field(default_factory=tuple)
+
+    @property
+    def message(self) -> str:
+        if self.feasible:
+            return "feasible: every demand can be met within the risk rule"
+        return "infeasible: " + "; ".join(s.describe() for s in self.shortfalls)
+
+    def __bool__(self) -> bool:
+        return self.feasible
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _scalar(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _as_grid(etv: Any) -> xr.DataArray:
+    if isinstance(etv, pd.DataFrame):
+        etv = xr.DataArray(
+            etv.to_numpy(),
+            dims=DIMS,
+            coords={USER: etv.index.to_numpy(), FUND: etv.columns.to_numpy()},
+            name="etv",
+        )
+    if not isinstance(etv, xr.DataArray):
+        raise ETVError(
+            "etv",
+            f"expected an xarray.DataArray with dims {DIMS} or a pandas DataFrame (users as rows, funds as "
+            f"columns); got {type(etv).__name__}",
+        )
+    if set(etv.dims) != set(DIMS) or etv.ndim != 2:
+        raise ETVError("etv", f"dims must be {DIMS}; got {tuple(etv.dims)}")
+    if etv.dims != DIMS:
+        etv = etv.transpose(*DIMS)
+    for dim in DIMS:
+        if dim not in etv.coords:
+            raise IdError(f"etv.{dim}", f"the grid needs a {dim!r} coordinate holding the {dim} ids")
+    return etv
+
+
+def _check_ids(index: pd.Index, field_name: str) -> None:
+    if index.has_duplicates:
+        dup = index[index.duplicated()].unique()
+        raise IdError(field_name, f"ids must be unique; duplicated: {show_values(dup)}")
+    if index.hasnans:
+        raise IdError(field_name, "ids must not be missing (NaN/None)")
+
+
+def _grid_values(etv: xr.DataArray) -> np.ndarray:
+    values = etv.data
+    if not isinstance(values, np.ndarray):
+        values = np.asarray(values)
+    if values.dtype.kind not in "fiub":
+        raise ETVError("etv", f"values must be numeric; got dtype {values.dtype}")
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        rows, cols = np.nonzero(bad)
+        where = [(etv[USER].values[r].item(), etv[FUND].values[c].item()) for r, c in zip(rows[:5], cols[:5])]
+        raise ETVError(
+            "etv",
+            f"values must be finite; {int(bad.sum())} NaN or infinite entries at (user, fund) {show_values(where)}"
+            + (" ..." if bad.sum() > 5 else ""),
+        )
+    del bad
+    if values.size and values.min() < 0:
+        rows, cols = np.nonzero(values < 0)
+        where = [
+            (etv[USER].values[r].item(), etv[FUND].values[c].item(), float(values[r, c]))
+            for r, c in zip(rows[:5], cols[:5])
+        ]
+        raise ETVError(
+            "etv",
+            f"values must be non-negative (an expected transaction value); {len(rows)} negative entries "
+            f"(user, fund, value): {show_values(where)}",
+        )
+    return values
+
+
+def _as_series(value: Any, field_name: str, dim: str) -> pd.Series:
+    """Turn a mapping, Series or 1-d DataArray over ``dim`` into a Series indexed by id."""
+    if isinstance(value, xr.DataArray):
+        if value.dims != (dim,):
+            raise IdError(field_name, f"expected a DataArray over ({dim!r},); got dims {tuple(value.dims)}")
+        if dim not in value.coords:
+            raise IdError(field_name, f"the DataArray needs a {dim!r} coordinate holding the ids")
+        return pd.Series(value.values, index=pd.Index(value[dim].values))
+    if isinstance(value, pd.Series):
+        return value
+    if isinstance(value, Mapping):
+        return pd.Series(list(value.values()), index=pd.Index(list(value.keys())), dtype=object)
+    raise IdError(
+        field_name,
+        f"expected a mapping, a pandas Series or a DataArray over {dim!r}; got {type(value).__name__}",
+    )
+
+
+def _align(series: pd.Series, ids: pd.Index, field_name: str, dim: str, missing_error: type) -> pd.Series:
+    _check_ids(series.index, field_name)
+    extra = series.index.difference(ids)
+    missing = ids.difference(series.index)
+    if len(missing):
+        raise missing_error(field_name, f"missing for {len(missing)} {dim}(s) of the ETV grid: {show_values(missing)}")
+    if len(extra):
+        raise IdError(
+            field_name,
+            f"{len(extra)} {dim} id(s) that are not in the ETV grid's {dim!r} coordinate: {show_values(extra)}",
+        )
+    if series.index.equals(ids):
+        return series
+    return series.reindex(ids)
+
+
+def _parse_demand(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.empty(len(series), dtype=np.int64)
+    hi = np.empty(len(series), dtype=np.int64)
+    for pos, (fund, value) in enumerate(series.items()):
+        pair = value if isinstance(value, tuple | list) else (value, value)
+        if len(pair) != 2:
+            raise DemandError("demand", f"fund {fund!r}: a range is (min, max); got {value!r}")
+        for bound in pair:
+            if isinstance(bound, bool | np.bool_) or not isinstance(bound, int | np.integer | float | np.floating):
+                raise DemandError("demand", f"fund {fund!r}: demand must be a non-negative integer; got {value!r}")
+            if not np.isfinite(bound) or bound != int(bound) or bound < 0:
+                raise DemandError("demand", f"fund {fund!r}: demand must be a non-negative integer; got {value!r}")
+        lo[pos], hi[pos] = int(pair[0]), int(pair[1])
+        if lo[pos] > hi[pos]:
+            raise DemandError("demand", f"fund {fund!r}: range minimum exceeds maximum; got {value!r}")
+    return lo, hi
+
+
+def _risk_codes(fund_risk: pd.Series, user_tol: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Put fund risk levels and user tolerances on one ordinal scale: (levels, fund codes, user codes)."""
+    for field_name, s in (("risk_level", fund_risk), ("risk_tolerance", user_tol)):
+        if s.isna().any():
+            bad = s.index[s.isna().to_numpy()]
+            raise RiskError(field_name, f"missing for {len(bad)} id(s): {show_values(bad)}")
+    # factorize first: millions of users share a handful of levels, so only the distinct values are sorted
+    fund_raw, fund_distinct = pd.factorize(fund_risk, sort=False)
+    user_raw, user_distinct = pd.factorize(user_tol, sort=False)
+    distinct = pd.unique(np.concatenate([np.asarray(fund_distinct, dtype=object), np.asarray(user_distinct, dtype=object)]))
+    kinds = {
+        "number" if isinstance(v, int | float | np.number) and not isinstance(v, bool | np.bool_) else type(v).__name__
+        for v in distinct
+    }
+    if len(kinds) > 1:
+        raise RiskError(
+            "risk_level",
+            f"risk levels and tolerances must be on one scale (all numbers or all labels); got {sorted(kinds)}",
+        )
+    try:
+        levels = np.sort(np.asarray(distinct.tolist()))
+    except TypeError as exc:
+        raise RiskError("risk_level", f"risk levels and tolerances must be comparable: {exc}") from None
+    if levels.dtype.kind == "f" and not np.isfinite(levels).all():
+        raise RiskError("risk_level", f"risk levels and tolerances must be finite; got {show_values(levels)}")
+    index = pd.Index(levels)
+    fund_codes = index.get_indexer(np.asarray(fund_distinct, dtype=object)).astype(np.int32)[fund_raw]
+    user_codes = index.get_indexer(np.asarray(user_distinct, dtype=object)).astype(np.int32)[user_raw]
+    return levels, fund_codes, user_codes
+
+
+class AllocationProblem:
+    """An allocation scenario: which fund type each user is shown.
+
+    Maximise the total ETV of the users' assigned funds so that every fund reaches its contracted number
+    of users and no user gets a fund above their risk tolerance (paper eqs. 1-5).
+
+    Parameters
+    ----------
+    etv : xarray.DataArray with dims ("user", "fund"), or pandas.DataFrame
+        Expected transaction value of showing each fund to each user; coordinates hold the ids.
+        A DataFrame has users as rows and funds as columns. Values must be finite and non-negative.
+    demand : mapping, pandas.Series or DataArray over "fund"
+        Users each fund must receive: an integer, or a ``(min, max)`` range.
+    risk_level : mapping, pandas.Series or DataArray over "fund"
+        Risk level of each fund (numbers, or labels such as "R1".."R5" that sort in risk order).
+    risk_tolerance : pandas.Series indexed by user id, DataArray over "user", or mapping
+        Highest risk level each user may be shown, on the same scale as ``risk_level``.
+    holdout : bool, default False
+        Allow users to receive no fund (when demands total less than the number of users).
+    name : str, optional
+        A label used in summaries and files.
+
+    Raises
+    ------
+    ETVError, IdError, DemandError, RiskError
+        All :class:`ValueError` subclasses naming the field and the offending values.
+    """
+
+    __slots__ = (
+        "_etv", "_risk_level", "_risk_tolerance", "_demand_min", "_demand_max", "_holdout", "_name",
+        "_compiled", "_levels", "_frozen",
+    )
+
+    def __init__(
+        self,
+        etv: xr.DataArray | pd.DataFrame,
+        demand: Mapping[Any, Any] | pd.Series | xr.DataArray,
+        risk_level: Mapping[Any, Any] | pd.Series | xr.DataArray,
+        risk_tolerance: pd.Series | xr.DataArray | Mapping[Any, Any],
+        *,
+        holdout: bool = False,
+        name: str | None = None,
+    ):
+        grid = _as_grid(etv)
+        users = pd.Index(grid[USER].values)
+        funds = pd.Index(grid[FUND].values)
+        _check_ids(users, "etv.user")
+        _check_ids(funds, "etv.fund")
+        if len(funds) == 0:
+            raise ETVError("etv", "the grid has no funds")
+        values = _grid_values(grid)
+
+        if not isinstance(holdout, bool | np.bool_):
+            raise DemandError("holdout", f"must be True or False; got {holdout!r}")
+        demand_s = _align(_as_series(demand, "demand", FUND), funds, "demand", FUND, DemandError)
+        lo, hi = _parse_demand(demand_s)
+        n = len(users)
+        if lo.sum() > n:
+            raise DemandError(
+                "demand", f"funds demand at least {int(lo.sum())} users in total but the grid has only {n} users"
+            )
+        if not holdout and hi.sum() < n:
+            raise DemandError(
+                "demand",
+                f"demands total at most {int(hi.sum())} but all {n} users must be placed; pass holdout=True "
+                f"to let {n - int(hi.sum())} users receive no fund, or raise the demands",
+            )
+        risk_s = _align(_as_series(risk_level, "risk_level", FUND), funds, "risk_level", FUND, RiskError)
+        tol_s = _align(
+            _as_series(risk_tolerance, "risk_tolerance", USER), users, "risk_tolerance", USER, RiskError
+        )
+        levels, fund_codes, user_codes = _risk_codes(risk_s, tol_s)
+
+        ro = _readonly(values)
+        self._etv = xr.DataArray(ro, dims=DIMS, coords={USER: users, FUND: funds}, name="etv")
+        self._risk_level = xr.DataArray(_readonly(risk_s.to_numpy()), dims=(FUND,), coords={FUND: funds}, name="risk_level")
+        self._risk_tolerance = xr.DataArray(
+            _readonly(np.asarray(tol_s.array)), dims=(USER,), coords={USER: users}, name="risk_tolerance"
+        )
+        self._demand_min = xr.DataArray(_readonly(lo), dims=(FUND,), coords={FUND: funds}, name="demand_min")
+        self._demand_max = xr.DataArray(_readonly(hi), dims=(FUND,), coords={FUND: funds}, name="demand_max")
+        self._holdout = bool(holdout)
+        self._name = name
+        self._levels = levels
+        self._compiled = CompiledProblem(
+            etv=ro,
+            user_level=_readonly(user_codes),
+            fund_level=_readonly(fund_codes),
+            demand_min=_readonly(lo),
+            demand_max=_readonly(hi),
+            holdout=bool(holdout),
+            n_levels=len(levels),
+        )
+        self._frozen = True
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"AllocationProblem is immutable; cannot set {key!r} (build a new problem)")
+        object.__setattr__(self, key, value)
+
+    # ---- read-only views -------------------------------------------------------------------------------
+    @property
+    def etv(self) -> xr.DataArray:
+        """The ETV grid, dims ("user", "fund")."""
+        return self._etv
+
+    @property
+    def users(self) -> pd.Index:
+        return pd.Index(self._etv[USER].values, name=USER)
+
+    @property
+    def funds(self) -> pd.Index:
+        return pd.Index(self._etv[FUND].values, name=FUND)
+
+    @property
+    def n_users(self) -> int:
+        return self._compiled.n_users
+
+    @property
+    def n_funds(self) -> int:
+        return self._compiled.n_funds
+
+    @property
+    def demand_min(self) -> xr.DataArray:
+        return self._demand_min
+
+    @property
+    def demand_max(self) -> xr.DataArray:
+        return self._demand_max
+
+    @property
+    def has_ranges(self) -> bool:
+        return not self._compiled.exact_demands
+
+    @property
+    def demand(self) -> xr.DataArray:
+        """Exact demands over "fund"; for range demands, a DataArray over ("fund", "bound")."""
+        if not self.has_ranges:
+            return self._demand_min.rename("demand")
+        return xr.concat([self._demand_min, self._demand_max], dim=pd.Index(["min", "max"], name="bound")).T.rename(
+            "demand"
+        )
+
+    @property
+    def risk_level(self) -> xr.DataArray:
+        return self._risk_level
+
+    @property
+    def risk_tolerance(self) -> xr.DataArray:
+        return self._risk_tolerance
+
+    @property
+    def risk_levels(self) -> np.ndarray:
+        """The ordered risk scale shared by funds and users."""
+        return self._levels
+
+    @property
+    def holdout(self) -> bool:
+        return self._holdout
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    def compile(self) -> CompiledProblem:
+        """The array form solvers work on (shared by every solver; computed once)."""
+        return self._compiled
+
+    # ---- feasibility -----------------------------------------------------------------------------------
+    def diagnose(self) -> Diagnosis:
+        """Say whether any allocation meets every demand within the risk rule, and if not, why.
+
+        Risk levels are ordered, so the problem is feasible iff for every level L the users with tolerance
+        at least L can cover the minimum demand of funds with risk at least L, and (unless ``holdout``)
+        the users with tolerance below L fit into the maximum demand of funds with risk below L.
+        """
+        c = self._compiled
+        n_levels = c.n_levels
+        users_at = np.bincount(c.user_level, minlength=n_levels)
+        lo_at = np.bincount(c.fund_level, weights=c.demand_min, minlength=n_levels).astype(np.int64)
+        hi_at = np.bincount(c.fund_level, weights=c.demand_max, minlength=n_levels).astype(np.int64)
+        users_ge = np.cumsum(users_at[::-1])[::-1]
+        lo_ge = np.cumsum(lo_at[::-1])[::-1]
+        users_lt = c.n_users - users_ge
+        hi_lt = np.cumsum(hi_at) - hi_at
+        found = []
+        for level in range(n_levels):
+            if lo_ge[level] > users_ge[level]:
+                found.append(Shortfall(_scalar(self._levels[level]), "risk", int(users_ge[level]), int(lo_ge[level])))
+            # With exact demands the capacity condition at L restates the risk condition at L: say it once.
+            risk_short = lo_ge[level] > users_ge[level]
+            if not c.holdout and users_lt[level] > hi_lt[level] and not (risk_short and c.exact_demands):
+                found.append(
+                    Shortfall(_scalar(self._levels[level]), "capacity", int(hi_lt[level]), int(users_lt[level]))
+                )
+        return Diagnosis(feasible=not found, shortfalls=tuple(found))
+
+    # ---- display ---------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        kind = "ranges" if self.has_ranges else "exact"
+        lines = [
+            f"<eoca.AllocationProblem{' ' + repr(self._name) if self._name else ''}: {self.n_users:,} users x "
+            f"{self.n_funds} funds, demands {kind}{', holdout' if self._holdout else ''}>",
+        ]
+        for j, fund in enumerate(self.funds):
+            lo, hi = int(self._compiled.demand_min[j]), int(self._compiled.demand_max[j])
+            dem = f"{lo:,}" if lo == hi else f"{lo:,}..{hi:,}"
+            lines.append(f"  {fund!s:<16} demand {dem:>14}   risk {self._risk_level.values[j]!r}")
+        return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""What a solve returns: a frozen record of the allocation, its independent checks and its bound."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from eoca.problem import FUND, USER
+
+if TYPE_CHECKING:
+    from eoca.problem import AllocationProblem
+
+__all__ = ["Status", "Checks", "Result"]
+
+
+class Status(str, enum.Enum):
+    """Outcome of a solve.
+
+    ``optimal``: proven optimal. ``feasible``: meets every demand and risk rule, optimality not proven.
+    ``infeasible``: no allocation can meet the demands within the risk rule (see the message).
+    ``time_limit``: stopped by a time limit; the allocation is the best found (check ``checks.ok``).
+    ``error``: the solver failed or returned an allocation that breaks a rule (see ``checks``).
+    """
+
+    OPTIMAL = "optimal"
+    FEASIBLE = "feasible"
+    INFEASIBLE = "infeasible"
+    TIME_LIMIT = "time_limit"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Checks:
+    """The independent checker's report on an allocation (see :func:`eoca.checks.check_allocation`).
+
+    Attributes
+    ----------
+    ok : bool
+        True iff no rule is broken.
+    unplaced : int
+        Users with no fund although the problem does not allow holdout.
+    demand_misses : int
+        Total users by which fund counts fall outside their demand (over plus under).
+    risk_violations : int
+        Users given a fund above their risk tolerance.
+    invalid : int
+        Entries that name no fund of the problem.
+    counts : xarray.DataArray over "fund"
+        Users placed in each fund.
+    miss_per_fund : xarray.DataArray over "fund"
+        Signed miss per fund: positive over the maximum, negative under the minimum, 0 within the demand.
+    objective : float
+        Total ETV of the allocation, recomputed from the grid.
+    """
+
+    ok: bool
+    unplaced: int
+    demand_misses: int
+    risk_violations: int
+    invalid: int
+    counts: xr.DataArray
+    miss_per_fund: xr.DataArray
+    objective: float
+
+    def describe(self) -> str:
+        if self.ok:
+            return "all checks pass: every demand met, every user within risk tolerance"
+        parts = []
+        if self.risk_violations:
+            parts.append(f"{self.risk_violations:,} users above their risk tolerance")
+        if self.demand_misses:
+            missed = [f"{f}: {int(m):+d}" for f, m in zip(self.miss_per_fund[FUND].values, self.miss_per_fund.values) if m]
+            parts.append(f"demand missed by {self.demand_misses:,} users ({', '.join(missed)})")
+        if self.unplaced:
+            parts.append(f"{self.unplaced:,} users unplaced")
+        if self.invalid:
+            parts.append(f"{self.invalid:,} entries name no fund of the problem")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class Result:
+    """The outcome of :func:`eoca.solve`. Frozen; the problem it answers is never modified.
+
+    Attributes
+    ----------
+    problem : AllocationProblem
+    codes : ndarray of int32, shape (n_users,)
+        Fund index per user (-1: no fund). ``assignment`` is the labelled view.
+    objective : float
+        Total ETV, recomputed by the checker.
+    status : Status
+    checks : Checks
+    bound : float
+        A proven upper bound on the optimum (Lagrangian dual value of ``bound_prices``).
+    prices : xarray.DataArray over "fund" or None
+        The solver's dual price per fund: the ETV one more contracted user for the fund costs (lowers the
+        optimum by), or one less frees. None when the solver has no prices.
+    timings : dict
+        Seconds for "build", "solve", "check" and "bound".
+    solver : str
+    message : str
+    stats : dict
+        Solver counters (for example users moved by a repair).
+    """
+
+    problem: AllocationProblem
+    codes: np.ndarray
+    objective: float
+    status: Status
+    checks: Checks
+    bound: float
+    prices: xr.DataArray | None
+    timings: dict[str, float]
+    solver: str
+    message: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def assignment(self) -> xr.DataArray:
+        """The fund id given to each user, over "user"; missing (None/NaN) for a user with no fund."""
+        funds = self.problem.funds.to_numpy()
+        codes = self.codes
+        if (codes < 0).any():
+            values = np.asarray(funds, dtype=object)[np.where(codes < 0, 0, codes)]
+            values[codes < 0] = None
+        else:
+            values = funds[codes]
+        return xr.DataArray(values, dims=(USER,), coords={USER: self.problem.users}, name="fund")
+
+    @property
+    def gap(self) -> float:
+        """Relative gap (bound - objective) / bound; 0 for a proven optimum, NaN when undefined."""
+        if not np.isfinite(self.bound) or not np.isfinite(self.objective):
+            return float("nan")
+        diff = max(self.bound - self.objective, 0.0)
+        return diff / abs(self.bound) if self.bound else (0.0 if diff == 0 else float("inf"))
+
+    @property
+    def ok(self) -> bool:
+        """True when the allocation can be delivered: every rule met (optimal, feasible or time-limited)."""
+        return self.checks.ok and self.status in (Status.OPTIMAL, Status.FEASIBLE, Status.TIME_LIMIT)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per user: ``user``, ``fund`` (missing for no fund) and ``etv`` of the placement."""
+        etv = self.problem.compile().etv
+        rows = np.arange(len(self.codes))
+        value = np.where(self.codes >= 0, etv[rows, np.maximum(self.codes, 0)], 0.0)
+        return pd.DataFrame({USER: self.problem.users, FUND: self.assignment.values, "etv": value})
+
+    def summary(self) -> pd.DataFrame:
+        """Per fund: users placed against demand, the miss, the ETV delivered and the price."""
+        c = self.problem.compile()
+        etv_per_fund = np.zeros(c.n_funds)
+        placed = self.codes >= 0
+        if placed.any():
+            rows = np.nonzero(placed)[0]
+            np.add.at(etv_per_fund, self.codes[placed], c.etv[rows, self.codes[placed]])
+        table = pd.DataFrame(
+            {
+                "users": self.checks.counts.values,
+                "demand_min": c.demand_min,
+                "demand_max": c.demand_max,
+                "miss": self.checks.miss_per_fund.values,
+                "etv": etv_per_fund,
+                "risk": self.problem.risk_level.values,
+            },
+            index=self.problem.funds,
+        )
+        if self.prices is not None:
+            table["price"] = self.prices.values
+        return table
+
+    def __repr__(self) -> str:
+        gap = self.gap
+        lines = [
+            f"<eoca.Result solver={self.solver!r} status={self.status.value!r}>",
+            f"  objective  {self.objective:,.4f}",
+            f"  bound      {self.bound:,.4f}   gap {gap:.4%}" if np.isfinite(gap) else f"  bound      {self.bound}",
+            f"  checks     {self.checks.describe()}",
+            "  seconds    " + ", ".join(f"{k} {v:.3f}" for k, v in self.timings.items()),
+        ]
+        if self.message:
+            lines.append(f"  message    {self.message}")
+        return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""``eoca.solve``: run one solver, then the shared checker and the Lagrangian bound, and build a Result."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from eoca.checks import check_allocation, dual_bound
+from eoca.problem import FUND, AllocationProblem
+from eoca.result import Result, Status
+from eoca.solvers.base import Solver, get_solver
+
+__all__ = ["solve", "DEFAULT_SOLVER"]
+
+DEFAULT_SOLVER = "exact"
+# Relative tolerance when comparing a claimed optimum with its dual bound.
+CERTIFICATE_RTOL = 1e-9
+
+
+def _reference_prices(problem: AllocationProblem) -> np.ndarray:
+    """Prices for the bound of a solver that has none: the exact solver's optimal prices."""
+    from eoca.solvers.exact import optimal_prices
+
+    return optimal_prices(problem.compile())
+
+
+def solve(problem: AllocationProblem, solver: str | Solver = DEFAULT_SOLVER, **options: Any) -> Result:
+    """Allocate users to funds.
+
+    Parameters
+    ----------
+    problem : AllocationProblem
+    solver : str or Solver, default "exact"
+        A registered name (see :func:`eoca.available_solvers`) or a Solver instance.
+    **options
+        Solver options, e.g. ``time_limit=60`` for "ip" or ``risk_safe=False`` for "heuristic".
+
+    Returns
+    -------
+    Result
+        Always checked by :func:`eoca.checks.check_allocation`. An infeasible problem gives status
+        "infeasible" with the diagnosis as message (no exception).
+    """
+    if not isinstance(problem, AllocationProblem):
+        raise TypeError(f"solve() needs an eoca.AllocationProblem; got {type(problem).__name__}")
+    instance = get_solver(solver, **options)
+    instance.check_supports(problem)
+    c = problem.compile()
+    timings: dict[str, float] = {}
+
+    diagnosis = problem.diagnose()
+    if not diagnosis.feasible:
+        codes = np.full(c.n_users, -1, dtype=np.int32)
+        checks = check_allocation(problem, codes)
+        return Result(
+            problem=problem, codes=codes, objective=float("nan"), status=Status.INFEASIBLE, checks=checks,
+            bound=float("nan"), prices=None, timings=timings, solver=instance.name, message=diagnosis.message,
+        )
+
+    start = time.perf_counter()
+    out = instance.run(problem)
+    elapsed = time.perf_counter() - start
+    timings.update(out.timings or {"solve": elapsed})
+    timings.setdefault("solve", elapsed - sum(v for k, v in timings.items() if k != "solve"))
+
+    start = time.perf_counter()
+    codes = np.ascontiguousarray(out.codes, dtype=np.int32)
+    codes.flags.writeable = False
+    checks = check_allocation(problem, codes)
+    timings["check"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    solver_prices = out.prices is not None and np.isfinite(out.prices).all()
+    prices = np.asarray(out.prices, dtype=np.float64) if solver_prices else _reference_prices(problem)
+    bound = dual_bound(c, prices)
+    timings["bound"] = time.perf_counter() - start
+
+    status = Status(out.status)
+    message = out.message
+    if not checks.ok and status is not Status.ERROR:
+        message = f"the allocation breaks rules: {checks.describe()}" + (f"; {message}" if message else "")
+        status = Status.ERROR
+    elif status is Status.OPTIMAL:
+        tol = CERTIFICATE_RTOL * max(1.0, abs(bound))
+        if bound - checks.objective > max(tol, 1e-7 * max(1.0, abs(checks.objective))):
+            status = Status.FEASIBLE
+            message = (
+                f"optimality not certified: objective {checks.objective:.6g} below the dual bound {bound:.6g}"
+                + (f"; {message}" if message else "")
+            )
+
+    price_da = (
+        xr.DataArray(prices, dims=(FUND,), coords={FUND: problem.funds}, name="price") if solver_prices else None
+    )
+    return Result(
+        problem=problem,
+        codes=codes,
+        objective=checks.objective,
+        status=status,
+        checks=checks,
+        bound=bound,
+        prices=price_da,
+        timings=timings,
+        solver=instance.name,
+        message=message,
+        stats=dict(out.stats),
+    )

@@ -1,0 +1,152 @@
+"""Declaring a problem: accepted inputs, the errors bad input gets, and the feasibility diagnosis."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from conftest import grid
+
+import eoca
+from eoca import DemandError, ETVError, IdError, RiskError
+
+
+def make(etv=None, demand=None, risk=None, tol=None, **kw):
+    return eoca.AllocationProblem(
+        etv=grid([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]) if etv is None else etv,
+        demand={"f1": 2, "f2": 1} if demand is None else demand,
+        risk_level={"f1": 1, "f2": 2} if risk is None else risk,
+        risk_tolerance={"u1": 2, "u2": 2, "u3": 1} if tol is None else tol,
+        **kw,
+    )
+
+
+def test_accepts_dataframe_series_and_dataarrays():
+    frame = pd.DataFrame([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], index=["u1", "u2", "u3"], columns=["f1", "f2"])
+    p = make(
+        etv=frame,
+        demand=xr.DataArray([2, 1], dims="fund", coords={"fund": ["f1", "f2"]}),
+        risk=pd.Series({"f2": 2, "f1": 1}),  # order differs from the grid's: aligned by id
+        tol=pd.Series([1, 2, 2], index=["u3", "u1", "u2"]),
+    )
+    assert list(p.users) == ["u1", "u2", "u3"]
+    assert p.risk_tolerance.sel(user="u3").item() == 1
+    assert p.compile().user_level.tolist() == [1, 1, 0]
+    assert p.demand.sel(fund="f1").item() == 2
+
+
+def test_transposed_grid_is_accepted():
+    g = grid([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]).transpose("fund", "user")
+    assert make(etv=g).etv.dims == ("user", "fund")
+
+
+def test_problem_is_immutable_and_shares_the_grid():
+    values = np.arange(6, dtype=float).reshape(3, 2)
+    p = make(etv=grid(values))
+    with pytest.raises(AttributeError, match="immutable"):
+        p.holdout = True
+    with pytest.raises(ValueError):
+        p.compile().etv[0, 0] = 99.0
+    assert np.shares_memory(p.compile().etv, values)
+
+
+@pytest.mark.parametrize(
+    "bad, where",
+    [(np.nan, "NaN"), (np.inf, "infinite")],
+)
+def test_non_finite_etv_is_named(bad, where):
+    values = np.array([[1.0, 2.0], [3.0, bad], [5.0, 6.0]])
+    with pytest.raises(ETVError, match=r"etv: .*finite.*\('u2', 'f2'\)"):
+        make(etv=grid(values))
+
+
+def test_negative_etv_names_the_entry():
+    with pytest.raises(ETVError, match=r"non-negative.*'u3', 'f1', -5\.0"):
+        make(etv=grid([[1.0, 2.0], [3.0, 4.0], [-5.0, 6.0]]))
+
+
+def test_wrong_dims_and_types():
+    with pytest.raises(ETVError, match=r"dims must be \('user', 'fund'\)"):
+        make(etv=xr.DataArray(np.ones((3, 2)), dims=("customer", "fund")))
+    with pytest.raises(ETVError, match="DataArray"):
+        make(etv=np.ones((3, 2)))
+    with pytest.raises(ETVError, match="numeric"):
+        make(etv=grid(np.ones((3, 2))).astype(str))
+
+
+def test_duplicate_ids():
+    with pytest.raises(IdError, match=r"etv.user.*duplicated.*'u1'"):
+        make(etv=grid(np.ones((3, 2)), users=["u1", "u1", "u3"]))
+    with pytest.raises(IdError, match=r"risk_tolerance.*duplicated.*'u2'"):
+        make(tol=pd.Series([2, 2, 1], index=["u1", "u2", "u2"]))
+
+
+def test_ids_that_do_not_line_up():
+    with pytest.raises(IdError, match=r"demand: .*not in the ETV grid.*'f9'"):
+        make(demand={"f1": 2, "f2": 1, "f9": 0})
+    with pytest.raises(IdError, match=r"risk_tolerance: .*not in the ETV grid.*'u7'"):
+        make(tol={"u1": 2, "u2": 2, "u3": 1, "u7": 1})
+
+
+def test_missing_risk_and_demand():
+    with pytest.raises(RiskError, match=r"risk_level: missing for 1 fund.*'f2'"):
+        make(risk={"f1": 1})
+    with pytest.raises(RiskError, match=r"risk_tolerance: missing for 1 user.*'u3'"):
+        make(tol={"u1": 2, "u2": 2})
+    with pytest.raises(RiskError, match=r"risk_tolerance: missing"):
+        make(tol={"u1": 2, "u2": 2, "u3": None})
+    with pytest.raises(DemandError, match=r"demand: missing for 1 fund.*'f1'"):
+        make(demand={"f2": 3})
+
+
+def test_risk_on_one_scale():
+    with pytest.raises(RiskError, match="one scale"):
+        make(risk={"f1": "R1", "f2": "R2"})  # tolerances are numbers
+
+
+@pytest.mark.parametrize("value", [1.5, -1, "2", None, True, (3, 1), (1, 2, 3)])
+def test_bad_demand_values(value):
+    with pytest.raises(DemandError, match=r"demand: fund 'f1'"):
+        make(demand={"f1": value, "f2": 1})
+
+
+def test_demands_that_cannot_add_up():
+    with pytest.raises(DemandError, match=r"total at most 2 but all 3 users.*holdout=True"):
+        make(demand={"f1": 1, "f2": 1})
+    with pytest.raises(DemandError, match=r"at least 4 users in total but the grid has only 3"):
+        make(demand={"f1": 3, "f2": 1}, holdout=True)
+    assert make(demand={"f1": 1, "f2": 1}, holdout=True).holdout
+    assert make(demand={"f1": (0, 3), "f2": (1, 1)}).has_ranges
+
+
+def test_errors_are_value_errors():
+    with pytest.raises(ValueError):
+        make(demand={"f1": -1, "f2": 4})
+
+
+def test_diagnose_names_level_and_shortfall():
+    # f2 (risk 2) needs 2 users but only u1 tolerates level 2
+    p = make(demand={"f1": 1, "f2": 2}, tol={"u1": 2, "u2": 1, "u3": 1})
+    d = p.diagnose()
+    assert not d.feasible
+    assert [(s.level, s.kind, s.short_by) for s in d.shortfalls] == [(2, "risk", 1)]
+    assert "risk level 2 and above" in d.message and "short by 1" in d.message
+
+
+def test_diagnose_capacity_with_ranges():
+    # two users tolerate only level 1 but the level-1 fund takes at most one
+    p = make(demand={"f1": (0, 1), "f2": (1, 3)}, tol={"u1": 1, "u2": 1, "u3": 2})
+    d = p.diagnose()
+    assert [(s.level, s.kind, s.short_by) for s in d.shortfalls] == [(2, "capacity", 1)]
+
+
+def test_infeasible_solve_returns_status_not_exception():
+    p = make(demand={"f1": 1, "f2": 2}, tol={"u1": 2, "u2": 1, "u3": 1})
+    result = eoca.solve(p, solver="heuristic")
+    assert result.status is eoca.Status.INFEASIBLE
+    assert "short by 1" in result.message
+    assert not result.ok
+
+
+def test_repr_lists_funds(toy):
+    text = repr(toy)
+    assert "3 users x 2 funds" in text and "f1" in text and "'R3'" in text

@@ -1,0 +1,121 @@
+"""Every registered solver on canonical instances whose optima were worked out by hand."""
+
+import numpy as np
+import pytest
+from conftest import grid
+
+import eoca
+from eoca.instances import synthetic_problem
+from eoca.solvers.base import registered_solvers
+from eoca.testing import assert_valid_result
+
+EXACT = {"exact", "ip"}  # solvers that promise the optimum
+
+
+def ranges_problem(holdout: bool) -> eoca.AllocationProblem:
+    # u1 and u4 tolerate only risk 1, so they can only take A.
+    #   no holdout, A in [1, 2], B = 2: u1, u4 -> A and u2, u3 -> B: 5 + 2 + 6 + 3 = 16
+    #   holdout, A in [0, 1], B = 2: u1 -> A, u2, u3 -> B, u4 none: 5 + 6 + 3 = 14
+    return eoca.AllocationProblem(
+        etv=grid([[5, 1], [4, 6], [0, 3], [2, 2]], funds=["A", "B"]),
+        demand={"A": (0, 1) if holdout else (1, 2), "B": 2},
+        risk_level={"A": 1, "B": 2},
+        risk_tolerance={"u1": 1, "u2": 2, "u3": 2, "u4": 1},
+        holdout=holdout,
+    )
+
+
+def single_fund() -> eoca.AllocationProblem:
+    return eoca.AllocationProblem(
+        etv=grid([[1.5], [2.5], [0.0]]), demand={"f1": 3}, risk_level={"f1": 0}, risk_tolerance={"u1": 0, "u2": 1, "u3": 0}
+    )
+
+
+def tight_chain() -> eoca.AllocationProblem:
+    # Levels are exactly tight: one user per level, one fund per level, so the only allocation is
+    # u1 -> low, u2 -> mid, u3 -> high (value 1 + 1 + 1 = 3), although everyone prefers 'low'.
+    return eoca.AllocationProblem(
+        etv=grid([[1, 0, 0], [9, 1, 0], [9, 9, 1]], funds=["low", "mid", "high"]),
+        demand={"low": 1, "mid": 1, "high": 1},
+        risk_level={"low": 1, "mid": 2, "high": 3},
+        risk_tolerance={"u1": 1, "u2": 2, "u3": 3},
+    )
+
+
+CANONICAL = {
+    "paper-toy": (None, 2.4),
+    "ranges": (lambda: ranges_problem(False), 16.0),
+    "ranges-holdout": (lambda: ranges_problem(True), 14.0),
+    "single-fund": (single_fund, 4.0),
+    "tight-chain": (tight_chain, 3.0),
+}
+
+
+@pytest.fixture(params=sorted(registered_solvers()))
+def solver(request):
+    name = request.param
+    if name not in eoca.available_solvers():
+        pytest.skip(f"{name} is not installed here")
+    return name
+
+
+@pytest.mark.parametrize("case", sorted(CANONICAL))
+def test_canonical(case, solver, toy):
+    build, optimum = CANONICAL[case]
+    problem = toy if build is None else build()
+    result = eoca.solve(problem, solver=solver)
+    assert_valid_result(result)
+    assert result.solver == solver
+    assert result.bound >= optimum - 1e-9
+    if result.checks.ok:  # an allocation that breaks a rule may exceed the optimum; it is then not ok
+        assert result.objective <= optimum + 1e-9
+    else:
+        assert not result.ok and result.status is eoca.Status.ERROR
+    if solver in EXACT:
+        assert result.status is eoca.Status.OPTIMAL
+        assert result.objective == pytest.approx(optimum)
+        assert result.gap == pytest.approx(0.0, abs=1e-9)
+    if result.ok:
+        assert result.checks.ok
+
+
+def test_every_solver_keeps_the_problem_unchanged(solver):
+    problem = synthetic_problem(300, 4, family="tight", seed=3)
+    before = problem.etv.values.copy()
+    eoca.solve(problem, solver=solver)
+    np.testing.assert_array_equal(problem.etv.values, before)
+
+
+@pytest.mark.parametrize("family", ["matching", "fighting", "tight", "ties", "zeros"])
+def test_families_medium(family, solver):
+    problem = synthetic_problem(400, 5, family=family, seed=1)
+    result = eoca.solve(problem, solver=solver)
+    assert_valid_result(result)
+    if solver in EXACT:
+        assert result.status is eoca.Status.OPTIMAL
+    reference = eoca.solve(problem, solver="exact")
+    if result.checks.ok:
+        assert result.objective <= reference.objective + 1e-6 * reference.objective
+    assert result.bound >= reference.objective - 1e-6 * reference.objective
+
+
+def test_unknown_solver_lists_known():
+    with pytest.raises(eoca.UnknownSolverError, match="registered solvers: .*'exact'.*'heuristic'"):
+        eoca.solve(ranges_problem(False), solver="simplex")
+
+
+def test_unknown_option_is_an_error_not_ignored():
+    with pytest.raises(eoca.ValidationError, match="does not take \\['speed'\\]"):
+        eoca.solve(ranges_problem(False), solver="heuristic", speed=3)
+
+
+def test_solver_instance_is_accepted():
+    from eoca.solvers.heuristic import HeuristicSolver
+
+    result = eoca.solve(ranges_problem(False), solver=HeuristicSolver(risk_safe=True))
+    assert result.solver == "heuristic" and result.checks.ok
+
+
+def test_available_solvers_lists_the_builtins():
+    names = eoca.available_solvers()
+    assert {"exact", "heuristic", "manual"} <= set(names)
