@@ -43,11 +43,16 @@ def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
 
 
 def _plain(values: np.ndarray) -> np.ndarray:
-    """Arrays NetCDF can store: strings as fixed unicode, numbers as they are."""
+    """Arrays NetCDF can store: labels as unicode, numbers as int64 or float64."""
     values = np.asarray(values)
-    if values.dtype == object or values.dtype.kind in "UST" or str(values.dtype) == "str":
-        return np.asarray([str(v) for v in values], dtype=str) if values.dtype == object else values.astype(str)
-    return values
+    kind = pd.api.types.infer_dtype(values, skipna=False)
+    if kind == "integer":
+        return values.astype(np.int64)
+    if kind in ("floating", "mixed-integer-float"):
+        return values.astype(np.float64)
+    if kind == "boolean":
+        return values.astype(bool)
+    return np.asarray([str(v) for v in values.tolist()], dtype=str)
 
 
 def save_problem(problem: AllocationProblem, path: str | os.PathLike) -> Path:

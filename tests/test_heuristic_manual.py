@@ -1,0 +1,83 @@
+"""The paper's heuristic (faithful and risk-safe) and the manual baseline."""
+
+import numpy as np
+import pytest
+from conftest import grid
+
+import eoca
+from eoca.instances import synthetic_problem
+from eoca.testing import assert_valid_result
+
+
+def test_faithful_algorithm1_breaks_the_risk_rule_on_tight_levels_and_says_so():
+    problem = synthetic_problem(5_000, 8, family="tight", seed=0)
+    result = eoca.solve(problem, solver="heuristic", risk_safe=False)
+    assert_valid_result(result)
+    assert result.checks.risk_violations > 0
+    assert result.status is eoca.Status.ERROR and not result.ok
+    assert f"{result.checks.risk_violations:,} users above their risk tolerance" in result.message
+
+
+def test_risk_safe_heuristic_meets_every_rule_on_the_same_instance():
+    problem = synthetic_problem(5_000, 8, family="tight", seed=0)
+    result = eoca.solve(problem, solver="heuristic")  # risk_safe=True is the default
+    assert_valid_result(result)
+    assert result.ok and result.status is eoca.Status.FEASIBLE
+    assert result.stats["rerouted"] > 0
+    optimum = eoca.solve(problem, solver="exact").objective
+    assert result.objective <= optimum
+
+
+def test_heuristic_follows_algorithm1_where_no_rule_binds():
+    # No risk rule, ample room: the user with the strongest preference is placed first into its top fund.
+    # u1 prefers A by far; u2 is nearly indifferent. A takes one user, B one: HA gives u1 -> A, u2 -> B.
+    problem = eoca.AllocationProblem(
+        etv=grid([[10.0, 1.0], [5.0, 4.9]], funds=["A", "B"]),
+        demand={"A": 1, "B": 1}, risk_level={"A": 0, "B": 0}, risk_tolerance={"u1": 0, "u2": 0},
+    )
+    for safe in (True, False):
+        result = eoca.solve(problem, solver="heuristic", risk_safe=safe)
+        assert result.assignment.values.tolist() == ["A", "B"]
+        assert result.objective == pytest.approx(14.9)
+
+
+def test_heuristic_is_deterministic():
+    problem = synthetic_problem(3_000, 8, family="ties", seed=2)
+    a = eoca.solve(problem, solver="heuristic").codes
+    b = eoca.solve(problem, solver="heuristic").codes
+    np.testing.assert_array_equal(a, b)
+
+
+def test_heuristic_option_validation():
+    problem = synthetic_problem(50, 3, seed=0)
+    with pytest.raises(eoca.ValidationError, match="risk_safe: must be True or False; got 'yes'"):
+        eoca.solve(problem, solver="heuristic", risk_safe="yes")
+
+
+def test_manual_takes_top_users_in_priority_order():
+    # A picks first: its top two users are u1 and u2; B gets u3 although u2 prefers B.
+    problem = eoca.AllocationProblem(
+        etv=grid([[9, 1], [8, 9], [1, 2]], funds=["A", "B"]),
+        demand={"A": 2, "B": 1}, risk_level={"A": 0, "B": 0}, risk_tolerance={"u1": 0, "u2": 0, "u3": 0},
+    )
+    result = eoca.solve(problem, solver="manual", priority=["A", "B"])
+    assert result.assignment.values.tolist() == ["A", "A", "B"]
+    assert result.objective == 19
+    assert eoca.solve(problem, solver="manual", priority=["B", "A"]).objective == 9 + 9 + 1
+
+
+def test_manual_can_strand_users_and_the_result_says_so():
+    # A (risk 0) picks first and takes u2, the only user B (risk 1) could take.
+    problem = eoca.AllocationProblem(
+        etv=grid([[1, 0], [5, 5]], funds=["A", "B"]),
+        demand={"A": 1, "B": 1}, risk_level={"A": 0, "B": 1}, risk_tolerance={"u1": 0, "u2": 1},
+    )
+    result = eoca.solve(problem, solver="manual", priority=["A", "B"])
+    assert result.checks.unplaced == 1 and result.checks.demand_misses == 1
+    assert result.status is eoca.Status.ERROR and "1 users unplaced" in result.message
+
+
+def test_manual_priority_must_list_every_fund():
+    problem = synthetic_problem(50, 3, seed=0)
+    with pytest.raises(eoca.ValidationError, match="priority: must list every fund exactly once"):
+        eoca.solve(problem, solver="manual", priority=["fund_00"])
