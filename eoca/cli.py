@@ -113,6 +113,13 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from eoca.bench.run import DEFAULT_OUT, run_bench
+
+    run_bench(args.out or DEFAULT_OUT, quick=args.quick, specs=args.spec or None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eoca", description="ETV-optimised customer allocation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="parquet", choices=["parquet", "csv"], help="assignment file format")
     p.add_argument("--save-problem", action="store_true", help="also write problem.nc into --out")
     p.set_defaults(func=_cmd_solve)
+
+    p = sub.add_parser("bench", help="run the benchmark suites and write a report")
+    p.add_argument("--quick", action="store_true", help="small sizes only: a first look in a few minutes")
+    p.add_argument("--out", help="report directory (default docs/benchmarks)")
+    p.add_argument("--spec", action="append", help="run only this benchmark spec (repeatable)")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("solvers", help="list the registered solvers")
     p.set_defaults(func=_cmd_solvers)

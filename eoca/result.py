@@ -138,8 +138,11 @@ class Result:
 
     @property
     def gap(self) -> float:
-        """Relative gap (bound - objective) / bound; 0 for a proven optimum, NaN when undefined."""
-        if not np.isfinite(self.bound) or not np.isfinite(self.objective):
+        """Relative gap (bound - objective) / bound; 0 for a proven optimum.
+
+        NaN when undefined: no allocation, or one that breaks a rule (its ETV is not bounded by the bound).
+        """
+        if not self.checks.ok or not np.isfinite(self.bound) or not np.isfinite(self.objective):
             return float("nan")
         diff = max(self.bound - self.objective, 0.0)
         return diff / abs(self.bound) if self.bound else (0.0 if diff == 0 else float("inf"))
