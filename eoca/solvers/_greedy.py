@@ -152,6 +152,23 @@ def _walk(etv, user_level, fund_level, pool, order, top, open_, need, codes, pla
     return done, rerouted
 
 
+def _until_first_fill(h, top, waiting, need, open_):
+    """Positions (into the pool) of the waiting users ranked at or above the first fund to fill."""
+    h_w = h[waiting]
+    top_w = top[waiting]
+    threshold = -np.inf
+    fills = False
+    for j in np.flatnonzero(open_):
+        scores = h_w[top_w == j]
+        if scores.size >= need[j]:
+            fills = True
+            kth = np.partition(scores, scores.size - need[j])[scores.size - need[j]]
+            threshold = max(threshold, kth)
+    if not fills:
+        return waiting
+    return waiting[h_w >= threshold]
+
+
 def _slacks(user_level, fund_level, demand_min, demand_max, n_levels):
     users_at = np.bincount(user_level, minlength=n_levels)
     lo_at = np.bincount(fund_level, weights=demand_min, minlength=n_levels).astype(np.int64)
@@ -193,12 +210,28 @@ def algorithm1(etv, user_level, fund_level, demand_min, demand_max, holdout, n_l
                 break
             alpha = _alpha(etv, user_level, fund_level, pool, open_, np.where(open_, need, 1), 4 * numba.get_num_threads())
             top, h = _scores(etv, user_level, fund_level, pool, open_, alpha, safe)
-            order = np.argsort(-h, kind="stable")
-            done, moved = _walk(etv, user_level, fund_level, pool, order, top, open_, need, codes, placed,
-                                lo_left, slack_a, slack_b, safe, check_b)
             rounds += 1
-            rerouted += moved
-            if done == 0:
+            done_in_round = 0
+            waiting = np.arange(pool.size)
+            first = True
+            while waiting.size:
+                # Only the users ranked above the point where the first fund fills are walked in this round,
+                # so sort just them: find, per open fund, the score of the user that would fill it. If
+                # rerouting (safe mode) kept that fund from filling, walk all the rest in one go.
+                prefix = _until_first_fill(h, top, waiting, need, open_) if first else waiting
+                first = False
+                # by score; the prefix is in pool order, so the stable sort breaks ties by user position
+                order = prefix[np.argsort(-h[prefix], kind="stable")]
+                before = int(open_.sum())
+                done, moved = _walk(etv, user_level, fund_level, pool, order, top, open_, need, codes, placed,
+                                    lo_left, slack_a, slack_b, safe, check_b)
+                done_in_round += done
+                rerouted += moved
+                if int(open_.sum()) < before:
+                    break  # a fund filled: re-rank the rest (line 17 of Algorithm 1)
+                waiting = waiting[codes[pool[waiting]] < 0]
+                waiting = np.setdiff1d(waiting, prefix[codes[pool[prefix]] < 0], assume_unique=True)
+            if done_in_round == 0:
                 break
     stranded = 0 if holdout else int((codes < 0).sum())
     return codes, {"rounds": rounds, "rerouted": rerouted, "stranded": stranded}

@@ -1,0 +1,714 @@
+"""Numba kernels of the exact transportation solver (see ``_transport.py`` for the algorithm).
+
+Nodes are the k funds plus a sink node ``T = k`` with fixed value 0 for every user. T carries the users
+that are held out (``holdout=True``) and the slack of demand ranges: fund j sends ``f_j`` units to T with
+``min_j <= f_j <= max_j``. Node prices ``lam`` (length k + 1) are Johnson potentials; only differences
+matter and the driver reports ``lam[j] - lam[T]``.
+
+User u may sit at node x iff ``lo[x] <= user_level[u] < hi[x]``. Every user always sits at an argmax of
+``value(u, x) - lam[x]`` over the nodes it may use (reduced-cost optimality); the repair moves users along
+shortest paths of the fund graph until every imbalance is zero.
+
+Arc a -> b (move one user from a to b) costs ``min_u key_ab(u) - lam[a] + lam[b]`` with the price-free
+``key_ab(u) = value(u, a) - value(u, b)``. Its candidate users live in a binary heap ordered by
+``(key, user index)`` (lazy deletion: an entry is live iff the user still sits at a). Users not yet in any
+heap ("unloaded") have never moved and satisfy ``key_ab(u) >= kappa[a, b]``; so ``kappa`` gives a lower
+bound on the part of an arc that is not loaded, and an arc whose heap top is ``<= kappa`` is known exactly.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numba as nb
+import numpy as np
+from numba import njit
+
+NCHUNK = 64  # fixed work split: results never depend on the number of threads
+
+# statistics counters (indices into the int64 stats vector returned by ``repair``)
+ST_DIJKSTRA = 0
+ST_AUGMENT = 1
+ST_MOVED = 2
+ST_REFILL = 3
+ST_LOADED = 4
+ST_SCANNED = 5
+NSTATS = 6
+
+STATUS_OPTIMAL = 0
+STATUS_TIME_LIMIT = 1
+STATUS_INFEASIBLE = 2
+
+
+@njit(cache=True, inline="always")
+def _better(v, j, b1, b2, j1):
+    """Running best / second best; ties keep the earlier (lower) node."""
+    if v > b1:
+        return v, b1, j
+    if v > b2:
+        return b1, v, j1
+    return b1, b2, j1
+
+
+@njit(cache=True)
+def assign_pass(etv, ulev, lo, hi, lam):
+    """Best node of every user under ``lam``, the gap to its second-best node, and counts per node.
+
+    Ties go to the lowest node index (T last). Returns (assign, gap (float32), counts, number of users
+    without any allowed node, max |best reduced value|).
+    """
+    n, k = etv.shape
+    K = k + 1
+    assign = np.empty(n, np.int32)
+    gap = np.empty(n, np.float32)
+    counts = np.zeros(K, np.int64)
+    open_idx = np.empty(k, np.int64)
+    nopen = 0
+    all_lo = np.iinfo(np.int32).min
+    all_hi = np.iinfo(np.int32).max
+    for j in range(k):
+        if lo[j] < np.iinfo(np.int32).max:
+            open_idx[nopen] = j
+            nopen += 1
+            all_lo = max(all_lo, lo[j])
+            all_hi = min(all_hi, hi[j])
+    t_lo = lo[k]
+    t_hi = hi[k]
+    lam_t = lam[k]
+    nbad = 0
+    smax = 0.0
+    for i in range(n):
+        lv = ulev[i]
+        b1 = -np.inf
+        b2 = -np.inf
+        j1 = -1
+        if lv >= all_lo and lv < all_hi:
+            for q in range(nopen):
+                j = open_idx[q]
+                b1, b2, j1 = _better(etv[i, j] - lam[j], j, b1, b2, j1)
+        else:
+            for q in range(nopen):
+                j = open_idx[q]
+                if lo[j] <= lv and lv < hi[j]:
+                    b1, b2, j1 = _better(etv[i, j] - lam[j], j, b1, b2, j1)
+        if t_lo <= lv and lv < t_hi:
+            b1, b2, j1 = _better(-lam_t, k, b1, b2, j1)
+        if j1 < 0:
+            nbad += 1
+            assign[i] = k
+            gap[i] = np.inf
+            continue
+        assign[i] = j1
+        gap[i] = b1 - b2
+        counts[j1] += 1
+        ab = abs(b1)
+        if ab > smax:
+            smax = ab
+    return assign, gap, counts, nbad, smax
+
+
+@njit(cache=True)
+def select_initial(gap, target):
+    """Users to load into the arc heaps first: the ``target`` smallest gaps, ties by user index.
+
+    The threshold is a quantile of a systematic sample of the gaps, so the count is approximate.
+    Returns (threshold, candidate user indices in increasing order); every other user has gap >= threshold.
+    """
+    n = gap.shape[0]
+    stride = max(1, n // 65536)
+    m = 0
+    for i in range(0, n, stride):
+        if gap[i] < np.inf:
+            m += 1
+    if m == 0:
+        return np.inf, np.empty(0, np.int32)
+    samp = np.empty(m, np.float64)
+    m = 0
+    for i in range(0, n, stride):
+        if gap[i] < np.inf:
+            samp[m] = gap[i]
+            m += 1
+    samp.sort()
+    q = int(np.ceil(target / n * m))
+    if q >= m:
+        theta = np.inf
+    else:
+        theta = samp[q]
+    nless = 0
+    for i in range(n):
+        if gap[i] < theta:
+            nless += 1
+    take_eq = max(0, target - nless)
+    cand = np.empty(nless + take_eq, np.int32)
+    c = 0
+    for i in range(n):
+        g = gap[i]
+        if g < theta:
+            cand[c] = i
+            c += 1
+        elif g == theta and take_eq > 0 and g < np.inf:
+            cand[c] = i
+            c += 1
+            take_eq -= 1
+    return theta, cand[:c]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# binary heaps of (key, user), lexicographic, one per ordered node pair p = a * K + b. All heaps live in one
+# pool (PK keys, PU users); heap p occupies PK[hb[p] : hb[p] + hc[p]] and holds hs[p] entries. A full heap
+# moves to the end of the pool with twice the room (the pool itself doubles when needed).
+
+
+@njit(cache=True, inline="always")
+def _less(k1, u1, k2, u2):
+    return k1 < k2 or (k1 == k2 and u1 < u2)
+
+
+@njit(cache=True)
+def _sift_down(PK, PU, base, size, pos):
+    k0 = PK[base + pos]
+    u0 = PU[base + pos]
+    while True:
+        c = 2 * pos + 1
+        if c >= size:
+            break
+        if c + 1 < size and _less(PK[base + c + 1], PU[base + c + 1], PK[base + c], PU[base + c]):
+            c += 1
+        if _less(PK[base + c], PU[base + c], k0, u0):
+            PK[base + pos] = PK[base + c]
+            PU[base + pos] = PU[base + c]
+            pos = c
+        else:
+            break
+    PK[base + pos] = k0
+    PU[base + pos] = u0
+
+
+@njit(cache=True)
+def _heapify(PK, PU, hb, hs, p):
+    for pos in range(hs[p] // 2 - 1, -1, -1):
+        _sift_down(PK, PU, hb[p], hs[p], pos)
+
+
+@njit(cache=True)
+def _pop(PK, PU, hb, hs, p):
+    s = hs[p] - 1
+    hs[p] = s
+    if s > 0:
+        base = hb[p]
+        PK[base] = PK[base + s]
+        PU[base] = PU[base + s]
+        _sift_down(PK, PU, base, s, 0)
+
+
+@njit(cache=True)
+def _reserve(PK, PU, hb, hc, hs, top, p, extra):
+    """Room for ``extra`` more entries in heap p; returns the (possibly reallocated) pool."""
+    need = hs[p] + extra
+    if need <= hc[p]:
+        return PK, PU
+    cap = max(16, 2 * hc[p], need)
+    if top[0] + cap > PK.shape[0]:
+        size = max(2 * PK.shape[0], top[0] + cap)
+        nk = np.empty(size, np.float64)
+        nu = np.empty(size, np.int32)
+        nk[: top[0]] = PK[: top[0]]
+        nu[: top[0]] = PU[: top[0]]
+        PK = nk
+        PU = nu
+    b0 = hb[p]
+    b1 = top[0]
+    for q in range(hs[p]):
+        PK[b1 + q] = PK[b0 + q]
+        PU[b1 + q] = PU[b0 + q]
+    hb[p] = b1
+    hc[p] = cap
+    top[0] = b1 + cap
+    return PK, PU
+
+
+@njit(cache=True)
+def _append(PK, PU, hb, hs, p, key, user):
+    """Append without restoring heap order (room reserved by the caller)."""
+    q = hb[p] + hs[p]
+    PK[q] = key
+    PU[q] = user
+    hs[p] += 1
+
+
+@njit(cache=True)
+def _sift_up(PK, PU, hb, hs, p):
+    base = hb[p]
+    pos = hs[p] - 1
+    key = PK[base + pos]
+    user = PU[base + pos]
+    while pos > 0:
+        par = (pos - 1) // 2
+        if _less(key, user, PK[base + par], PU[base + par]):
+            PK[base + pos] = PK[base + par]
+            PU[base + pos] = PU[base + par]
+            pos = par
+        else:
+            break
+    PK[base + pos] = key
+    PU[base + pos] = user
+
+
+@njit(cache=True)
+def _clean_top(PK, PU, hb, hs, p, assign, a):
+    """Drop stale entries (users no longer at a); True if a live entry is on top."""
+    while hs[p] > 0:
+        if assign[PU[hb[p]]] == a:
+            return True
+        _pop(PK, PU, hb, hs, p)
+    return False
+
+
+@njit(cache=True, inline="always")
+def _val(etv, u, x, k):
+    if x < k:
+        return etv[u, x]
+    return 0.0
+
+
+@njit(cache=True)
+def _full(hc, hs, a, K):
+    for z in range(K):
+        if hs[a * K + z] >= hc[a * K + z]:
+            return True
+    return False
+
+
+@njit(cache=True)
+def _grow(PK, PU, hb, hc, hs, top, a, K):
+    """Room for one more entry in every heap (a, z). (Returns the pool: keep array returns off hot paths,
+    they are slow in numba.)"""
+    for z in range(K):
+        p = a * K + z
+        if hs[p] >= hc[p]:
+            PK, PU = _reserve(PK, PU, hb, hc, hs, top, p, 1)
+    return PK, PU
+
+
+@njit(cache=True)
+def _load_user(etv, ulev, lo, hi, u, a, PK, PU, hb, hs, sift):
+    """Put user u (sitting at node a) into every heap (a, z) for the nodes z it may use; the caller has
+    made room (``_full`` / ``_grow``)."""
+    k = etv.shape[1]
+    K = k + 1
+    lv = ulev[u]
+    va = _val(etv, u, a, k)
+    for z in range(K):
+        if z != a and lo[z] <= lv and lv < hi[z]:
+            p = a * K + z
+            _append(PK, PU, hb, hs, p, va - _val(etv, u, z, k), u)
+            if sift:
+                _sift_up(PK, PU, hb, hs, p)
+
+
+@njit(cache=True)
+def _user_gap(etv, ulev, lo, hi, lam, u, a):
+    """Smallest reduced cost of moving u away from its node a (inf if it has no other node)."""
+    k = etv.shape[1]
+    K = k + 1
+    lv = ulev[u]
+    va = _val(etv, u, a, k)
+    g = np.inf
+    for z in range(K):
+        if z != a and lo[z] <= lv and lv < hi[z]:
+            r = (va - _val(etv, u, z, k)) - (lam[a] - lam[z])
+            if r < g:
+                g = r
+    return g
+
+
+@njit(cache=True)
+def _build_members(assign, loaded, K):
+    """Unloaded users grouped by node, increasing user index inside a group (CSR)."""
+    n = assign.shape[0]
+    start = np.zeros(K + 1, np.int64)
+    for i in range(n):
+        if loaded[i] == 0:
+            start[assign[i] + 1] += 1
+    for x in range(K):
+        start[x + 1] += start[x]
+    fill = start[:K].copy()
+    mem = np.empty(start[K], np.int32)
+    for i in range(n):
+        if loaded[i] == 0:
+            a = assign[i]
+            mem[fill[a]] = i
+            fill[a] += 1
+    return start, mem
+
+
+@njit(cache=True)
+def _refill(etv, ulev, lo, hi, lam, assign, loaded, a, start, mem, kappa, PK, PU, hb, hc, hs, top, nload, stats):
+    """Load the next batch of unloaded users of node a (smallest current gap, ties by index) and recompute
+    kappa[a, :] exactly over the users that stay unloaded."""
+    k = etv.shape[1]
+    K = k + 1
+    s0 = start[a]
+    s1 = start[a + 1]
+    tmp = np.empty(s1 - s0, np.float64)
+    r = 0
+    for q in range(s0, s1):
+        u = mem[q]
+        if loaded[u] == 0:
+            g = _user_gap(etv, ulev, lo, hi, lam, u, a)
+            if g < np.inf:
+                tmp[r] = g
+                r += 1
+    stats[ST_REFILL] += 1
+    stats[ST_SCANNED] += s1 - s0
+    m = max(4096, 2 * nload[a])
+    if r <= m:
+        theta = np.inf
+        take_eq = 0
+    else:
+        theta = np.partition(tmp[:r], m - 1)[m - 1]
+        nless = 0
+        for q in range(r):
+            if tmp[q] < theta:
+                nless += 1
+        take_eq = m - nless
+    kap = np.full(K, np.inf)
+    for q in range(s0, s1):
+        u = mem[q]
+        if loaded[u] != 0:
+            continue
+        g = _user_gap(etv, ulev, lo, hi, lam, u, a)
+        if g == np.inf:
+            continue
+        take = g < theta
+        if not take and g == theta and take_eq > 0:
+            take = True
+            take_eq -= 1
+        if take:
+            loaded[u] = 1
+            nload[a] += 1
+            stats[ST_LOADED] += 1
+            if _full(hc, hs, a, K):
+                PK, PU = _grow(PK, PU, hb, hc, hs, top, a, K)
+            _load_user(etv, ulev, lo, hi, u, a, PK, PU, hb, hs, False)
+        else:
+            lv = ulev[u]
+            va = _val(etv, u, a, k)
+            for z in range(K):
+                if z != a and lo[z] <= lv and lv < hi[z]:
+                    key = va - _val(etv, u, z, k)
+                    if key < kap[z]:
+                        kap[z] = key
+    for z in range(K):
+        if z != a:
+            kappa[a * K + z] = kap[z]
+            _heapify(PK, PU, hb, hs, a * K + z)
+    return PK, PU
+
+
+@njit(cache=True)
+def _excess(c, f, x, k, n):
+    if x < k:
+        return c[x] - f[x]
+    tot = 0
+    for j in range(k):
+        tot += f[j]
+    return c[k] + tot - n
+
+
+@njit(cache=True)
+def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol, deadline):
+    """Successive shortest paths on the node graph until every node is balanced.
+
+    ``lam`` (k + 1,) and ``assign`` (n,) are updated in place. ``cand`` are the users loaded first; every
+    other user has gap >= theta0 under the entry prices (``tol`` absorbs rounding). Returns
+    (status, stats).
+    """
+    n, k = etv.shape
+    K = k + 1
+    stats = np.zeros(NSTATS, np.int64)
+    inf = np.inf
+
+    # flows to T: at the bound that complementary slackness asks for, else the count clamped into range
+    f = np.zeros(K, np.int64)
+    for j in range(k):
+        d = lam[j] - lam[k]
+        if d > 0:
+            f[j] = dmax[j]
+        elif d < 0:
+            f[j] = dmin[j]
+        else:
+            f[j] = min(max(counts[j], dmin[j]), dmax[j])
+    c = counts.copy()
+
+    hb = np.zeros(K * K, np.int64)
+    hc = np.zeros(K * K, np.int64)
+    hs = np.zeros(K * K, np.int64)
+    top = np.zeros(1, np.int64)
+    # exact room for the first load, plus slack for users that move
+    for q in range(cand.shape[0]):
+        u = cand[q]
+        a = assign[u]
+        lv = ulev[u]
+        for z in range(K):
+            if z != a and lo[z] <= lv and lv < hi[z]:
+                hc[a * K + z] += 1
+    for p in range(K * K):
+        hc[p] += 16 + hc[p] // 4
+        hb[p] = top[0]
+        top[0] += hc[p]
+    PK = np.empty(top[0] + top[0] // 2, np.float64)
+    PU = np.empty(top[0] + top[0] // 2, np.int32)
+    loaded = np.zeros(n, np.uint8)
+    nload = np.zeros(K, np.int64)
+    kappa = np.full(K * K, inf)
+    if theta0 < inf:
+        for a in range(K):
+            for b in range(K):
+                if a != b:
+                    kappa[a * K + b] = theta0 + lam[a] - lam[b] - tol
+    for q in range(cand.shape[0]):
+        u = cand[q]
+        a = assign[u]
+        loaded[u] = 1
+        nload[a] += 1
+        _load_user(etv, ulev, lo, hi, u, a, PK, PU, hb, hs, False)
+    stats[ST_LOADED] += cand.shape[0]
+    for p in range(K * K):
+        _heapify(PK, PU, hb, hs, p)
+    built = False
+    start = np.zeros(K + 1, np.int64)
+    mem = np.empty(0, np.int32)
+
+    e = np.zeros(K, np.int64)
+    dist = np.empty(K)
+    done = np.zeros(K, np.bool_)
+    pred = np.empty(K, np.int64)
+    ptype = np.empty(K, np.int64)  # 0 user arc, 1 user arc known only by its lower bound, 2 j->T, 3 T->j
+    path_x = np.empty(K, np.int64)
+    path_y = np.empty(K, np.int64)
+    path_t = np.empty(K, np.int64)
+    path_key = np.empty(K)
+    status = STATUS_OPTIMAL
+    while True:
+        tot = 0
+        for j in range(k):
+            e[j] = c[j] - f[j]
+            tot += f[j]
+        e[k] = c[k] + tot - n
+        anyex = False
+        for x in range(K):
+            if e[x] > 0:
+                anyex = True
+        if not anyex:
+            break
+        if deadline < inf and (stats[ST_DIJKSTRA] & 63) == 0:
+            with nb.objmode(now="float64"):
+                now = time.perf_counter()
+            if now > deadline:
+                status = STATUS_TIME_LIMIT
+                break
+        stats[ST_DIJKSTRA] += 1
+        # ---- Dijkstra from every node with excess to the nearest node with a deficit
+        for x in range(K):
+            done[x] = False
+            pred[x] = -1
+            dist[x] = 0.0 if e[x] > 0 else inf
+        sink = -1
+        big_d = inf
+        while True:
+            x = -1
+            bd = inf
+            for y in range(K):
+                if not done[y] and dist[y] < bd:
+                    bd = dist[y]
+                    x = y
+            if x < 0:
+                break
+            done[x] = True
+            if e[x] < 0:
+                sink = x
+                big_d = bd
+                break
+            for y in range(K):
+                if done[y] or y == x:
+                    continue
+                p = x * K + y
+                cost = inf
+                typ = -1
+                if _clean_top(PK, PU, hb, hs, p, assign, x):
+                    tk = PK[hb[p]]
+                    t = tk - lam[x] + lam[y]
+                    if tk <= kappa[p]:
+                        cost = t
+                        typ = 0
+                    else:
+                        cost = kappa[p] - lam[x] + lam[y]
+                        typ = 1
+                elif kappa[p] < inf:
+                    cost = kappa[p] - lam[x] + lam[y]
+                    typ = 1
+                if cost < 0.0:
+                    cost = 0.0
+                if y == k and x < k and f[x] < dmax[x]:
+                    c2 = lam[k] - lam[x]
+                    if c2 < 0.0:
+                        c2 = 0.0
+                    if c2 <= cost:
+                        cost = c2
+                        typ = 2
+                elif x == k and f[y] > dmin[y]:
+                    c2 = lam[y] - lam[k]
+                    if c2 < 0.0:
+                        c2 = 0.0
+                    if c2 <= cost:
+                        cost = c2
+                        typ = 3
+                if typ < 0:
+                    continue
+                nd = bd + cost
+                if nd < dist[y]:
+                    dist[y] = nd
+                    pred[y] = x
+                    ptype[y] = typ
+        if sink < 0:
+            status = STATUS_INFEASIBLE
+            break
+        for x in range(K):
+            dx = dist[x]
+            if not done[x] or dx > big_d:
+                dx = big_d
+            lam[x] -= dx
+        # ---- path, source first
+        plen = 0
+        y = sink
+        while pred[y] >= 0:
+            plen += 1
+            y = pred[y]
+        y = sink
+        q = plen - 1
+        uncertain = False
+        while pred[y] >= 0:
+            path_x[q] = pred[y]
+            path_y[q] = y
+            path_t[q] = ptype[y]
+            if ptype[y] == 1:
+                uncertain = True
+            y = pred[y]
+            q -= 1
+        src = y
+        if uncertain:
+            if not built:
+                start, mem = _build_members(assign, loaded, K)
+                built = True
+            for q in range(plen):
+                if path_t[q] == 1:
+                    PK, PU = _refill(etv, ulev, lo, hi, lam, assign, loaded, path_x[q], start, mem, kappa,
+                                     PK, PU, hb, hc, hs, top, nload, stats)
+            continue
+        # ---- augment one unit at a time while the whole path stays tight
+        first = True
+        while True:
+            if not first:
+                if _excess(c, f, src, k, n) <= 0 or _excess(c, f, sink, k, n) >= 0:
+                    break
+                ok = True
+                for q in range(plen):
+                    x = path_x[q]
+                    y = path_y[q]
+                    t = path_t[q]
+                    if t == 0:
+                        p = x * K + y
+                        if not _clean_top(PK, PU, hb, hs, p, assign, x) or PK[hb[p]] != path_key[q]:
+                            ok = False
+                            break
+                    elif t == 2:
+                        if f[x] >= dmax[x]:
+                            ok = False
+                            break
+                    else:
+                        if f[y] <= dmin[y]:
+                            ok = False
+                            break
+                if not ok:
+                    break
+            for q in range(plen):
+                x = path_x[q]
+                y = path_y[q]
+                t = path_t[q]
+                if t == 0:
+                    p = x * K + y
+                    if first:
+                        path_key[q] = PK[hb[p]]
+                    u = PU[hb[p]]
+                    _pop(PK, PU, hb, hs, p)
+                    assign[u] = y
+                    c[x] -= 1
+                    c[y] += 1
+                    stats[ST_MOVED] += 1
+                    if _full(hc, hs, y, K):
+                        PK, PU = _grow(PK, PU, hb, hc, hs, top, y, K)
+                    _load_user(etv, ulev, lo, hi, u, y, PK, PU, hb, hs, True)
+                elif t == 2:
+                    f[x] += 1
+                else:
+                    f[y] -= 1
+            stats[ST_AUGMENT] += 1
+            first = False
+    return status, stats
+
+
+@njit(cache=True)
+def best_values(etv, ulev, fund_lo, lam_t, assign, lam, j):
+    """max over users allowed fund j of etv[i, j] - (value of i at its node): the price at which no user
+    prefers a fund that must stay empty."""
+    n, k = etv.shape
+    out = np.full(NCHUNK, -np.inf)
+    for c in range(NCHUNK):
+        s = c * n // NCHUNK
+        e = (c + 1) * n // NCHUNK
+        m = -np.inf
+        for i in range(s, e):
+            if ulev[i] >= fund_lo:
+                a = assign[i]
+                v = -lam_t if a < 0 else etv[i, a] - lam[a]
+                d = etv[i, j] - v
+                if d > m:
+                    m = d
+        out[c] = m
+    return out.max()
+
+
+@njit(cache=True)
+def to_output(assign, k):
+    """Node T becomes -1 in place."""
+    n = assign.shape[0]
+    for c in range(NCHUNK):
+        for i in range(c * n // NCHUNK, (c + 1) * n // NCHUNK):
+            if assign[i] == k:
+                assign[i] = -1
+
+
+@njit(cache=True)
+def level_counts(ulev, levels):
+    """Users per code, code = number of entries of the sorted ``levels`` that are <= the user's level."""
+    n = ulev.shape[0]
+    m = levels.shape[0]
+    cnt = np.zeros((NCHUNK, m + 1), np.int64)
+    for c in range(NCHUNK):
+        for i in range(c * n // NCHUNK, (c + 1) * n // NCHUNK):
+            lv = ulev[i]
+            a = 0
+            b = m
+            while a < b:
+                h = (a + b) >> 1
+                if levels[h] <= lv:
+                    a = h + 1
+                else:
+                    b = h
+            cnt[c, a] += 1
+    out = np.zeros(m + 1, np.int64)
+    for c in range(NCHUNK):
+        for j in range(m + 1):
+            out[j] += cnt[c, j]
+    return out

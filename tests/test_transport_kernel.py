@@ -1,0 +1,320 @@
+"""The exact transportation kernel: optimal, feasible, certified by its prices, deterministic, and fast on
+degenerate grids (ties everywhere), which is where a price-based solver is most easily caught out."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eoca.solvers._transport import TransportSolution, solve_transport
+
+
+def certificate_gap(etv, user_level, fund_level, demand_min, demand_max, holdout, assignment, prices):
+    """(dual(prices) - objective(assignment)) / max(1, |dual|), after checking the assignment is feasible.
+
+    dual(lambda) = sum_i max(0 if holdout else -inf, max_{j allowed} etv[i, j] - lambda_j)
+                   + sum_j (lambda_j * max_j if lambda_j >= 0 else lambda_j * min_j)
+    bounds every feasible objective from above (weak duality), so a gap of ~0 proves optimality.
+    """
+    etv = np.asarray(etv, dtype=np.float64)
+    n, k = etv.shape
+    a = np.asarray(assignment)
+    lam = np.asarray(prices, dtype=np.float64)
+    assert a.shape == (n,) and lam.shape == (k,)
+    placed = a >= 0
+    assert (a < k).all()
+    if not holdout:
+        assert placed.all(), "every user must receive a fund"
+    assert (user_level[placed] >= fund_level[a[placed]]).all(), "risk rule broken"
+    counts = np.bincount(a[placed], minlength=k)
+    assert (counts >= demand_min).all() and (counts <= demand_max).all(), (counts, demand_min, demand_max)
+    objective = etv[np.flatnonzero(placed), a[placed]].sum()
+    allowed = user_level[:, None] >= fund_level[None, :]
+    best = np.where(allowed, etv - lam[None, :], -np.inf).max(axis=1) if k else np.full(n, -np.inf)
+    if holdout:
+        best = np.maximum(best, 0.0)
+    dual = best.sum() + np.where(lam >= 0, lam * demand_max, lam * demand_min).sum()
+    return (dual - objective) / max(1.0, abs(dual))
+
+
+def solve_and_check(etv, ul, fl, dmin, dmax, holdout, tol=1e-9):
+    sol = solve_transport(etv, ul, fl, dmin, dmax, holdout)
+    assert isinstance(sol, TransportSolution)
+    assert sol.status == "optimal"
+    assert sol.assignment.dtype == np.int32 and sol.prices.dtype == np.float64
+    gap = certificate_gap(etv, ul, fl, dmin, dmax, holdout, sol.assignment, sol.prices)
+    assert abs(gap) <= tol, gap
+    return sol
+
+
+def objective(etv, a):
+    placed = a >= 0
+    return etv[np.flatnonzero(placed), a[placed]].sum()
+
+
+def brute_force(etv, ul, fl, dmin, dmax, holdout):
+    n, k = etv.shape
+    options = [j for j in range(k)] + ([-1] if holdout else [])
+    best = None
+    for a in itertools.product(options, repeat=n):
+        a = np.array(a, dtype=np.int64)
+        placed = a >= 0
+        if not (ul[placed] >= fl[a[placed]]).all():
+            continue
+        c = np.bincount(a[placed], minlength=k)
+        if (c < dmin).any() or (c > dmax).any():
+            continue
+        v = objective(etv, a)
+        best = v if best is None else max(best, v)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tiny instances against brute force
+
+
+@st.composite
+def tiny_instances(draw):
+    n = draw(st.integers(1, 6))
+    k = draw(st.integers(1, 3))
+    holdout = draw(st.booleans())
+    kind = draw(st.sampled_from(["float", "few", "zeros"]))
+    if kind == "float":
+        etv = np.array(draw(st.lists(st.floats(0, 100, allow_nan=False), min_size=n * k, max_size=n * k)))
+    elif kind == "few":
+        etv = np.array(draw(st.lists(st.sampled_from([0.0, 1.0, 2.5, 4.0]), min_size=n * k, max_size=n * k)))
+    else:
+        etv = np.array(draw(st.lists(st.sampled_from([0.0, 0.0, 0.0, 3.0]), min_size=n * k, max_size=n * k)))
+    etv = etv.reshape(n, k)
+    ul = np.array(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)), dtype=np.int32)
+    fl = np.array(draw(st.lists(st.integers(0, 2), min_size=k, max_size=k)), dtype=np.int32)
+    dmin = np.array(draw(st.lists(st.integers(0, 3), min_size=k, max_size=k)), dtype=np.int64)
+    extra = np.array(draw(st.lists(st.integers(0, 2), min_size=k, max_size=k)), dtype=np.int64)
+    exact = draw(st.booleans())
+    dmax = dmin if exact else dmin + extra
+    return etv, ul, fl, dmin, dmax.copy(), holdout
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(tiny_instances())
+def test_matches_brute_force(inst):
+    etv, ul, fl, dmin, dmax, holdout = inst
+    opt = brute_force(etv, ul, fl, dmin, dmax, holdout)
+    if opt is None:
+        with pytest.raises(ValueError):
+            solve_transport(etv, ul, fl, dmin, dmax, holdout)
+        return
+    sol = solve_and_check(etv, ul, fl, dmin, dmax, holdout)
+    assert objective(etv, sol.assignment) == pytest.approx(opt, rel=1e-12, abs=1e-9)
+
+
+def test_infeasible_is_a_value_error():
+    etv = np.ones((3, 2))
+    ul = np.array([0, 0, 1], np.int32)
+    fl = np.array([0, 1], np.int32)
+    with pytest.raises(ValueError, match="infeasible"):
+        solve_transport(etv, ul, fl, np.array([1, 2]), np.array([1, 2]), False)
+    with pytest.raises(ValueError, match="infeasible"):  # demands sum to 2 but 3 users must be placed
+        solve_transport(etv, np.zeros(3, np.int32), fl, np.array([1, 1]), np.array([1, 1]), False)
+
+
+def test_small_shapes():
+    # n < k, k = 1, demand 0 for a fund, all demand on one fund
+    etv = np.array([[5.0, 1.0, 9.0]])
+    sol = solve_and_check(etv, np.zeros(1, np.int32), np.zeros(3, np.int32), np.array([0, 1, 0]),
+                          np.array([0, 1, 0]), False)
+    assert sol.assignment.tolist() == [1]
+    sol = solve_and_check(np.arange(4.0)[:, None], np.zeros(4, np.int32), np.zeros(1, np.int32),
+                          np.array([4]), np.array([4]), False)
+    assert sol.assignment.tolist() == [0, 0, 0, 0]
+    sol = solve_and_check(np.arange(4.0)[:, None], np.zeros(4, np.int32), np.zeros(1, np.int32),
+                          np.array([2]), np.array([2]), True)
+    assert sol.assignment.tolist() == [-1, -1, 0, 0]
+    sol = solve_transport(np.zeros((0, 3)), np.zeros(0, np.int32), np.zeros(3, np.int32), np.zeros(3, np.int64),
+                          np.zeros(3, np.int64), True)
+    assert sol.assignment.shape == (0,) and sol.status == "optimal"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# medium instances against the LP optimum (total unimodularity makes it integral)
+
+
+def lp_optimum(etv, ul, fl, dmin, dmax, holdout):
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    n, k = etv.shape
+    ii, jj = np.nonzero(ul[:, None] >= fl[None, :])
+    m = len(ii)
+    cols = np.arange(m)
+    user_rows = coo_matrix((np.ones(m), (ii, cols)), shape=(n, m)).tocsr()
+    fund_rows = coo_matrix((np.ones(m), (jj, cols)), shape=(k, m)).tocsr()
+    from scipy.sparse import vstack
+
+    if holdout:
+        a_ub = vstack([user_rows, fund_rows, -fund_rows])
+        b_ub = np.concatenate([np.ones(n), dmax, -dmin])
+        res = linprog(-etv[ii, jj], A_ub=a_ub, b_ub=b_ub, bounds=(0, 1), method="highs")
+    else:
+        a_ub = vstack([fund_rows, -fund_rows])
+        b_ub = np.concatenate([dmax, -dmin])
+        res = linprog(-etv[ii, jj], A_ub=a_ub, b_ub=b_ub, A_eq=user_rows, b_eq=np.ones(n), bounds=(0, 1),
+                      method="highs")
+    assert res.status == 0, res.message
+    return -res.fun
+
+
+def random_instance(rng, n, k, *, levels=3, holdout=False, ranges=False, kind="float"):
+    if kind == "float":
+        etv = rng.gamma(1.0, 10.0, size=(n, k))
+    elif kind == "few":
+        etv = rng.choice([0.0, 1.0, 5.0, 20.0], size=(n, k))
+    else:
+        etv = np.where(rng.random((n, k)) < 0.9, 0.0, rng.gamma(1.0, 10.0, size=(n, k)))
+    ul = rng.integers(0, levels, n).astype(np.int32)
+    fl = rng.integers(0, levels, k).astype(np.int32)
+    fl[rng.integers(k)] = 0
+    # demands from a random feasible assignment, so the instance is feasible by construction
+    a = np.empty(n, np.int64)
+    for i in range(n):
+        ok = np.flatnonzero(fl <= ul[i])
+        a[i] = rng.choice(ok)
+    if holdout:
+        a[rng.random(n) < 0.2] = -1
+    c = np.bincount(a[a >= 0], minlength=k).astype(np.int64)
+    if ranges:
+        dmin = np.maximum(0, c - rng.integers(0, 1 + n // (4 * k), k))
+        dmax = c + rng.integers(0, 1 + n // (4 * k), k)
+    else:
+        dmin = c
+        dmax = c.copy()
+    return etv, ul, fl, dmin, dmax
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("holdout,ranges", [(False, False), (True, False), (False, True), (True, True)])
+def test_matches_lp_optimum(seed, holdout, ranges):
+    rng = np.random.default_rng(seed)
+    kind = ["float", "few", "zeros"][seed % 3]
+    n, k = 2000, int(rng.integers(2, 9))
+    etv, ul, fl, dmin, dmax = random_instance(rng, n, k, holdout=holdout, ranges=ranges, kind=kind)
+    sol = solve_and_check(etv, ul, fl, dmin, dmax, holdout)
+    assert objective(etv, sol.assignment) == pytest.approx(lp_optimum(etv, ul, fl, dmin, dmax, holdout),
+                                                           rel=1e-9)
+
+
+def test_recursive_sample_levels_are_used():
+    rng = np.random.default_rng(7)
+    etv, ul, fl, dmin, dmax = random_instance(rng, 60_000, 5, levels=2, ranges=True)
+    sol = solve_and_check(etv, ul, fl, dmin, dmax, False)
+    assert sol.stats["sample_levels"]  # warm-started from a sample
+    assert sol.stats["moved"] < 60_000 // 4
+
+
+# ---------------------------------------------------------------------------------------------------------
+# degenerate grids at scale: must finish fast and exactly
+
+
+def exact_demands(n, k, rng):
+    w = rng.random(k) + 0.2
+    d = np.floor(w / w.sum() * n).astype(np.int64)
+    d[0] += n - d.sum()
+    return d
+
+
+def degenerate_grid(kind, n, k, rng):
+    if kind == "four_values":
+        return rng.choice([0.0, 1.25, 2.5, 10.0], size=(n, k))
+    if kind == "ninety_percent_zeros":
+        return np.where(rng.random((n, k)) < 0.9, 0.0, np.round(rng.gamma(1.0, 10.0, size=(n, k)), 2))
+    if kind == "identical_users":
+        return np.tile(rng.random(k) * 10, (n, 1))
+    if kind == "all_zero":
+        return np.zeros((n, k))
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["four_values", "ninety_percent_zeros", "identical_users", "all_zero"])
+@pytest.mark.parametrize("k", [2, 8])
+def test_degenerate_at_scale(kind, k):
+    rng = np.random.default_rng(11)
+    n = 200_000
+    etv = degenerate_grid(kind, n, k, rng)
+    ul = np.zeros(n, np.int32)
+    fl = np.zeros(k, np.int32)
+    d = exact_demands(n, k, rng)
+    solve_transport(etv, ul, fl, d, d, False)  # JIT warm-up is not what is timed
+    t = time.perf_counter()
+    solve_and_check(etv, ul, fl, d, d, False)
+    assert time.perf_counter() - t < 3.0
+
+
+@pytest.mark.parametrize("kind", ["four_values", "ninety_percent_zeros"])
+def test_degenerate_with_holdout_and_ranges(kind):
+    rng = np.random.default_rng(12)
+    n, k = 200_000, 6
+    etv = degenerate_grid(kind, n, k, rng)
+    ul = rng.integers(0, 3, n).astype(np.int32)
+    fl = np.array([0, 0, 1, 1, 2, 2], np.int32)
+    d = exact_demands(n // 2, k, rng)
+    t = time.perf_counter()
+    solve_and_check(etv, ul, fl, d // 2, d, True)
+    assert time.perf_counter() - t < 5.0
+
+
+def test_tight_risk_levels():
+    # users at level >= 1 are exactly as many as the demand of the level-1 funds: they must all go there
+    rng = np.random.default_rng(13)
+    n, k = 200_000, 8
+    etv = np.round(rng.gamma(1.0, 10.0, size=(n, k)), 1)
+    ul = (rng.random(n) < 0.3).astype(np.int32)
+    fl = np.array([0, 0, 0, 0, 1, 1, 1, 1], np.int32)
+    high = int(ul.sum())
+    d = np.empty(k, np.int64)
+    d[4:] = high // 4
+    d[4] += high - d[4:].sum()
+    d[:4] = (n - high) // 4
+    d[0] += n - high - d[:4].sum()
+    # level-1 funds are the least attractive, so the unconstrained choice fights the risk rule
+    etv[:, 4:] *= 0.2
+    t = time.perf_counter()
+    sol = solve_and_check(etv, ul, fl, d, d, False)
+    assert time.perf_counter() - t < 3.0
+    assert (fl[sol.assignment[ul == 1]] == 1).all()
+
+
+def test_fund_with_zero_demand_takes_nobody():
+    rng = np.random.default_rng(14)
+    n, k = 100_000, 4
+    etv = rng.random((n, k))
+    etv[:, 2] += 5.0  # the most attractive fund must stay empty
+    d = np.array([n // 2, n - n // 2, 0, 0])
+    sol = solve_and_check(etv, np.zeros(n, np.int32), np.zeros(k, np.int32), d, d, False)
+    assert not np.isin(sol.assignment, [2, 3]).any()
+
+
+def test_deterministic():
+    rng = np.random.default_rng(15)
+    n, k = 300_000, 8
+    etv = degenerate_grid("four_values", n, k, rng)
+    ul = rng.integers(0, 2, n).astype(np.int32)
+    fl = np.array([0, 0, 0, 0, 0, 1, 1, 1], np.int32)
+    d = exact_demands(n // 2, k, rng)
+    a = solve_transport(etv, ul, fl, d // 2, d, True)
+    b = solve_transport(etv.copy(), ul.copy(), fl, d // 2, d, True)
+    np.testing.assert_array_equal(a.assignment, b.assignment)
+    np.testing.assert_array_equal(a.prices, b.prices)
+
+
+def test_inputs_are_not_modified():
+    rng = np.random.default_rng(16)
+    etv, ul, fl, dmin, dmax = random_instance(rng, 5000, 4, holdout=True, ranges=True)
+    before = [x.copy() for x in (etv, ul, fl, dmin, dmax)]
+    solve_transport(etv, ul, fl, dmin, dmax, True)
+    for x, y in zip(before, (etv, ul, fl, dmin, dmax), strict=True):
+        np.testing.assert_array_equal(x, y)
