@@ -76,7 +76,9 @@ def format_result(result: Result) -> str:
     if result.prices is not None:
         lines += [
             "",
-            "price: the ETV the optimum loses if the fund's contract takes one more user (and gains if one fewer).",
+            "price: the marginal ETV of each fund's contract. Moving one contracted user from fund a to fund b "
+            "changes the best total ETV by about price[a] - price[b]; with holdout or ranges, one more contracted "
+            "user for fund j costs about price[j].",
         ]
     return "\n".join(lines)
 
@@ -113,6 +115,13 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from eoca.demo import run_demo
+
+    run_demo(n_users=args.users, epochs=args.epochs, seed=args.seed)
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from eoca.bench.run import DEFAULT_OUT, run_bench
 
@@ -133,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="parquet", choices=["parquet", "csv"], help="assignment file format")
     p.add_argument("--save-problem", action="store_true", help="also write problem.nc into --out")
     p.set_defaults(func=_cmd_solve)
+
+    p = sub.add_parser("demo", help="end-to-end run on built-in synthetic data: predict, allocate, simulate")
+    p.add_argument("--users", type=int, default=20_000, help="users on the synthetic platform (default 20,000)")
+    p.add_argument("--epochs", type=int, default=4, help="ESDPM training epochs at most (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("bench", help="run the benchmark suites and write a report")
     p.add_argument("--quick", action="store_true", help="small sizes only: a first look in a few minutes")
