@@ -1,0 +1,467 @@
+"""``ETVPredictor``: a scikit-learn-style estimator of the ETV grid."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from sklearn.base import BaseEstimator
+
+from eoca.data import PlatformData
+from eoca.data.errors import DataValidationError
+from eoca.predict.errors import NotFittedError, PredictorSettingError
+from eoca.predict.features import FeatureSchema
+from eoca.predict.inference import grid_outputs
+from eoca.predict.models import ETVNetwork
+from eoca.predict.registry import LOSSES, MODELS, ModelSpec, loss_fits
+from eoca.predict.train import TrainingHistory, load_checkpoint, objective, save_checkpoint, train_network
+
+__all__ = ["ETVPredictor", "etv_from_components"]
+
+_INT_SETTINGS = (
+    "embedding_dim",
+    "hidden",
+    "n_experts",
+    "attention_heads",
+    "graph_dim",
+    "graph_heads",
+    "batch_size",
+    "max_epochs",
+    "patience",
+    "chunk_users",
+)
+
+
+def etv_from_components(
+    kind: str,
+    p: np.ndarray | None,
+    mu: np.ndarray | None,
+    sigma: np.ndarray | None,
+    amount_scale: float = 1.0,
+) -> np.ndarray:
+    """ETV from model outputs.
+
+    ``kind="lognormal"``: eq. 13, ``p * (exp(mu + sigma^2 / 2) - 1)``; ``"regression"``:
+    ``max(exp(mu) - 1, 0)``; ``"conversion"``: ``p * amount_scale``. Computed in float64.
+    """
+    if kind == "lognormal":
+        mu64, s64 = mu.astype(np.float64), sigma.astype(np.float64)
+        return p.astype(np.float64) * np.expm1(mu64 + s64**2 / 2)
+    if kind == "regression":
+        return np.maximum(np.expm1(mu.astype(np.float64)), 0.0)
+    return p.astype(np.float64) * amount_scale
+
+
+class ETVPredictor(BaseEstimator):
+    """Predict the expected transaction value of showing each fund to each user.
+
+    Parameters
+    ----------
+    model : str
+        One of ``"esdpm"``, ``"esdpm-ncg"``, ``"mtl-ziln"``, ``"mtl-mse"``, ``"esmm"``, ``"mmoe"``,
+        ``"shared-bottom"``, ``"dnn-c"``, ``"dnn-v"`` (see :data:`eoca.predict.MODELS`).
+    loss : str, optional
+        Override the model's loss: ``"esj"``, ``"ziln"``, ``"mse"`` or ``"bce"`` (must fit the
+        model's outputs; ``esj``/``ziln`` need ``mu`` and ``sigma``).
+    embedding_dim, hidden, n_experts, attention_heads, graph_dim, graph_heads : int
+        Network sizes.
+    seq_len : int
+        Most recent behaviours per user fed to the self-attention (0 disables it).
+    sigma_min : float
+        Lower bound of sigma. The default ``1/sqrt(2 pi)`` keeps ``phi(0; mu, sigma) <= 1`` so the
+        negatives' term of the ESJ loss is a log-probability; a smaller bound lets the model make
+        that density arbitrarily large and drive the loss to minus infinity.
+    sigma_max : float
+        Upper bound of sigma.
+    lr, weight_decay : float
+        Adam settings.
+    batch_size, max_epochs, patience : int
+        Mini-batch size (512 as in the paper), epoch limit and early-stopping patience on the
+        validation loss.
+    validation_fraction : float
+        Share of training impressions held out for early stopping when ``fit`` gets no validation data.
+    seed : int
+        Seeds initialisation, the validation hold-out and shuffling: same data, same settings, same model.
+    progress : bool
+        Show a progress bar while training.
+    checkpoint_path : str, optional
+        Where to write the best weights during training.
+    chunk_users : int
+        Users per inference chunk.
+
+    Attributes
+    ----------
+    network_ : ETVNetwork
+    schema_ : FeatureSchema
+    spec_ : ModelSpec
+    loss_ : str
+    history_ : TrainingHistory
+    amount_scale_ : float
+        Mean purchase amount of training conversions (scales pCTCVR-only models' ETV).
+
+    Examples
+    --------
+    >>> from eoca.data import synthetic_platform
+    >>> platform = synthetic_platform(n_users=500, seed=0)
+    >>> train, valid, test = platform.data.split()
+    >>> predictor = ETVPredictor("esdpm", max_epochs=2, progress=False).fit(train, validation=valid)
+    >>> predictor.predict(test).dims
+    ('user', 'fund')
+    """
+
+    def __init__(
+        self,
+        model: str = "esdpm",
+        *,
+        loss: str | None = None,
+        embedding_dim: int = 8,
+        hidden: int = 64,
+        n_experts: int = 4,
+        seq_len: int = 20,
+        attention_heads: int = 2,
+        graph_dim: int = 16,
+        graph_heads: int = 2,
+        sigma_min: float = 1 / math.sqrt(2 * math.pi),
+        sigma_max: float = 5.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        batch_size: int = 512,
+        max_epochs: int = 50,
+        patience: int = 5,
+        validation_fraction: float = 0.1,
+        seed: int = 0,
+        progress: bool = True,
+        checkpoint_path: str | None = None,
+        chunk_users: int = 8192,
+    ) -> None:
+        self.model = model
+        self.loss = loss
+        self.embedding_dim = embedding_dim
+        self.hidden = hidden
+        self.n_experts = n_experts
+        self.seq_len = seq_len
+        self.attention_heads = attention_heads
+        self.graph_dim = graph_dim
+        self.graph_heads = graph_heads
+        self.sigma_min = sigma_min
+        self.sigma_max = sigma_max
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.seed = seed
+        self.progress = progress
+        self.checkpoint_path = checkpoint_path
+        self.chunk_users = chunk_users
+
+    # ------------------------------------------------------------------ checks
+    def _check_settings(self) -> tuple[ModelSpec, str]:
+        if self.model not in MODELS:
+            raise PredictorSettingError(
+                f"The 'model' parameter of ETVPredictor must be one of {list(MODELS)}. Got {self.model!r} instead."
+            )
+        spec = MODELS[self.model]
+        loss = spec.loss if self.loss is None else self.loss
+        if loss not in LOSSES:
+            raise PredictorSettingError(
+                f"The 'loss' parameter of ETVPredictor must be one of {list(LOSSES)} or None. Got {self.loss!r} instead."
+            )
+        if not loss_fits(spec, loss):
+            raise PredictorSettingError(
+                f"The loss {loss!r} cannot train model {self.model!r} (towers {list(spec.tasks)}); "
+                f"'esj' and 'ziln' need mu and sigma towers, 'mse' a mu tower, 'bce' a conversion tower."
+            )
+        for name in _INT_SETTINGS:
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+                raise PredictorSettingError(
+                    f"The {name!r} parameter of ETVPredictor must be an int >= 1. Got {value!r} instead."
+                )
+        if not isinstance(self.seq_len, int) or self.seq_len < 0:
+            raise PredictorSettingError(
+                f"The 'seq_len' parameter of ETVPredictor must be an int >= 0. Got {self.seq_len!r} instead."
+            )
+        if (2 * self.embedding_dim) % self.attention_heads:
+            raise PredictorSettingError(
+                f"The 'attention_heads' parameter of ETVPredictor must divide 2 * embedding_dim = "
+                f"{2 * self.embedding_dim}. Got {self.attention_heads!r} instead."
+            )
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise PredictorSettingError(
+                f"ETVPredictor needs 0 < sigma_min < sigma_max. Got sigma_min={self.sigma_min!r}, sigma_max={self.sigma_max!r}."
+            )
+        if not (isinstance(self.lr, float | int) and self.lr > 0):
+            raise PredictorSettingError(
+                f"The 'lr' parameter of ETVPredictor must be > 0. Got {self.lr!r} instead."
+            )
+        if not 0 < self.validation_fraction < 1:
+            raise PredictorSettingError(
+                f"The 'validation_fraction' parameter of ETVPredictor must be in (0, 1). Got {self.validation_fraction!r} instead."
+            )
+        return spec, loss
+
+    @staticmethod
+    def _check_data(data: object, name: str = "data") -> PlatformData:
+        if not isinstance(data, PlatformData):
+            raise DataValidationError(
+                f"The {name!r} argument must be an eoca.data.PlatformData. Got {type(data).__name__} instead."
+            )
+        return data
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "network_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with appropriate arguments "
+                "before using this estimator."
+            )
+
+    def _build_network(self, schema: FeatureSchema, spec: ModelSpec) -> ETVNetwork:
+        return ETVNetwork(
+            user_numeric=len(schema.user_numeric),
+            user_cardinalities=schema.cardinalities("user"),
+            fund_numeric=len(schema.fund_numeric),
+            fund_cardinalities=schema.cardinalities("fund"),
+            n_fund_ids=schema.size("fund_id"),
+            n_actions=schema.size("action"),
+            n_merchants=schema.size("merchant"),
+            head=spec.head,
+            tasks=spec.tasks,
+            use_sequence=self.seq_len > 0,
+            use_graph=spec.use_graph,
+            embedding_dim=self.embedding_dim,
+            hidden=self.hidden,
+            n_experts=self.n_experts,
+            attention_heads=self.attention_heads,
+            graph_dim=self.graph_dim,
+            graph_heads=self.graph_heads,
+            sigma_min=self.sigma_min,
+            sigma_max=self.sigma_max,
+        )
+
+    def _start_at_the_data(self, network: ETVNetwork, amount: torch.Tensor, spec: ModelSpec) -> None:
+        """Set the output biases of the amount towers to the data's log-amount level and spread.
+
+        Log amounts sit far from 0 (e.g. 7 for ~1,000); starting ``mu`` at 0 makes the first epochs
+        inflate ``sigma`` instead of moving ``mu``, and eq. 13 then explodes.
+        """
+        v = torch.log1p(amount.double())
+        target = v[amount > 0] if spec.etv == "lognormal" else v
+        if len(target) == 0:
+            return
+        with torch.no_grad():
+            towers = network.head.towers
+
+            def last(tower: torch.nn.Module) -> torch.nn.Linear:
+                return tower if isinstance(tower, torch.nn.Linear) else tower[-1]
+
+            if "mu" in towers:
+                last(towers["mu"]).bias.fill_(float(target.mean()))
+            if "sigma" in towers:
+                spread = (
+                    max(float(target.std()) if len(target) > 1 else 1.0, self.sigma_min + 0.05)
+                    - self.sigma_min
+                )
+                last(towers["sigma"]).bias.fill_(math.log(math.expm1(spread)))
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data: PlatformData, validation: PlatformData | None = None) -> ETVPredictor:
+        """Train on the impressions of ``data``.
+
+        Parameters
+        ----------
+        data : PlatformData
+            Training platform; its users, funds, behaviours and payments define the vocabularies.
+        validation : PlatformData, optional
+            Impressions for early stopping. Without it, ``validation_fraction`` of the training
+            impressions (chosen with ``seed``) are held out.
+
+        Returns
+        -------
+        ETVPredictor
+            ``self``, fitted.
+
+        Raises
+        ------
+        PredictorSettingError
+            On an unknown model or loss, or a size out of range.
+        DataValidationError
+            When ``data`` is not a PlatformData, has no impressions or no conversions, or a graph model
+            gets no payments.
+        """
+        spec, loss = self._check_settings()
+        data = self._check_data(data)
+        if validation is not None:
+            validation = self._check_data(validation, "validation")
+        if len(data.impressions) < 2:
+            raise DataValidationError(
+                "Table 'impressions' of the training data needs at least 2 rows to fit."
+            )
+        if spec.use_graph and (data.payments is None or len(data.payments) == 0):
+            raise DataValidationError(
+                f"Model {self.model!r} uses the consumption graph but table 'payments' is empty or missing. "
+                "Provide payments or use model='esdpm-ncg'."
+            )
+        if float(data.impressions["amount"].sum()) <= 0 and loss != "bce":
+            raise DataValidationError(
+                "Table 'impressions' column 'amount' has no purchase to learn amounts from."
+            )
+        torch.manual_seed(self.seed)
+        schema = FeatureSchema.learn(data, self.seq_len)
+        encoded = schema.encode(data)
+        generator = torch.Generator().manual_seed(self.seed)
+        if validation is None:
+            order = torch.randperm(len(encoded.amount), generator=generator)
+            n_val = max(1, int(round(self.validation_fraction * len(order))))
+            val_enc, val_rows, train_rows = encoded, order[:n_val], order[n_val:]
+        else:
+            val_enc, val_rows, train_rows = schema.encode(validation), None, None
+        network = self._build_network(schema, spec)
+        self._start_at_the_data(network, encoded.amount, spec)
+        history = train_network(
+            network,
+            objective(loss),
+            encoded,
+            val_enc,
+            train_rows=train_rows,
+            val_rows=val_rows,
+            graph=spec.use_graph,
+            lr=float(self.lr),
+            weight_decay=float(self.weight_decay),
+            batch_size=self.batch_size,
+            max_epochs=self.max_epochs,
+            patience=self.patience,
+            seed=self.seed,
+            progress=self.progress,
+            checkpoint_path=self.checkpoint_path,
+        )
+        positive = encoded.amount[encoded.amount > 0]
+        self.amount_scale_ = float(positive.mean()) if len(positive) else 1.0
+        self.schema_, self.spec_, self.loss_, self.history_ = schema, spec, loss, history
+        self.network_ = network
+        return self
+
+    # ------------------------------------------------------------------ predict
+    def _outputs(self, data: PlatformData) -> dict[str, np.ndarray]:
+        self._check_fitted()
+        data = self._check_data(data)
+        if self.spec_.use_graph and data.payments is None:
+            raise DataValidationError(
+                f"Model {self.model!r} needs table 'payments' to predict; it is missing."
+            )
+        return grid_outputs(self.network_, self.schema_.encode(data), chunk_users=self.chunk_users)
+
+    @staticmethod
+    def _grid(values: np.ndarray, data: PlatformData, name: str) -> xr.DataArray:
+        return xr.DataArray(
+            values,
+            dims=("user", "fund"),
+            coords={"user": data.users["user_id"].to_numpy(), "fund": data.funds["fund_id"].to_numpy()},
+            name=name,
+        )
+
+    def predict(self, data: PlatformData) -> xr.DataArray:
+        """The ETV grid over every user and fund of ``data`` (not only pairs with impressions).
+
+        Returns
+        -------
+        xarray.DataArray
+            dims ``("user", "fund")``, coordinates the ids of ``data.users`` and ``data.funds``,
+            name ``"etv"``, float64, >= 0.
+        """
+        out = self._outputs(data)
+        etv = etv_from_components(
+            self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_
+        )
+        return self._grid(etv, data, "etv")
+
+    def predict_components(self, data: PlatformData) -> xr.Dataset:
+        """pCTCVR ``p``, and where the model has them ``pctr``, ``mu`` and ``sigma``, over users × funds.
+
+        ``mu``/``sigma`` parametrise ``log(amount + 1) ~ Normal(mu, sigma)`` given a purchase
+        (models trained with ESJ or ZILN); for MSE-trained models ``mu`` is the unconditional mean log
+        amount. The dataset also holds ``etv``.
+        """
+        out = self._outputs(data)
+        etv = etv_from_components(
+            self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_
+        )
+        variables = {name: self._grid(value, data, name) for name, value in out.items()}
+        variables["etv"] = self._grid(etv, data, "etv")
+        return xr.Dataset(variables)
+
+    def quantiles(self, data: PlatformData, q: float | list[float] | np.ndarray) -> xr.DataArray:
+        """Quantiles of the purchase amount *given a purchase*, from the log-normal ``(mu, sigma)``.
+
+        ``amount_q = max(exp(mu + sigma * Phi^{-1}(q)) - 1, 0)``.
+
+        Parameters
+        ----------
+        data : PlatformData
+        q : float or sequence of float
+            Levels in (0, 1).
+
+        Returns
+        -------
+        xarray.DataArray
+            dims ``("quantile", "user", "fund")``, name ``"amount_quantile"``.
+        """
+        self._check_fitted()
+        levels = np.atleast_1d(np.asarray(q, dtype=float))
+        if levels.ndim != 1 or not ((levels > 0) & (levels < 1)).all():
+            raise PredictorSettingError(f"Quantile levels must be in (0, 1). Got {q!r} instead.")
+        if "sigma" not in self.spec_.tasks:
+            raise PredictorSettingError(
+                f"Model {self.model!r} has no sigma tower, so it has no amount distribution; "
+                "use a log-normal model ('esdpm', 'esdpm-ncg', 'mtl-ziln')."
+            )
+        out = self._outputs(data)
+        mu, sigma = out["mu"].astype(np.float64), out["sigma"].astype(np.float64)
+        z = np.array([NormalDist().inv_cdf(float(level)) for level in levels])
+        values = np.maximum(np.expm1(mu[None] + sigma[None] * z[:, None, None]), 0.0)
+        grid = self._grid(values[0], data, "amount_quantile")
+        return xr.concat([grid.copy(data=v) for v in values], dim="quantile").assign_coords(quantile=levels)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Write settings, feature schema and weights to ``path`` (a ``torch.save`` file)."""
+        self._check_fitted()
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.get_params().items()}
+        save_checkpoint(
+            path,
+            {
+                "settings": settings,
+                "schema": self.schema_.to_dict(),
+                "state_dict": self.network_.state_dict(),
+                "amount_scale": self.amount_scale_,
+                "loss": self.loss_,
+                "history": {
+                    "train_loss": self.history_.train_loss,
+                    "val_loss": self.history_.val_loss,
+                    "best_epoch": self.history_.best_epoch,
+                    "stopped_early": self.history_.stopped_early,
+                },
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> ETVPredictor:
+        """Read a predictor written by :meth:`save` (with ``torch.load(weights_only=True)``)."""
+        payload: dict[str, Any] = load_checkpoint(path)
+        predictor = cls(**payload["settings"])
+        spec, _ = predictor._check_settings()
+        schema = FeatureSchema.from_dict(payload["schema"])
+        network = predictor._build_network(schema, spec)
+        network.load_state_dict(payload["state_dict"])
+        network.eval()
+        predictor.schema_, predictor.spec_, predictor.loss_ = schema, spec, payload["loss"]
+        predictor.amount_scale_ = float(payload["amount_scale"])
+        predictor.history_ = TrainingHistory(**payload["history"])
+        predictor.network_ = network
+        return predictor

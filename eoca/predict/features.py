@@ -1,0 +1,222 @@
+"""Turn :class:`~eoca.data.PlatformData` tables into tensors, with vocabularies learned at fit time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from eoca.data import PlatformData
+
+__all__ = ["FeatureSchema", "EncodedPlatform"]
+
+
+def _is_categorical(series: pd.Series) -> bool:
+    return not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+
+
+def _vocab(values: pd.Series) -> list[str]:
+    return sorted(pd.Series(values).dropna().astype(str).unique().tolist())
+
+
+def _lookup(values: pd.Series, vocab: list[str]) -> np.ndarray:
+    """Indices into ``vocab`` shifted by one; 0 for unknown or missing values."""
+    index = pd.Index(vocab)
+    codes = index.get_indexer(pd.Series(values).astype(str).where(pd.Series(values).notna(), None))
+    return (codes + 1).astype(np.int64)
+
+
+@dataclass
+class FeatureSchema:
+    """Column roles, scalings and vocabularies learned from training data (plain Python values)."""
+
+    user_numeric: list[str] = field(default_factory=list)
+    user_categorical: list[str] = field(default_factory=list)
+    fund_numeric: list[str] = field(default_factory=list)
+    fund_categorical: list[str] = field(default_factory=list)
+    scaling: dict[str, list[float]] = field(default_factory=dict)
+    vocabularies: dict[str, list[str]] = field(default_factory=dict)
+    seq_len: int = 20
+
+    @classmethod
+    def learn(cls, data: PlatformData, seq_len: int) -> FeatureSchema:
+        """Learn roles (numeric / categorical), standardisation and vocabularies from ``data``."""
+        s = cls(seq_len=seq_len)
+        for side, table, features in (
+            ("user", data.users, data.user_features),
+            ("fund", data.funds, data.fund_features),
+        ):
+            for col in features:
+                if _is_categorical(table[col]):
+                    getattr(s, f"{side}_categorical").append(col)
+                    s.vocabularies[f"{side}:{col}"] = _vocab(table[col])
+                else:
+                    getattr(s, f"{side}_numeric").append(col)
+                    x = table[col].astype(float)
+                    s.scaling[f"{side}:{col}"] = [float(x.mean()), float(x.std(ddof=0) or 1.0)]
+        s.vocabularies["fund_id"] = _vocab(data.funds["fund_id"])
+        beh = data.behaviours
+        s.vocabularies["action"] = _vocab(beh["action"]) if beh is not None else []
+        pay = data.payments
+        s.vocabularies["merchant"] = _vocab(pay["merchant_id"]) if pay is not None else []
+        return s
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form, safe for ``torch.load(weights_only=True)``."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSchema:
+        return cls(**d)
+
+    def size(self, name: str) -> int:
+        """Vocabulary size including the reserved index 0."""
+        return len(self.vocabularies.get(name, [])) + 1
+
+    def cardinalities(self, side: str) -> list[int]:
+        return [self.size(f"{side}:{c}") for c in getattr(self, f"{side}_categorical")]
+
+    def _table(self, side: str, table: pd.DataFrame) -> tuple[Tensor, Tensor]:
+        num_cols = getattr(self, f"{side}_numeric")
+        cat_cols = getattr(self, f"{side}_categorical")
+        num = np.zeros((len(table), len(num_cols)), dtype=np.float32)
+        for i, col in enumerate(num_cols):
+            mean, std = self.scaling[f"{side}:{col}"]
+            x = (table[col].astype(float).to_numpy() - mean) / std
+            num[:, i] = np.nan_to_num(x, nan=0.0)
+        cat = np.zeros((len(table), len(cat_cols)), dtype=np.int64)
+        for i, col in enumerate(cat_cols):
+            cat[:, i] = _lookup(table[col], self.vocabularies[f"{side}:{col}"])
+        return torch.from_numpy(num), torch.from_numpy(cat)
+
+    def encode(self, data: PlatformData) -> EncodedPlatform:
+        """Tensors for every user and fund of ``data``, its behaviour sequences and graph."""
+        from eoca.data.errors import DataValidationError
+
+        missing = [c for c in self.user_numeric + self.user_categorical if c not in data.users.columns]
+        missing += [c for c in self.fund_numeric + self.fund_categorical if c not in data.funds.columns]
+        if missing:
+            raise DataValidationError(
+                f"The data lack feature column(s) {missing} that the predictor was fitted with."
+            )
+        user_num, user_cat = self._table("user", data.users)
+        fund_num, fund_cat = self._table("fund", data.funds)
+        fund_ids = torch.from_numpy(_lookup(data.funds["fund_id"], self.vocabularies["fund_id"]))
+        n = len(data.users)
+        user_pos = pd.Series(np.arange(n), index=data.users["user_id"].to_numpy())
+
+        seq_f = np.zeros((n, self.seq_len), dtype=np.int64)
+        seq_a = np.zeros((n, self.seq_len), dtype=np.int64)
+        beh = data.behaviours
+        if beh is not None and len(beh) and self.seq_len > 0:
+            b = beh.sort_values("time", kind="stable")
+            rows = user_pos.reindex(b["user_id"].to_numpy()).to_numpy()
+            rank = b.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
+            keep = rank < self.seq_len
+            kept = np.minimum(np.bincount(rows, minlength=n), self.seq_len)
+            cols = kept[rows[keep]] - 1 - rank[keep]
+            seq_f[rows[keep], cols] = _lookup(b["fund_id"][keep], self.vocabularies["fund_id"])
+            seq_a[rows[keep], cols] = _lookup(b["action"][keep], self.vocabularies["action"])
+            seq_a[seq_f == 0] = 0  # a behaviour on an unknown fund is dropped
+        edge_user = np.zeros(0, dtype=np.int64)
+        edge_merchant = np.zeros(0, dtype=np.int64)
+        pay = data.payments
+        if pay is not None and len(pay):
+            eu = user_pos.reindex(pay["user_id"].to_numpy()).to_numpy().astype(np.int64)
+            em = _lookup(pay["merchant_id"], self.vocabularies["merchant"])
+            order = np.argsort(eu, kind="stable")
+            edge_user, edge_merchant = eu[order], em[order]
+        rowptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(edge_user, minlength=n), out=rowptr[1:])
+
+        imps = data.impressions
+        fund_pos = pd.Series(np.arange(len(data.funds)), index=data.funds["fund_id"].to_numpy())
+        return EncodedPlatform(
+            user_numeric=user_num,
+            user_categorical=user_cat,
+            seq_funds=torch.from_numpy(seq_f),
+            seq_actions=torch.from_numpy(seq_a),
+            fund_numeric=fund_num,
+            fund_categorical=fund_cat,
+            fund_ids=fund_ids,
+            edge_user=torch.from_numpy(edge_user),
+            edge_merchant=torch.from_numpy(edge_merchant),
+            rowptr=torch.from_numpy(rowptr),
+            imp_user=torch.from_numpy(
+                user_pos.reindex(imps["user_id"].to_numpy()).to_numpy().astype(np.int64)
+            ),
+            imp_fund=torch.from_numpy(
+                fund_pos.reindex(imps["fund_id"].to_numpy()).to_numpy().astype(np.int64)
+            ),
+            click=torch.from_numpy(imps["click"].to_numpy(dtype=np.float32)),
+            conversion=torch.from_numpy(imps["conversion"].to_numpy(dtype=np.float32)),
+            amount=torch.from_numpy(imps["amount"].to_numpy(dtype=np.float32)),
+        )
+
+
+@dataclass
+class EncodedPlatform:
+    """Tensors of one :class:`PlatformData`: users and funds in table order, edges sorted by user."""
+
+    user_numeric: Tensor
+    user_categorical: Tensor
+    seq_funds: Tensor
+    seq_actions: Tensor
+    fund_numeric: Tensor
+    fund_categorical: Tensor
+    fund_ids: Tensor
+    edge_user: Tensor
+    edge_merchant: Tensor
+    rowptr: Tensor
+    imp_user: Tensor
+    imp_fund: Tensor
+    click: Tensor
+    conversion: Tensor
+    amount: Tensor
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_numeric)
+
+    def local_edges(self, users: Tensor) -> Tensor:
+        """(merchant, position in ``users``) edges of the given users, from the CSR layout."""
+        start, stop = self.rowptr[users], self.rowptr[users + 1]
+        counts = stop - start
+        total = int(counts.sum())
+        if total == 0:
+            return torch.zeros((2, 0), dtype=torch.long)
+        local = torch.repeat_interleave(torch.arange(len(users)), counts)
+        offsets = torch.arange(total) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        edge = start[local] + offsets
+        return torch.stack([self.edge_merchant[edge], local])
+
+    def user_batch(self, users: Tensor, *, graph: bool) -> dict[str, Tensor]:
+        """Inputs for the user side of ``ETVNetwork.forward`` (users given by row)."""
+        batch = {
+            "user_numeric": self.user_numeric[users],
+            "user_categorical": self.user_categorical[users],
+            "seq_funds": self.seq_funds[users],
+            "seq_actions": self.seq_actions[users],
+            "fund_numeric": self.fund_numeric,
+            "fund_categorical": self.fund_categorical,
+            "fund_ids": self.fund_ids,
+        }
+        if graph:
+            batch["all_user_numeric"] = self.user_numeric
+            batch["all_user_categorical"] = self.user_categorical
+            batch["graph_edges"] = torch.stack([self.edge_user, self.edge_merchant])
+            batch["graph_local_edges"] = self.local_edges(users)
+        return batch
+
+    def impression_batch(self, rows: Tensor, *, graph: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Inputs and labels for the impressions at ``rows``."""
+        users, pair_user = torch.unique(self.imp_user[rows], return_inverse=True)
+        batch = self.user_batch(users, graph=graph)
+        batch["pair_user"] = pair_user
+        batch["pair_fund"] = self.imp_fund[rows]
+        labels = {"click": self.click[rows], "conversion": self.conversion[rows], "amount": self.amount[rows]}
+        return batch, labels

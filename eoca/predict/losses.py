@@ -1,0 +1,98 @@
+"""Losses for ETV prediction: ESJ (eq. 12 of the EOCA paper), ZILN, MSE and cross-entropy.
+
+All losses take probabilities ``p`` (pCTCVR), the parameters ``mu``/``sigma`` of the normal law of
+``v = log(amount + 1)`` and the raw purchase ``amount`` (0 for impressions without a purchase); a
+sample is a positive when ``amount > 0``. They return the mean over samples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["esj_loss", "ziln_loss", "mse_loss", "bce_loss", "LOG_SQRT_2PI"]
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_EPS = 1e-7
+
+
+def _log_p(p: Tensor) -> tuple[Tensor, Tensor]:
+    """``log p`` and ``log(1 - p)`` with p kept inside (eps, 1 - eps)."""
+    p = p.clamp(_EPS, 1 - _EPS)
+    return torch.log(p), torch.log1p(-p)
+
+
+def bce_loss(p: Tensor, label: Tensor) -> Tensor:
+    """Mean binary cross-entropy of probabilities ``p`` against 0/1 ``label``."""
+    log_p, log_1mp = _log_p(p)
+    label = label.to(p.dtype)
+    return -(label * log_p + (1 - label) * log_1mp).mean()
+
+
+def esj_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor) -> Tensor:
+    """Entire-space multi-task joint loss: the mean negative log-likelihood of eq. 12.
+
+    For a positive (``amount > 0``), with ``v = log(amount + 1)``::
+
+        -[log p - log(sqrt(2 pi) sigma (amount + 1)) - (v - mu)^2 / (2 sigma^2)]
+
+    and for a negative::
+
+        -log(1 - p + p * phi(0; mu, sigma)),   phi(0; mu, sigma) = exp(-mu^2 / (2 sigma^2)) / (sqrt(2 pi) sigma)
+
+    The negative term is computed as ``logaddexp(log(1 - p), log p + log phi(0))`` so it stays finite
+    when ``phi(0)`` underflows (large ``mu``) or ``p`` is near 0 or 1.
+
+    Note that ``phi(0)`` is a density: when ``sigma < 1/sqrt(2 pi)`` it can exceed 1 and the negative
+    term then rewards a *larger* p. eoca's models keep ``sigma >= 1/sqrt(2 pi)`` by default for this
+    reason (see :class:`eoca.predict.ETVPredictor`, ``sigma_min``).
+
+    Parameters
+    ----------
+    p, mu, sigma, amount : Tensor
+        Same shape ``(n,)``; ``0 < p < 1``, ``sigma > 0``, ``amount >= 0``.
+
+    Returns
+    -------
+    Tensor
+        Scalar mean loss.
+    """
+    v = torch.log1p(amount)
+    pos = amount > 0
+    log_p, log_1mp = _log_p(p)
+    log_sigma = torch.log(sigma)
+    log_phi0 = -LOG_SQRT_2PI - log_sigma - mu**2 / (2 * sigma**2)
+    neg_ll = torch.logaddexp(log_1mp, log_p + log_phi0)
+    pos_ll = log_p - LOG_SQRT_2PI - log_sigma - v - (v - mu) ** 2 / (2 * sigma**2)
+    return -torch.where(pos, pos_ll, neg_ll).mean()
+
+
+def ziln_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor) -> Tensor:
+    """Zero-inflated log-normal loss (Wang et al. 2019).
+
+    Cross-entropy of ``p`` against ``amount > 0`` on every sample, plus the negative log-normal
+    log-density of ``amount + 1`` on positives only (averaged over *all* samples, as in the original)::
+
+        BCE(p, y) + mean(y * [log(sqrt(2 pi) sigma (amount + 1)) + (v - mu)^2 / (2 sigma^2)])
+
+    Negatives give ``mu`` and ``sigma`` no signal: that is the difference from :func:`esj_loss`.
+    """
+    y = (amount > 0).to(p.dtype)
+    v = torch.log1p(amount)
+    nll = LOG_SQRT_2PI + torch.log(sigma) + v + (v - mu) ** 2 / (2 * sigma**2)
+    return bce_loss(p, y) + (y * nll).mean()
+
+
+def mse_loss(p: Tensor | None, mu: Tensor, amount: Tensor) -> Tensor:
+    """Cross-entropy on conversion plus squared error of ``mu`` against ``v = log(amount + 1)``.
+
+    The regression runs on the entire space (``v = 0`` for negatives), so ``mu`` estimates the
+    unconditional log amount. With ``p=None`` only the squared error is returned (a pure regressor).
+    """
+    v = torch.log1p(amount)
+    reg = ((mu - v) ** 2).mean()
+    if p is None:
+        return reg
+    return bce_loss(p, (amount > 0).to(p.dtype)) + reg

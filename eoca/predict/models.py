@@ -1,0 +1,318 @@
+"""Network architectures for ETV prediction (only ``__init__`` and ``forward``).
+
+Every model is an :class:`ETVNetwork`: a user side (feature embeddings, self-attention over the
+behaviour sequence, optionally a two-layer graph attention network over the user–merchant–user
+consumption graph) and a fund side (feature and id embeddings) are each projected into the input
+space of the first layer of a multi-task head. Because that first layer is linear in the
+concatenation ``[e_u || e_b || e_c || e_f]`` (eq. 14), it equals the sum of a user part and a fund
+part: the user side runs once per user, the fund side once per fund, and only the head runs per
+(user, fund) pair. The loop, the losses and early stopping live in :mod:`eoca.predict.train`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import GATConv
+
+__all__ = [
+    "FeatureEncoder",
+    "SequenceEncoder",
+    "MerchantLayer",
+    "UserLayer",
+    "GraphEncoder",
+    "MultiTaskHead",
+    "OutputLayer",
+    "ETVNetwork",
+]
+
+
+class FeatureEncoder(nn.Module):
+    """Standardised numeric features concatenated with one embedding per categorical feature.
+
+    Parameters
+    ----------
+    n_numeric : int
+        Number of numeric columns.
+    cardinalities : list of int
+        Vocabulary size of each categorical column (index 0 = unknown or missing).
+    dim : int
+        Embedding size of each categorical column.
+    """
+
+    def __init__(self, n_numeric: int, cardinalities: list[int], dim: int) -> None:
+        super().__init__()
+        self.embeddings = nn.ModuleList(nn.Embedding(c, dim) for c in cardinalities)
+        self.out_dim = n_numeric + dim * len(cardinalities)
+
+    def forward(self, numeric: Tensor, categorical: Tensor) -> Tensor:
+        """``(B, n_numeric)``, ``(B, n_cat)`` → ``(B, out_dim)``."""
+        parts = [numeric] + [emb(categorical[:, i]) for i, emb in enumerate(self.embeddings)]
+        return torch.cat(parts, dim=1)
+
+
+class SequenceEncoder(nn.Module):
+    """Self-attention over a user's behaviour sequence (fund + action tokens), mean-pooled.
+
+    A learned start token is always present, so users without history get a defined embedding.
+    Index 0 of ``funds`` and ``actions`` is padding.
+    """
+
+    def __init__(self, n_funds: int, n_actions: int, dim: int, heads: int) -> None:
+        super().__init__()
+        self.fund = nn.Embedding(n_funds, dim, padding_idx=0)
+        self.action = nn.Embedding(n_actions, dim, padding_idx=0)
+        self.start = nn.Parameter(torch.zeros(1, 1, dim))
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.out_dim = dim
+
+    def forward(self, funds: Tensor, actions: Tensor) -> Tensor:
+        """``(B, L)`` fund and action indices → ``(B, dim)``."""
+        tokens = self.fund(funds) + self.action(actions)
+        tokens = torch.cat([self.start.expand(len(funds), 1, -1), tokens], dim=1)
+        pad = torch.cat([torch.zeros_like(funds[:, :1], dtype=torch.bool), funds == 0], dim=1)
+        attended, _ = self.attention(tokens, tokens, tokens, key_padding_mask=pad, need_weights=False)
+        hidden = self.norm(tokens + attended)
+        keep = (~pad).unsqueeze(-1).to(hidden.dtype)
+        return (hidden * keep).sum(1) / keep.sum(1)
+
+
+class MerchantLayer(nn.Module):
+    """First graph-attention layer: users → merchants (each merchant attends over its payers)."""
+
+    def __init__(self, user_dim: int, n_merchants: int, dim: int, heads: int) -> None:
+        super().__init__()
+        self.merchant = nn.Embedding(n_merchants, dim)
+        self.conv = GATConv((user_dim, dim), dim, heads=heads, concat=True, add_self_loops=False)
+        self.out_dim = dim * heads
+
+    def forward(self, user_x: Tensor, edge_index: Tensor) -> Tensor:
+        """``user_x (N, user_dim)``, ``edge_index (2, E)`` rows (user, merchant) → ``(M, out_dim)``."""
+        return torch.nn.functional.elu(self.conv((user_x, self.merchant.weight), edge_index))
+
+
+class UserLayer(nn.Module):
+    """Second graph-attention layer: merchants → users (each user attends over merchants paid)."""
+
+    def __init__(self, merchant_dim: int, user_dim: int, dim: int, heads: int) -> None:
+        super().__init__()
+        self.conv = GATConv((merchant_dim, user_dim), dim, heads=heads, concat=False, add_self_loops=False)
+        self.out_dim = dim
+
+    def forward(self, merchant_h: Tensor, user_x: Tensor, edge_index: Tensor) -> Tensor:
+        """``edge_index (2, E)`` rows (merchant, row of ``user_x``) → ``(len(user_x), dim)``."""
+        return torch.nn.functional.elu(self.conv((merchant_h, user_x), edge_index))
+
+
+class GraphEncoder(nn.Module):
+    """Two graph-attention layers over the user–merchant–user consumption graph."""
+
+    def __init__(self, user_dim: int, n_merchants: int, dim: int, heads: int) -> None:
+        super().__init__()
+        self.merchant_layer = MerchantLayer(user_dim, n_merchants, dim, heads)
+        self.user_layer = UserLayer(self.merchant_layer.out_dim, user_dim, dim, heads)
+        self.out_dim = dim
+
+    def forward(self, all_user_x: Tensor, edges: Tensor, user_x: Tensor, local_edges: Tensor) -> Tensor:
+        """Merchants from all users' payments, then the embedding of the users in ``user_x``.
+
+        ``edges (2, E)``: (user, merchant) over all users; ``local_edges (2, E')``: (merchant, row of
+        ``user_x``) for the users being embedded.
+        """
+        merchant_h = self.merchant_layer(all_user_x, edges)
+        return self.user_layer(merchant_h, user_x, local_edges)
+
+
+class MultiTaskHead(nn.Module):
+    """Per-pair network on top of the summed user and fund projections.
+
+    Parameters
+    ----------
+    kind : {"mlp", "shared_bottom", "mmoe"}
+        ``mlp``: two hidden layers and one linear output per task (the DNN baselines);
+        ``shared_bottom``: three shared layers and a two-layer tower per task;
+        ``mmoe``: ``n_experts`` two-layer experts, one softmax gate and one two-layer tower per task.
+    tasks : tuple of str
+        Names of the scalar outputs (raw, before any link function).
+    hidden : int
+        Width of hidden layers.
+    n_experts : int
+        Experts of the MMoE head.
+
+    Attributes
+    ----------
+    in_dim : int
+        Size of the input, i.e. of the user and fund projections: the pre-activation of the first
+        layer (plus the gate logits for ``mmoe``).
+    """
+
+    def __init__(self, kind: str, tasks: tuple[str, ...], hidden: int, n_experts: int) -> None:
+        super().__init__()
+        self.kind, self.tasks, self.hidden, self.n_experts = kind, tasks, hidden, n_experts
+        t = len(tasks)
+        if kind == "mmoe":
+            self.in_dim = n_experts * hidden + t * n_experts
+            self.expert_weight = nn.Parameter(torch.randn(n_experts, hidden, hidden) / hidden**0.5)
+            self.expert_bias = nn.Parameter(torch.zeros(n_experts, hidden))
+            body_dim = hidden
+        else:
+            self.in_dim = hidden
+            depth = 1 if kind == "mlp" else 2
+            self.body = nn.Sequential(
+                *[m for _ in range(depth) for m in (nn.Linear(hidden, hidden), nn.ReLU())]
+            )
+            body_dim = hidden
+        if kind == "mlp":
+            self.towers = nn.ModuleDict({name: nn.Linear(body_dim, 1) for name in tasks})
+        else:
+            self.towers = nn.ModuleDict(
+                {
+                    name: nn.Sequential(
+                        nn.Linear(body_dim, hidden // 2), nn.ReLU(), nn.Linear(hidden // 2, 1)
+                    )
+                    for name in tasks
+                }
+            )
+
+    def forward(self, z: Tensor) -> dict[str, Tensor]:
+        """``z (..., in_dim)`` → ``{task: (...)}``."""
+        if self.kind == "mmoe":
+            e, h = self.n_experts, self.hidden
+            first = torch.relu(z[..., : e * h].unflatten(-1, (e, h)))
+            experts = torch.relu(
+                torch.einsum("...eh,ehk->...ek", first, self.expert_weight) + self.expert_bias
+            )
+            gates = torch.softmax(z[..., e * h :].unflatten(-1, (len(self.tasks), e)), dim=-1)
+            mixed = torch.einsum("...te,...eh->...th", gates, experts)
+            return {
+                name: self.towers[name](mixed[..., i, :]).squeeze(-1) for i, name in enumerate(self.tasks)
+            }
+        body = self.body(torch.relu(z))
+        return {name: self.towers[name](body).squeeze(-1) for name in self.tasks}
+
+
+class OutputLayer(nn.Module):
+    """Link functions from raw tower outputs to ``p`` (pCTCVR), ``pctr``, ``mu`` and ``sigma``.
+
+    ``ctr`` and ``cvr`` towers give ``p = sigmoid(ctr) * sigmoid(cvr)`` (ESMM: the post-click CVR is a
+    hidden variable); a ``ctcvr`` tower gives ``p`` directly. ``sigma = sigma_min + softplus(raw)``,
+    capped at ``sigma_max`` so ``exp(mu + sigma^2 / 2)`` cannot overflow.
+    """
+
+    def __init__(self, sigma_min: float, sigma_max: float) -> None:
+        super().__init__()
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+
+    def forward(self, raw: dict[str, Tensor]) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        if "ctr" in raw:
+            out["pctr"] = torch.sigmoid(raw["ctr"])
+            out["p"] = out["pctr"] * torch.sigmoid(raw["cvr"])
+        elif "ctcvr" in raw:
+            out["p"] = torch.sigmoid(raw["ctcvr"])
+        if "mu" in raw:
+            out["mu"] = raw["mu"]
+        if "sigma" in raw:
+            sigma = self.sigma_min + torch.nn.functional.softplus(raw["sigma"])
+            out["sigma"] = sigma.clamp(max=self.sigma_max)
+        return out
+
+
+class ETVNetwork(nn.Module):
+    """A complete ETV model: user side, fund side, multi-task head and output links.
+
+    Parameters
+    ----------
+    user_numeric, fund_numeric : int
+        Numbers of numeric user / fund features.
+    user_cardinalities, fund_cardinalities : list of int
+        Vocabulary sizes of categorical user / fund features.
+    n_fund_ids, n_actions, n_merchants : int
+        Vocabulary sizes (index 0 reserved) of fund ids, behaviour actions and merchants.
+    head : {"mlp", "shared_bottom", "mmoe"}
+    tasks : tuple of str
+        Subset of ``("ctr", "cvr", "ctcvr", "mu", "sigma")``.
+    use_sequence, use_graph : bool
+        Whether the behaviour self-attention / the consumption-graph GAT are part of the user side.
+    embedding_dim, hidden, n_experts, attention_heads, graph_dim, graph_heads : int
+        Sizes.
+    sigma_min, sigma_max : float
+        Bounds of ``sigma``.
+    """
+
+    def __init__(
+        self,
+        *,
+        user_numeric: int,
+        user_cardinalities: list[int],
+        fund_numeric: int,
+        fund_cardinalities: list[int],
+        n_fund_ids: int,
+        n_actions: int,
+        n_merchants: int,
+        head: str,
+        tasks: tuple[str, ...],
+        use_sequence: bool,
+        use_graph: bool,
+        embedding_dim: int = 8,
+        hidden: int = 64,
+        n_experts: int = 4,
+        attention_heads: int = 2,
+        graph_dim: int = 16,
+        graph_heads: int = 2,
+        sigma_min: float = 0.4,
+        sigma_max: float = 5.0,
+    ) -> None:
+        super().__init__()
+        self.user_features = FeatureEncoder(user_numeric, user_cardinalities, embedding_dim)
+        self.sequence = (
+            SequenceEncoder(n_fund_ids, n_actions, 2 * embedding_dim, attention_heads)
+            if use_sequence
+            else None
+        )
+        self.graph = (
+            GraphEncoder(self.user_features.out_dim, n_merchants, graph_dim, graph_heads)
+            if use_graph
+            else None
+        )
+        self.fund_features = FeatureEncoder(fund_numeric, fund_cardinalities, embedding_dim)
+        self.fund_id = nn.Embedding(n_fund_ids, embedding_dim)
+        self.head = MultiTaskHead(head, tasks, hidden, n_experts)
+        user_dim = (
+            self.user_features.out_dim
+            + (self.sequence.out_dim if self.sequence is not None else 0)
+            + (self.graph.out_dim if self.graph is not None else 0)
+        )
+        self.user_projection = nn.Linear(user_dim, self.head.in_dim)
+        self.fund_projection = nn.Linear(
+            self.fund_features.out_dim + embedding_dim, self.head.in_dim, bias=False
+        )
+        self.output = OutputLayer(sigma_min, sigma_max)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Outputs for the (user, fund) pairs of a batch.
+
+        ``batch`` holds, for the batch's distinct users: ``user_numeric``, ``user_categorical``,
+        ``seq_funds``, ``seq_actions`` and (graph models) ``graph_local_edges``; for the whole
+        graph (graph models): ``all_user_numeric``, ``all_user_categorical``, ``graph_edges``; for
+        all funds: ``fund_numeric``, ``fund_categorical``, ``fund_ids``; and per pair ``pair_user``
+        (row among the batch's users) and ``pair_fund`` (row among funds).
+
+        Returns
+        -------
+        dict of Tensor
+            ``p`` and, depending on the tasks, ``pctr``, ``mu``, ``sigma``; each ``(n_pairs,)``.
+        """
+        e_u = self.user_features(batch["user_numeric"], batch["user_categorical"])
+        parts = [e_u]
+        if self.sequence is not None:
+            parts.append(self.sequence(batch["seq_funds"], batch["seq_actions"]))
+        if self.graph is not None:
+            all_x = self.user_features(batch["all_user_numeric"], batch["all_user_categorical"])
+            parts.append(self.graph(all_x, batch["graph_edges"], e_u, batch["graph_local_edges"]))
+        z_user = self.user_projection(torch.cat(parts, dim=1))
+        e_f = self.fund_features(batch["fund_numeric"], batch["fund_categorical"])
+        z_fund = self.fund_projection(torch.cat([e_f, self.fund_id(batch["fund_ids"])], dim=1))
+        z = z_user[batch["pair_user"]] + z_fund[batch["pair_fund"]]
+        return self.output(self.head(z))
