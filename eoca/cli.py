@@ -123,9 +123,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from eoca.bench.run import DEFAULT_OUT, run_bench
+    from eoca.bench.run import DEFAULT_OUT, SUITES, run_bench
 
-    run_bench(args.out or DEFAULT_OUT, quick=args.quick, specs=args.spec or None)
+    suites = args.suite.split(",") if args.suite else SUITES
+    run_bench(args.out or DEFAULT_OUT, quick=args.quick, specs=args.spec or None, suites=suites)
     return 0
 
 
@@ -152,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the benchmark suites and write a report")
     p.add_argument("--quick", action="store_true", help="small sizes only: a first look in a few minutes")
     p.add_argument("--out", help="report directory (default docs/benchmarks)")
-    p.add_argument("--spec", action="append", help="run only this benchmark spec (repeatable)")
+    p.add_argument("--spec", action="append", help="run only this allocation spec (repeatable)")
+    p.add_argument("--suite", help="comma-separated subset of allocation,models,ab (default: all)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("solvers", help="list the registered solvers")

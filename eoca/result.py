@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["Status", "Checks", "Result"]
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """Outcome of a solve.
 
     ``optimal``: proven optimal. ``feasible``: meets every demand and risk rule, optimality not proven.

@@ -87,25 +87,31 @@ def contract_demands(risk_tolerance: np.ndarray, risk_level: np.ndarray, seed: i
                      share: Sequence[float] | None = None) -> np.ndarray:
     """Fund demands a delivery can meet: the counts of a random allocation within the risk rule.
 
-    Fund j is drawn for a user with weight ``share[j]`` among the funds the user may be shown.
+    Fund j is drawn for a user with weight ``share[j]`` among the funds the user may be shown. Users who
+    may be shown no fund at all are not part of a delivery (see :func:`delivery_problem`).
     """
     rng = np.random.default_rng(seed)
     k = len(risk_level)
     weights = np.ones(k) if share is None else np.asarray(share, dtype=float)
     eligible = risk_tolerance[:, None] >= risk_level[None, :]
-    if not eligible.any(axis=1).all():
-        raise ValidationError("risk_tolerance", "some users may be shown no fund at all")
-    w = np.where(eligible, weights[None, :], 0.0) * rng.random((len(risk_tolerance), k))
+    eligible = eligible[eligible.any(axis=1)]
+    w = np.where(eligible, weights[None, :], 0.0) * rng.random(eligible.shape)
     return np.bincount(np.argmax(w, axis=1), minlength=k)
 
 
 def delivery_problem(platform, etv: xr.DataArray, demand: np.ndarray, name: str = "delivery") -> AllocationProblem:
-    """The allocation problem of delivering ``platform``'s funds to its users with ETV from a model."""
+    """The allocation problem of delivering ``platform``'s funds to its users with ETV from a model.
+
+    Users whose risk tolerance is below every fund's risk level cannot be shown any promoted fund and are
+    left out of the delivery.
+    """
     data = platform.data
     users = data.users.set_index("user_id")
     funds = data.funds.set_index("fund_id")
+    reachable = users.index[users["risk_tolerance"].to_numpy() >= funds["risk_level"].min()]
+    users = users.loc[reachable]
     return AllocationProblem(
-        etv=etv,
+        etv=etv.sel(user=reachable.to_numpy()),
         demand=dict(zip(funds.index, np.asarray(demand).tolist())),
         risk_level=funds["risk_level"],
         risk_tolerance=users["risk_tolerance"],

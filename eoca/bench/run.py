@@ -24,23 +24,68 @@ ALLOCATION_INTRO = (
 )
 
 
+SUITES = ("allocation", "models", "ab")
+
+#: Sizes of the model and A/B suites: (seeds, users, epochs).
+MODEL_SIZES = {"quick": ([0, 1], 1_500, 3), "full": ([0, 1, 2], 3_000, 40)}
+CDNOW_SIZES = {"quick": ([0], 4_000, 3), "full": ([0, 1, 2], None, 40)}
+AB_SIZES = {"quick": ([0, 1], 2_000, 3), "full": ([0, 1, 2, 3, 4], 4_000, 12)}
+
+
 def run_bench(out: str | Path = DEFAULT_OUT, *, quick: bool = False, specs: Sequence[str] | None = None,
-              echo=print) -> Path:
-    """Run the allocation suite (all registered specs, or ``specs``) and write ``out/README.md`` + PNGs."""
+              suites: Sequence[str] = SUITES, echo=print) -> Path:
+    """Run the suites and write ``out/README.md`` with PNG figures and the CSVs behind every table.
+
+    ``suites``: any of "allocation" (solvers across scales; ``specs`` narrows it), "models" (the nine ETV
+    models, the three losses, CDNOW) and "ab" (the simulated A/B test).
+    """
+    unknown = set(suites) - set(SUITES)
+    if unknown:
+        from eoca.errors import ValidationError
+
+        raise ValidationError("suites", f"unknown {sorted(unknown)}; choose from {list(SUITES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    chosen = [get_spec(s) for s in specs] if specs else list(registered_specs().values())
+    size = "quick" if quick else "full"
     started = time.perf_counter()
-    rows = run_allocation_benchmarks(chosen, quick=quick, progress=lambda msg: echo(f"  {msg}"))
-    rows.to_csv(out / "allocation.csv", index=False)
-    figures = allocation_figures(rows, out)
-    body = ALLOCATION_INTRO + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n\n"
-    body += allocation_tables(rows)
-    sections = [("Allocation: solvers across scales", body)]
+    sections = []
+    if "allocation" in suites:
+        chosen = [get_spec(s) for s in specs] if specs else list(registered_specs().values())
+        rows = run_allocation_benchmarks(chosen, quick=quick, progress=lambda msg: echo(f"  {msg}"))
+        rows.to_csv(out / "allocation.csv", index=False)
+        figures = allocation_figures(rows, out)
+        body = ALLOCATION_INTRO + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n\n"
+        body += allocation_tables(rows)
+        sections.append(("Allocation: solvers across scales", body))
+    if "models" in suites or "ab" in suites:
+        import torch
+
+        torch.set_num_threads(1)  # measured faster than 2 threads for these small networks on 2 cores
+    if "models" in suites:
+        from eoca.bench.models import model_figure, model_sections, run_cdnow, run_synthetic
+
+        seeds, users, epochs = MODEL_SIZES[size]
+        synth = run_synthetic(seeds, users, epochs, progress=lambda msg: echo(f"  {msg}"))
+        synth.to_csv(out / "models_synthetic.csv", index=False)
+        cd_seeds, cd_users, cd_epochs = CDNOW_SIZES[size]
+        cdnow = run_cdnow(cd_seeds, cd_epochs, n_users=cd_users, progress=lambda msg: echo(f"  {msg}"))
+        cdnow.to_csv(out / "models_cdnow.csv", index=False)
+        fig = model_figure(synth, out)
+        sections.append(("ETV models: the paper's Tables 1-2 and Figure 5",
+                         model_sections(synth, cdnow, n_users=users, seeds=seeds, epochs=epochs, figure=fig.name)))
+    if "ab" in suites:
+        from eoca.bench.abtest import ab_figure, ab_section, run_ab_test
+
+        seeds, users, epochs = AB_SIZES[size]
+        ab = run_ab_test(seeds, users, epochs, progress=lambda msg: echo(f"  {msg}"))
+        ab.to_csv(out / "ab_test.csv", index=False)
+        fig = ab_figure(ab, out)
+        sections.append(("Simulated A/B test (Table 3)", ab_section(ab, n_users=users, epochs=epochs, figure=fig.name)))
     path = write_report(
         out, sections,
         intro=f"{'Quick' if quick else 'Full'} run, {time.perf_counter() - started:.0f} s. "
-        "Regenerate with `eoca bench" + (" --quick" if quick else "") + "`.",
+        "Regenerate with `eoca bench" + (" --quick" if quick else "") + "`; the CSVs beside this page hold "
+        "every number.",
     )
     echo(f"wrote {path}")
     return path

@@ -67,7 +67,7 @@ class Solver(ABC):
         self.settings = {**self.options, **options}
         self.validate_settings()
 
-    def validate_settings(self) -> None:
+    def validate_settings(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
         """Check ``self.settings``; subclasses raise :class:`ValidationError` naming the option."""
 
     @classmethod

@@ -1,0 +1,89 @@
+"""Simulated deliveries, the A/B suite and the end-to-end demo, at toy sizes."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+pytest.importorskip("torch")
+
+import eoca  # noqa: E402
+from eoca.data import synthetic_platform  # noqa: E402
+from eoca.simulate import contract_demands, delivery_problem, lift_table, simulate_delivery  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def platform():
+    return synthetic_platform(n_users=400, n_funds=8, seed=3)
+
+
+def test_contract_demands_are_feasible_under_the_risk_rule(platform):
+    users, funds = platform.data.users, platform.data.funds
+    demand = contract_demands(users["risk_tolerance"].to_numpy(), funds["risk_level"].to_numpy(), seed=1)
+    reachable = (users["risk_tolerance"] >= funds["risk_level"].min()).sum()
+    assert demand.sum() == reachable
+    problem = delivery_problem(platform, platform.true_etv, demand)
+    assert problem.diagnose().feasible
+
+
+def test_simulated_delivery_matches_its_expectation_on_average(platform):
+    users, funds = platform.data.users, platform.data.funds
+    demand = contract_demands(users["risk_tolerance"].to_numpy(), funds["risk_level"].to_numpy(), seed=1)
+    result = eoca.solve(delivery_problem(platform, platform.true_etv, demand))
+    draws = [simulate_delivery(platform, result.assignment, seed=s) for s in range(200)]
+    mean_amount = np.mean([d.amount for d in draws])
+    assert draws[0].deliveries == result.problem.n_users
+    assert draws[0].expected_amount == pytest.approx(result.objective)  # the grid is the true ETV here
+    assert mean_amount == pytest.approx(draws[0].expected_amount, rel=0.1)
+    assert draws[0].tapmd == pytest.approx(1000 * draws[0].amount / draws[0].deliveries)
+
+
+def test_optimal_allocation_of_true_etv_beats_the_manual_one_in_expectation(platform):
+    users, funds = platform.data.users, platform.data.funds
+    demand = contract_demands(users["risk_tolerance"].to_numpy(), funds["risk_level"].to_numpy(), seed=1)
+    problem = delivery_problem(platform, platform.true_etv, demand)
+    best = simulate_delivery(platform, eoca.solve(problem).assignment)
+    manual = simulate_delivery(platform, eoca.solve(problem, solver="manual").assignment)
+    assert best.expected_tapmd > manual.expected_tapmd
+
+
+def test_undelivered_users_are_not_counted(platform):
+    users = platform.data.users["user_id"].to_numpy()
+    fund = platform.data.funds["fund_id"].iloc[0]
+    assignment = xr.DataArray(np.array([fund] * 10 + [None] * (len(users) - 10), dtype=object),
+                              dims="user", coords={"user": users})
+    assert simulate_delivery(platform, assignment).deliveries == 10
+
+
+def test_lift_table_is_paired_per_seed():
+    rows = pd.DataFrame({
+        "seed": [0, 0, 1, 1], "framework": ["base", "new", "base", "new"],
+        "cpmd": [10.0, 11.0, 20.0, 24.0], "tapmd": [100.0, 100.0, 200.0, 220.0],
+    })
+    table = lift_table(rows, baseline="base").set_index("framework")
+    assert table.loc["new", "cpmd_lift_%"] == pytest.approx(15.0)  # mean of +10% and +20%
+    assert table.loc["new", "tapmd_lift_%"] == pytest.approx(5.0)
+    assert table.loc["base", "cpmd_lift_%"] == 0.0
+
+
+def test_ab_suite_and_demo_run_end_to_end(tmp_path):
+    import torch
+
+    from eoca.bench.abtest import ab_figure, ab_section, run_ab_test
+    from eoca.demo import run_demo
+
+    torch.set_num_threads(1)
+    rows = run_ab_test([0, 1], n_users=300, epochs=1, progress=lambda m: None)
+    assert set(rows["framework"]) == {"ESMM + manual", "ESMM + heuristic", "ESDPM-NCG + heuristic",
+                                      "ESDPM + heuristic", "ESDPM + exact"}
+    exact = rows[rows["framework"] == "ESDPM + exact"]
+    assert (exact["status"] == "optimal").all() and (exact["risk_violations"] == 0).all()
+    text = ab_section(rows, n_users=300, epochs=1, figure=ab_figure(rows, tmp_path).name)
+    assert "%TAPMD lift" in text and "ab_lifts.png" in text
+
+    lines = []
+    table = run_demo(n_users=500, epochs=1, progress=False, echo=lines.append)
+    assert {"exact", "heuristic", "heuristic-paper", "manual"} <= set(table.index)
+    assert table.loc["exact", "status"] == "optimal"
+    assert table.loc["exact", "predicted ETV"] >= table.loc["heuristic", "predicted ETV"]
+    assert any("simulated delivery" in line for line in lines)
