@@ -58,6 +58,26 @@ class CompiledProblem:
     def exact_demands(self) -> bool:
         return bool(np.array_equal(self.demand_min, self.demand_max))
 
+    def level_counts(self) -> dict[str, np.ndarray]:
+        """Per risk level L (arrays of length ``n_levels``): the counts behind feasibility.
+
+        ``users_ge``: users with tolerance >= L; ``min_ge``: minimum demand of funds with risk >= L;
+        ``users_lt``: users with tolerance < L; ``max_lt``: maximum demand of funds with risk < L.
+        Because levels are ordered, the problem is feasible iff ``users_ge >= min_ge`` at every level and,
+        unless holdout, ``users_lt <= max_lt`` at every level.
+        """
+        n_levels = self.n_levels
+        users_at = np.bincount(self.user_level, minlength=n_levels)
+        lo_at = np.bincount(self.fund_level, weights=self.demand_min, minlength=n_levels).astype(np.int64)
+        hi_at = np.bincount(self.fund_level, weights=self.demand_max, minlength=n_levels).astype(np.int64)
+        users_ge = np.cumsum(users_at[::-1])[::-1].astype(np.int64)
+        return {
+            "users_ge": users_ge,
+            "min_ge": np.cumsum(lo_at[::-1])[::-1],
+            "users_lt": self.n_users - users_ge,
+            "max_lt": np.cumsum(hi_at) - hi_at,
+        }
+
     def eligible(self, users: slice | np.ndarray = slice(None)) -> np.ndarray:
         """Boolean (users, funds) mask of the pairs the risk rule allows; built on demand, never stored."""
         return self.user_level[users, None] >= self.fund_level[None, :]
@@ -442,16 +462,10 @@ class AllocationProblem:
         the users with tolerance below L fit into the maximum demand of funds with risk below L.
         """
         c = self._compiled
-        n_levels = c.n_levels
-        users_at = np.bincount(c.user_level, minlength=n_levels)
-        lo_at = np.bincount(c.fund_level, weights=c.demand_min, minlength=n_levels).astype(np.int64)
-        hi_at = np.bincount(c.fund_level, weights=c.demand_max, minlength=n_levels).astype(np.int64)
-        users_ge = np.cumsum(users_at[::-1])[::-1]
-        lo_ge = np.cumsum(lo_at[::-1])[::-1]
-        users_lt = c.n_users - users_ge
-        hi_lt = np.cumsum(hi_at) - hi_at
+        counts = c.level_counts()
+        users_ge, lo_ge, users_lt, hi_lt = counts["users_ge"], counts["min_ge"], counts["users_lt"], counts["max_lt"]
         found = []
-        for level in range(n_levels):
+        for level in range(c.n_levels):
             if lo_ge[level] > users_ge[level]:
                 found.append(Shortfall(_scalar(self._levels[level]), "risk", int(users_ge[level]), int(lo_ge[level])))
             # With exact demands the capacity condition at L restates the risk condition at L: say it once.

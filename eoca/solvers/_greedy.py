@@ -169,18 +169,8 @@ def _until_first_fill(h, top, waiting, need, open_):
     return waiting[h_w >= threshold]
 
 
-def _slacks(user_level, fund_level, demand_min, demand_max, n_levels):
-    users_at = np.bincount(user_level, minlength=n_levels)
-    lo_at = np.bincount(fund_level, weights=demand_min, minlength=n_levels).astype(np.int64)
-    hi_at = np.bincount(fund_level, weights=demand_max, minlength=n_levels).astype(np.int64)
-    users_ge = np.cumsum(users_at[::-1])[::-1]
-    slack_a = users_ge - np.cumsum(lo_at[::-1])[::-1]
-    slack_b = (np.cumsum(hi_at) - hi_at) - (len(user_level) - users_ge)
-    return slack_a.astype(np.int64), slack_b.astype(np.int64)
-
-
-def algorithm1(etv, user_level, fund_level, demand_min, demand_max, holdout, n_levels, *, safe):
-    """Run Algorithm 1 on compiled arrays.
+def algorithm1(compiled, *, safe):
+    """Run Algorithm 1 on a :class:`~eoca.problem.CompiledProblem`.
 
     Demands are met in two phases: first every fund's minimum (the paper's exact demand), then, for range
     demands, the room up to each maximum. Users left once every fund is full receive no fund (holdout).
@@ -193,11 +183,15 @@ def algorithm1(etv, user_level, fund_level, demand_min, demand_max, holdout, n_l
         ``rounds`` (re-rankings), ``rerouted`` (safe mode: users sent to another fund than their top one
         to keep the remaining problem feasible), ``stranded`` (users left with no valid fund).
     """
+    etv, user_level, fund_level = compiled.etv, compiled.user_level, compiled.fund_level
+    demand_min, demand_max, holdout = compiled.demand_min, compiled.demand_max, compiled.holdout
     n, k = etv.shape
     codes = np.full(n, -1, dtype=np.int32)
     placed = np.zeros(k, dtype=np.int64)
     lo_left = np.asarray(demand_min, dtype=np.int64).copy()
-    slack_a, slack_b = _slacks(user_level, fund_level, demand_min, demand_max, n_levels)
+    counts = compiled.level_counts()
+    slack_a = counts["users_ge"] - counts["min_ge"]  # users to spare above each level
+    slack_b = counts["max_lt"] - counts["users_lt"]  # places to spare below each level
     check_b = not holdout
     rounds = 0
     rerouted = 0

@@ -44,9 +44,6 @@ class HeuristicSolver(Solver):
     def run(self, problem: AllocationProblem) -> SolverOutput:
         c = problem.compile()
         start = time.perf_counter()
-        codes, stats = algorithm1(
-            c.etv, c.user_level, c.fund_level, c.demand_min, c.demand_max, c.holdout, c.n_levels,
-            safe=self.settings["risk_safe"],
-        )
+        codes, stats = algorithm1(c, safe=self.settings["risk_safe"])
         return SolverOutput(codes=codes, status="feasible", stats=stats,
                             timings={"solve": time.perf_counter() - start})
