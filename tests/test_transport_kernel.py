@@ -318,3 +318,90 @@ def test_inputs_are_not_modified():
     solve_transport(etv, ul, fl, dmin, dmax, True)
     for x, y in zip(before, (etv, ul, fl, dmin, dmax), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# exactly tight risk levels (made explicit as eligibility) and degenerate grids kept small in memory
+
+
+def all_levels_tight(rng, n, k, *, holdout=False):
+    """Every user takes a random fund at the highest fund level it reaches, so every level is tight; with
+    ``holdout`` the lowest level gets ranges and may hold users out (the upper levels stay tight)."""
+    fl = np.sort(rng.integers(0, 4, k)).astype(np.int32)
+    fl[0] = 0
+    ul = rng.integers(0, 4, n).astype(np.int32)
+    lv = np.unique(fl)
+    top = lv[np.searchsorted(lv, ul, side="right") - 1]
+    a = np.empty(n, np.int64)
+    for level in lv:
+        m = top == level
+        a[m] = rng.choice(np.flatnonzero(fl == level), m.sum())
+    d = np.bincount(a, minlength=k).astype(np.int64)
+    dmin, dmax = d.copy(), d.copy()
+    if holdout:
+        low = fl == lv[0]
+        dmin[low] = d[low] * 4 // 5
+        dmax[low] = d[low] + n // 50
+    return ul, fl, dmin, dmax
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("holdout", [False, True])
+def test_tight_levels_match_lp(seed, holdout):
+    rng = np.random.default_rng(100 + seed)
+    n, k = 1500, int(rng.integers(3, 9))
+    etv = random_instance(rng, n, k, kind=["float", "few", "zeros", "float"][seed])[0]
+    etv *= (1.0 + np.arange(k))[None, ::-1]  # low-risk funds are the attractive ones: the rule binds
+    ul, fl, dmin, dmax = all_levels_tight(rng, n, k, holdout=holdout)
+    sol = solve_and_check(etv, ul, fl, dmin, dmax, holdout)
+    assert objective(etv, sol.assignment) == pytest.approx(lp_optimum(etv, ul, fl, dmin, dmax, holdout),
+                                                           rel=1e-9)
+
+
+@pytest.mark.parametrize("holdout", [False, True])
+def test_tight_levels_at_scale(holdout):
+    rng = np.random.default_rng(21)
+    n, k = 200_000, 8
+    etv = np.round(rng.gamma(1.0, 10.0, size=(n, k)), 1) * (1.0 + np.arange(k))[None, ::-1]
+    ul, fl, dmin, dmax = all_levels_tight(rng, n, k, holdout=holdout)
+    solve_transport(etv[:5000], ul[:5000], fl, dmin * 0, dmax, True)  # JIT warm-up
+    t = time.perf_counter()
+    sol = solve_and_check(etv, ul, fl, dmin, dmax, holdout)
+    assert time.perf_counter() - t < 3.0
+    # each user sits in the block of its own highest reachable level, as tightness forces
+    lv = np.unique(fl)
+    top = lv[np.searchsorted(lv, ul, side="right") - 1]
+    placed = sol.assignment >= 0
+    assert (fl[sol.assignment[placed]] == top[placed]).all() or holdout
+    assert sol.stats["loaded"] < n // 4
+
+
+def test_tight_synthetic_family():
+    from eoca.instances import synthetic_problem
+
+    c = synthetic_problem(200_000, 8, family="tight").compile()
+    sol = solve_and_check(c.etv, c.user_level, c.fund_level, c.demand_min, c.demand_max, c.holdout)
+    assert sol.stats["loaded"] < 200_000 // 4
+
+
+@pytest.mark.parametrize("kind", ["four_values", "ninety_percent_zeros", "identical_users", "all_zero"])
+def test_degenerate_grids_load_few_users(kind):
+    # exactly tied users are spread over their tied funds in the pass, so the repair loads few users into
+    # the arc heaps (each loaded user costs up to k heap entries: the memory on top of the grid)
+    rng = np.random.default_rng(22)
+    n, k = 300_000, 8
+    etv = degenerate_grid(kind, n, k, rng)
+    d = exact_demands(n, k, rng)
+    sol = solve_and_check(etv, np.zeros(n, np.int32), np.zeros(k, np.int32), d, d, False)
+    assert sol.stats["loaded"] < n // 5
+    assert sol.stats["moved"] < n // 20
+
+
+def test_read_only_inputs():
+    rng = np.random.default_rng(23)
+    etv, ul, fl, dmin, dmax = random_instance(rng, 3000, 4, holdout=True, ranges=True)
+    ref = solve_transport(etv, ul, fl, dmin, dmax, True)
+    for x in (etv, ul, fl, dmin, dmax):
+        x.setflags(write=False)
+    sol = solve_and_check(etv, ul, fl, dmin, dmax, True)
+    np.testing.assert_array_equal(sol.assignment, ref.assignment)

@@ -13,22 +13,37 @@ with ``min_j <= f_j <= max_j``, which turns demand ranges into ordinary arcs j -
    widened to [floor, ceil] and then repaired until the sample is feasible, is solved recursively (down to
    a few thousand users); its prices start the full solve.
 2. **One pass over the grid** (serial: on this 2-core machine numba threads gained <25% and the OpenMP
-   layer added ~40 ms per call) puts each user at its best node under those prices (ties to the
-   lowest fund index), counts users per node, and records each user's gap to its second-best node.
+   layer added ~40 ms per call) puts each user at its best node under those prices, counts users per
+   node, and records each user's gap to its second-best node. A user whose best nodes tie (within a
+   relative 1e-12) goes to the tied node furthest below the count it should reach under the warm prices
+   (smallest count / target), and gets gap 0: on degenerate grids (few distinct values, mostly zeros,
+   identical users) exactly tied users no longer pile onto one fund, so the imbalance left to the repair
+   is about as small as on a continuous grid, and so are the heaps (the memory on top of the grid).
 3. **Successive shortest paths on the (k + 1)-node graph** (Johnson potentials = prices) move users from
    over-full to under-full nodes. The arc a -> b costs the cheapest move of a user sitting at a; its
    candidates are kept in a heap per ordered pair ordered by the price-free key
    ``value(u, a) - value(u, b)`` and then by user index, so ties are broken lexicographically and the
    result never depends on thread scheduling. Heaps are filled lazily: first with the users whose gap is
-   smallest, later by scanning a node's remaining users; users not yet loaded give an exact lower bound
-   ``kappa`` on the arc, so a path through a not-yet-loaded arc still yields valid prices and triggers a
-   refill of that node. After each price update the shortest path is tight, and it is reused to move a
+   smallest, later, when a path needs arc a -> b beyond what is loaded, with a batch of a's remaining
+   users of smallest key towards b (a batch about twice the remaining imbalance, at most that many taken
+   among exactly tied keys); users not yet loaded give an exact lower bound ``kappa`` on the arc, so a
+   path through a not-yet-loaded arc still yields valid prices and triggers that refill. After each price update the shortest path is tight, and it is reused to move a
    whole batch of tied users (one per arc per step) until an arc's next key differs, the source is
    balanced, or the sink is full: on degenerate grids (few distinct values, mostly zeros, identical
    users) thousands of tied users move per Dijkstra run.
 4. **Certificate.** Every user sits at an argmax of ``etv - price`` over its allowed funds (or at 0 for
    held-out users), and every fund with a positive price is at its max, every fund with a negative price
    at its min, so the assignment's value equals the Lagrangian dual value of the prices.
+
+**Tight risk levels** (DESIGN.md §1 step 4). Where the users whose level reaches fund level L are exactly
+as many as the demand_min of the funds at level >= L, every one of them must take one of those funds,
+which get exactly their demand_min. This is made explicit as eligibility before solving (users at or
+above L may not take lower funds nor be held out; those funds' demand_max becomes demand_min), which
+splits the problem into blocks that exchange nobody, so the prices have no unbounded direction; the
+sample of step 1 keeps the blocks. Afterwards the prices of each tight block are lowered (the "matching
+price correction") until, under the original risk rule, no user prefers a node below its block and a
+ranged fund of a tight block has a price <= 0; this keeps dual(prices) = objective because a block's
+users exactly fill its funds' demand_min.
 
 Funds with ``demand_max == 0`` take nobody: they are removed from everyone's choices during the solve
 and their price is set afterwards to the smallest value that no user would beat.
@@ -78,6 +93,23 @@ class TransportSolution:
     stats: dict = field(default_factory=dict)
 
 
+class _Alias:
+    """Holds an array interface so that numpy can build a writeable-typed view of read-only memory."""
+
+    def __init__(self, arr):
+        self.base = arr
+        self.__array_interface__ = dict(arr.__array_interface__, data=(arr.__array_interface__["data"][0], False))
+
+
+def _mutable_view(arr):
+    """The same memory, typed as writeable: numba compiles read-only arrays as a separate type, and the
+    grids of a compiled problem are read-only, which would double the JIT compile. The kernels never write
+    the grid or the levels (the tests check that the inputs are unchanged)."""
+    if arr.flags.writeable or arr.size == 0:
+        return arr
+    return np.asarray(_Alias(arr))
+
+
 def _as_inputs(etv, user_level, fund_level, demand_min, demand_max):
     etv = np.asarray(etv)
     if etv.ndim != 2:
@@ -90,6 +122,8 @@ def _as_inputs(etv, user_level, fund_level, demand_min, demand_max):
     fl = np.ascontiguousarray(fund_level, dtype=np.int32)
     dmin = np.ascontiguousarray(demand_min, dtype=np.int64)
     dmax = np.ascontiguousarray(demand_max, dtype=np.int64)
+    etv, ul = _mutable_view(etv), _mutable_view(ul)
+    fl, dmin, dmax = fl.copy(), dmin.copy(), dmax.copy()
     if k < 1:
         raise ValueError("etv must have at least one fund column")
     for name, arr, size in (("user_level", ul, n), ("fund_level", fl, k), ("demand_min", dmin, k),
@@ -154,17 +188,56 @@ def _sample_demands(code_counts, fcode, dmin, dmax, holdout, ratio):
     return smin, smax
 
 
+def _block_sample_demands(code_counts, fcode, dmin, dmax, holdout, ratio, tight):
+    """:func:`_sample_demands` block by block: the tight codes split users and funds into blocks that
+    exchange nobody (block 0 also holds the held-out node); returns None if a block can't be repaired."""
+    bounds = [1] + [int(t) for t in tight] + [len(code_counts)]
+    smin = np.zeros_like(dmin)
+    smax = np.zeros_like(dmax)
+    for b in range(len(bounds) - 1):
+        c0, c1 = bounds[b], bounds[b + 1]
+        sel = (fcode >= c0) & (fcode < c1)
+        if b == 0:
+            cc = code_counts[:c1]
+            fc = fcode[sel]
+        else:
+            cc = np.concatenate([[0], code_counts[c0:c1]])
+            fc = fcode[sel] - c0 + 1
+        dm = _sample_demands(cc, fc, dmin[sel], dmax[sel], holdout and b == 0, ratio)
+        if dm is None:
+            return None
+        smin[sel], smax[sel] = dm
+    return smin, smax
+
+
 class _Levels:
-    """Risk levels of the open funds, as dense codes."""
+    """Risk levels of the open funds, as dense codes, and the exactly tight ones.
+
+    Code t (1..m) is tight when the users whose level reaches it are exactly as many as the demand_min of
+    the funds at code >= t: every such user must take one of those funds (not a lower fund, not the
+    held-out node), and those funds get exactly their demand_min. Made explicit as eligibility, the
+    problem splits into blocks that exchange nobody, and the prices have no unbounded direction.
+    """
 
     def __init__(self, fl, dmax):
         self.open = dmax > 0
         self.levels = np.unique(fl[self.open]).astype(np.int32)
         self.fcode = np.zeros(len(fl), np.int64)
         self.fcode[self.open] = np.searchsorted(self.levels, fl[self.open]) + 1
+        self.tight = np.zeros(0, np.int64)  # tight codes, increasing
 
     def counts(self, ul):
         return K.level_counts(ul, self.levels)
+
+    def find_tight(self, code_counts, dmin):
+        at_least = np.cumsum(code_counts[::-1])[::-1]
+        m = len(code_counts) - 1
+        tight = [t for t in range(1, m + 1)
+                 if at_least[t] > 0 and int(at_least[t]) == int(dmin[self.fcode >= t].sum())]
+        self.tight = np.array(tight, np.int64)
+
+    def block_of_code(self, codes):
+        return np.searchsorted(self.tight, codes, side="right")
 
 
 def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, warm=True):
@@ -175,7 +248,8 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     if warm and n > _BASE_USERS:
         sub = np.ascontiguousarray(etv[::_SAMPLE_STEP])
         sul = np.ascontiguousarray(ul[::_SAMPLE_STEP])
-        dm = _sample_demands(levels.counts(sul), levels.fcode, dmin, dmax, holdout, len(sul) / n)
+        dm = _block_sample_demands(levels.counts(sul), levels.fcode, dmin, dmax, holdout, len(sul) / n,
+                                   levels.tight)
         if dm is not None:
             lam_s, _a, st, _s = _solve_level(sub, sul, lo, hi, dm[0], dm[1], holdout, levels, deadline, info)
             if st != K.STATUS_INFEASIBLE:
@@ -183,7 +257,12 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
         del sub, sul
         info["sample_levels"].append(int(len(ul[::_SAMPLE_STEP])))
     t1 = time.perf_counter()
-    assign, gap, counts, nbad, smax = K.assign_pass(etv, ul, lo, hi, lam0)
+    # the count each node should reach under lam0 (complementary slackness): exactly tied users are spread
+    # towards it during the pass
+    target = np.empty(k + 1, np.int64)
+    target[:k] = np.where(lam0[:k] < 0, dmin, dmax)
+    target[k] = max(0, n - int(target[:k].sum())) if holdout else 0
+    assign, gap, counts, nbad, smax = K.assign_pass(etv, ul, lo, hi, lam0, target)
     if nbad:
         raise ValueError(f"{nbad} users may take no fund (their risk level is below every open fund's)")
     # first heap load: a generous multiple of the imbalance under the warm prices
@@ -195,7 +274,8 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     # non-candidates have gap >= theta0 (float32): key_ab >= theta0 + lam_a - lam_b - tol, where tol covers
     # the rounding of the pass; every allowed etv is at most smax + max|lam|
     th = abs(theta0) if math.isfinite(theta0) else 0.0
-    tol = 1e-12 * (float(smax) + 2.0 * float(np.abs(lam0).max()) + th) + 1e-6 * th + 1e-300
+    # (ties within 1e-12 relative count as gap 0 in the pass, hence the factor 2)
+    tol = 2e-12 * (float(smax) + 2.0 * float(np.abs(lam0).max()) + th) + 1e-6 * th + 1e-300
     t2 = time.perf_counter()
     lam = lam0.copy()
     status, st = K.repair(etv, ul, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol, deadline)
@@ -203,6 +283,40 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     info["level_seconds"].append({"users": n, "sample_s": t1 - t0, "pass_s": t2 - t1, "repair_s": t3 - t2,
                                   "initial_excess": int(excess), "moved": int(st[K.ST_MOVED])})
     return lam, assign, int(status), st
+
+
+def _tight_price_correction(etv, ul, fl, holdout, levels, node_block, dmin, dmax, assign, prices):
+    """Lower the prices of each tight block (and every block above it) so that, under the original risk
+    rule, no user prefers a node below its block; a tight block's funds end with price <= 0 unless their
+    demand is exact. Both keep dual(prices) = objective: a block's users and funds exchange nobody, so a
+    shift c of its funds' prices adds c to each of its users' values and takes c * demand_min from its
+    funds' terms, and the block's users are exactly its funds' demand_min."""
+    k = len(prices)
+    nb = len(levels.tight) + 1
+    p = np.append(prices, 0.0)
+    node_lo = np.empty(k + 1, np.int32)  # the original risk rule (closed funds are priced afterwards)
+    node_lo[:k] = np.where(levels.open, fl, _INT32_MAX)
+    node_lo[k] = _INT32_MIN if holdout else _INT32_MAX
+    tight_lv = levels.levels[levels.tight - 1].astype(np.int32)
+    M = K.block_violations(etv, ul, tight_lv, node_block, node_lo, assign, p)
+    c = np.zeros(nb)
+    for s in range(nb - 1, 0, -1):
+        need = 0.0
+        for b in range(s, nb):
+            above = c[s + 1 : b + 1].sum()
+            for b2 in range(s):
+                if math.isfinite(M[b, b2]):
+                    need = max(need, M[b, b2] - above)
+        c[s] = need
+    for b in range(1, nb):
+        ranged = (node_block[:k] == b) & (dmax > dmin)
+        if ranged.any():
+            c[b] += max(0.0, float(prices[ranged].max()) - c[1 : b + 1].sum())
+    shift = np.cumsum(c)
+    out = prices.copy()
+    blk = node_block[:k]
+    out[blk >= 1] -= shift[blk[blk >= 1]]
+    return out
 
 
 def solve_transport(etv, user_level, fund_level, demand_min, demand_max, holdout, *, time_limit=None):
@@ -238,7 +352,8 @@ def solve_transport(etv, user_level, fund_level, demand_min, demand_max, holdout
     n, k = etv.shape
     holdout = bool(holdout)
     levels = _Levels(fl, dmax)
-    msg = _feasibility(levels.counts(ul), levels.fcode, dmin, dmax, holdout)
+    code_counts = levels.counts(ul)
+    msg = _feasibility(code_counts, levels.fcode, dmin, dmax, holdout)
     if msg is not None:
         raise ValueError(f"infeasible instance: {msg}")
     # node k is the sink T; a fund that must stay empty is allowed to nobody
@@ -246,13 +361,26 @@ def solve_transport(etv, user_level, fund_level, demand_min, demand_max, holdout
     lo[:k] = np.where(levels.open, fl, _INT32_MAX)
     lo[k] = _INT32_MIN if holdout else _INT32_MAX
     hi = np.full(k + 1, _INT32_MAX, np.int32)
+    # tight risk levels as eligibility: a user at or above a tight level takes nothing below it
+    levels.find_tight(code_counts, dmin)
+    node_block = np.zeros(k + 1, np.int64)  # block of each node (T: 0, closed funds: -1)
+    node_block[:k] = np.where(levels.open, levels.block_of_code(levels.fcode), -1)
+    dmax_r = dmax
+    if len(levels.tight):
+        tight_lv = levels.levels[levels.tight - 1]
+        ext = np.append(tight_lv, _INT32_MAX).astype(np.int32)
+        hi[:k] = np.where(levels.open, ext[np.maximum(node_block[:k], 0)], _INT32_MAX)
+        hi[k] = ext[0]
+        dmax_r = np.where(node_block[:k] >= 1, dmin, dmax)  # a tight block's funds get exactly demand_min
     info = {"sample_levels": [], "level_seconds": []}
     if n == 0:
         return TransportSolution(np.empty(0, np.int32), np.zeros(k), "optimal", {"total_s": 0.0})
-    lam, assign, status, st = _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info)
+    lam, assign, status, st = _solve_level(etv, ul, lo, hi, dmin, dmax_r, holdout, levels, deadline, info)
     if status == K.STATUS_INFEASIBLE:
         raise ValueError("infeasible instance: no way to meet every demand was found")
     prices = lam[:k] - lam[k]
+    if len(levels.tight):
+        prices = _tight_price_correction(etv, ul, fl, holdout, levels, node_block, dmin, dmax, assign, prices)
     K.to_output(assign, k)
     for j in np.flatnonzero(~levels.open):
         # the smallest price at which no allowed user would rather take the empty fund

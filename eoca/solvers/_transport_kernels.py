@@ -40,41 +40,31 @@ STATUS_TIME_LIMIT = 1
 STATUS_INFEASIBLE = 2
 
 
-@njit(cache=True, inline="always")
-def _better(v, j, b1, b2, j1):
-    """Running best / second best; ties keep the earlier (lower) node."""
-    if v > b1:
-        return v, b1, j
-    if v > b2:
-        return b1, v, j1
-    return b1, b2, j1
-
-
 @njit(cache=True)
-def assign_pass(etv, ulev, lo, hi, lam):
+def assign_pass(etv, ulev, lo, hi, lam, target):
     """Best node of every user under ``lam``, the gap to its second-best node, and counts per node.
 
-    Ties go to the lowest node index (T last). Returns (assign, gap (float32), counts, number of users
-    without any allowed node, max |best reduced value|).
+    Users whose best nodes tie (within a relative 1e-12, which absorbs the rounding of prices built from
+    sums of ETV differences) are spread over the tied nodes: each goes to the tied node whose count is
+    furthest below ``target`` (smallest count / target, ties to the lowest index), so that on degenerate
+    grids the imbalance left to the repair is small instead of piling every tied user on one node. A tied
+    user's gap is 0. Returns (assign, gap (float32), counts, number of users without any allowed node,
+    max |best reduced value|).
     """
     n, k = etv.shape
     K = k + 1
     assign = np.empty(n, np.int32)
     gap = np.empty(n, np.float32)
     counts = np.zeros(K, np.int64)
-    open_idx = np.empty(k, np.int64)
+    open_idx = np.empty(K, np.int64)
     nopen = 0
-    all_lo = np.iinfo(np.int32).min
-    all_hi = np.iinfo(np.int32).max
-    for j in range(k):
-        if lo[j] < np.iinfo(np.int32).max:
-            open_idx[nopen] = j
+    lamabs = 0.0
+    for x in range(K):
+        if lo[x] < hi[x]:
+            open_idx[nopen] = x
             nopen += 1
-            all_lo = max(all_lo, lo[j])
-            all_hi = min(all_hi, hi[j])
-    t_lo = lo[k]
-    t_hi = hi[k]
-    lam_t = lam[k]
+            lamabs = max(lamabs, abs(lam[x]))
+    red = np.empty(K)
     nbad = 0
     smax = 0.0
     for i in range(n):
@@ -82,29 +72,84 @@ def assign_pass(etv, ulev, lo, hi, lam):
         b1 = -np.inf
         b2 = -np.inf
         j1 = -1
-        if lv >= all_lo and lv < all_hi:
-            for q in range(nopen):
-                j = open_idx[q]
-                b1, b2, j1 = _better(etv[i, j] - lam[j], j, b1, b2, j1)
-        else:
-            for q in range(nopen):
-                j = open_idx[q]
-                if lo[j] <= lv and lv < hi[j]:
-                    b1, b2, j1 = _better(etv[i, j] - lam[j], j, b1, b2, j1)
-        if t_lo <= lv and lv < t_hi:
-            b1, b2, j1 = _better(-lam_t, k, b1, b2, j1)
+        for q in range(nopen):
+            x = open_idx[q]
+            if lo[x] <= lv and lv < hi[x]:
+                v = (etv[i, x] if x < k else 0.0) - lam[x]
+                red[x] = v
+                if v > b1:
+                    b2 = b1
+                    b1 = v
+                    j1 = x
+                elif v > b2:
+                    b2 = v
+            else:
+                red[x] = -np.inf
         if j1 < 0:
             nbad += 1
             assign[i] = k
             gap[i] = np.inf
             continue
-        assign[i] = j1
-        gap[i] = b1 - b2
-        counts[j1] += 1
         ab = abs(b1)
         if ab > smax:
             smax = ab
+        g = b1 - b2
+        ttol = 1e-12 * (ab + lamabs)
+        if g <= ttol:
+            lim = b1 - ttol
+            best = j1
+            for q in range(nopen):
+                x = open_idx[q]
+                if red[x] >= lim and x != best:
+                    tx = target[x]
+                    tb = target[best]
+                    if tx > 0 and (tb <= 0 or counts[x] * tb < counts[best] * tx or
+                                   (counts[x] * tb == counts[best] * tx and x < best)):
+                        best = x
+            j1 = best
+            g = 0.0
+        assign[i] = j1
+        gap[i] = g
+        counts[j1] += 1
     return assign, gap, counts, nbad, smax
+
+
+@njit(cache=True)
+def _kth(a, q):
+    """q-th smallest entry of ``a`` (reordered in place): quickselect with a median-of-three pivot. (Far
+    cheaper to compile than ``np.partition`` / ``np.sort``.)"""
+    lo = 0
+    hi = a.shape[0] - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        x, y, z = a[lo], a[mid], a[hi]
+        if x > y:
+            x, y = y, x
+        if y > z:
+            y = z
+            if x > y:
+                y = x
+        piv = y
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] < piv:
+                i += 1
+            while a[j] > piv:
+                j -= 1
+            if i <= j:
+                t = a[i]
+                a[i] = a[j]
+                a[j] = t
+                i += 1
+                j -= 1
+        if q <= j:
+            hi = j
+        elif q >= i:
+            lo = i
+        else:
+            return a[q]
+    return a[q]
 
 
 @njit(cache=True)
@@ -128,12 +173,11 @@ def select_initial(gap, target):
         if gap[i] < np.inf:
             samp[m] = gap[i]
             m += 1
-    samp.sort()
     q = int(np.ceil(target / n * m))
     if q >= m:
         theta = np.inf
     else:
-        theta = samp[q]
+        theta = _kth(samp, q)
     nless = 0
     for i in range(n):
         if gap[i] < theta:
@@ -209,7 +253,29 @@ def _reserve(PK, PU, hb, hc, hs, top, p, extra):
         return PK, PU
     cap = max(16, 2 * hc[p], need)
     if top[0] + cap > PK.shape[0]:
-        size = max(2 * PK.shape[0], top[0] + cap)
+        # first close the holes left by heaps that moved (slide every heap down, in order of position)
+        H = hb.shape[0]
+        order = np.arange(H)
+        for i in range(1, H):
+            v = order[i]
+            j = i - 1
+            while j >= 0 and hb[order[j]] > hb[v]:
+                order[j + 1] = order[j]
+                j -= 1
+            order[j + 1] = v
+        pos = 0
+        for t in range(H):
+            q = order[t]
+            b = hb[q]
+            if b != pos:
+                for r in range(hs[q]):
+                    PK[pos + r] = PK[b + r]
+                    PU[pos + r] = PU[b + r]
+                hb[q] = pos
+            pos += hc[q]
+        top[0] = pos
+    if top[0] + cap > PK.shape[0]:
+        size = max(PK.shape[0] + PK.shape[0] // 2, top[0] + cap)
         nk = np.empty(size, np.float64)
         nu = np.empty(size, np.int32)
         nk[: top[0]] = PK[: top[0]]
@@ -238,8 +304,11 @@ def _append(PK, PU, hb, hs, p, key, user):
 
 @njit(cache=True)
 def _sift_up(PK, PU, hb, hs, p):
-    base = hb[p]
-    pos = hs[p] - 1
+    _sift_up_at(PK, PU, hb[p], hs[p] - 1)
+
+
+@njit(cache=True)
+def _sift_up_at(PK, PU, base, pos):
     key = PK[base + pos]
     user = PU[base + pos]
     while pos > 0:
@@ -307,22 +376,6 @@ def _load_user(etv, ulev, lo, hi, u, a, PK, PU, hb, hs, sift):
 
 
 @njit(cache=True)
-def _user_gap(etv, ulev, lo, hi, lam, u, a):
-    """Smallest reduced cost of moving u away from its node a (inf if it has no other node)."""
-    k = etv.shape[1]
-    K = k + 1
-    lv = ulev[u]
-    va = _val(etv, u, a, k)
-    g = np.inf
-    for z in range(K):
-        if z != a and lo[z] <= lv and lv < hi[z]:
-            r = (va - _val(etv, u, z, k)) - (lam[a] - lam[z])
-            if r < g:
-                g = r
-    return g
-
-
-@njit(cache=True)
 def _build_members(assign, loaded, K):
     """Unloaded users grouped by node, increasing user index inside a group (CSR)."""
     n = assign.shape[0]
@@ -343,57 +396,66 @@ def _build_members(assign, loaded, K):
 
 
 @njit(cache=True)
-def _refill(etv, ulev, lo, hi, lam, assign, loaded, a, start, mem, kappa, PK, PU, hb, hc, hs, top, nload, stats):
-    """Load the next batch of unloaded users of node a (smallest current gap, ties by index) and recompute
-    kappa[a, :] exactly over the users that stay unloaded."""
+def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, kappa, PK, PU, hb, hc, hs, top, stats):
+    """Load about ``m`` unloaded users of node a with the smallest price-free key towards b (ties by user
+    index) into every heap (a, z), and recompute kappa[a, :] exactly over the users that stay unloaded.
+
+    The threshold is a quantile of a systematic sample of the keys (no array of the node's size is
+    allocated, and the node is read once); at most ``m`` users exactly at the threshold are taken, in index
+    order, so a node of thousands of exactly tied users loads one batch, not all of them.
+    """
     k = etv.shape[1]
     K = k + 1
     s0 = start[a]
     s1 = start[a + 1]
-    tmp = np.empty(s1 - s0, np.float64)
-    r = 0
-    for q in range(s0, s1):
-        u = mem[q]
-        if loaded[u] == 0:
-            g = _user_gap(etv, ulev, lo, hi, lam, u, a)
-            if g < np.inf:
-                tmp[r] = g
-                r += 1
+    na = s1 - s0
     stats[ST_REFILL] += 1
-    stats[ST_SCANNED] += s1 - s0
-    m = max(4096, 2 * nload[a])
-    if r <= m:
-        theta = np.inf
-        take_eq = 0
-    else:
-        theta = np.partition(tmp[:r], m - 1)[m - 1]
-        nless = 0
-        for q in range(r):
-            if tmp[q] < theta:
-                nless += 1
-        take_eq = m - nless
+    stats[ST_SCANNED] += na
+    stride = max(1, na // 16384)
+    ns = 0
+    for q in range(s0, s1, stride):
+        u = mem[q]
+        if loaded[u] == 0 and lo[b] <= ulev[u] and ulev[u] < hi[b]:
+            ns += 1
+    theta = np.inf
+    take_eq = 0
+    if ns > 0:
+        samp = np.empty(ns, np.float64)
+        ns = 0
+        for q in range(s0, s1, stride):
+            u = mem[q]
+            if loaded[u] == 0 and lo[b] <= ulev[u] and ulev[u] < hi[b]:
+                samp[ns] = _val(etv, u, a, k) - _val(etv, u, b, k)
+                ns += 1
+        qi = int(np.ceil(m / na * ns))
+        if qi < ns:
+            theta = _kth(samp, qi)
+            take_eq = m
     kap = np.full(K, np.inf)
+    hs0 = np.empty(K, np.int64)
+    for z in range(K):
+        hs0[z] = hs[a * K + z]
     for q in range(s0, s1):
         u = mem[q]
         if loaded[u] != 0:
             continue
-        g = _user_gap(etv, ulev, lo, hi, lam, u, a)
-        if g == np.inf:
-            continue
-        take = g < theta
-        if not take and g == theta and take_eq > 0:
-            take = True
-            take_eq -= 1
+        lv = ulev[u]
+        va = _val(etv, u, a, k)
+        take = False
+        if lo[b] <= lv and lv < hi[b]:
+            key = va - _val(etv, u, b, k)
+            if key < theta:
+                take = True
+            elif key == theta and take_eq > 0:
+                take = True
+                take_eq -= 1
         if take:
             loaded[u] = 1
-            nload[a] += 1
             stats[ST_LOADED] += 1
             if _full(hc, hs, a, K):
                 PK, PU = _grow(PK, PU, hb, hc, hs, top, a, K)
             _load_user(etv, ulev, lo, hi, u, a, PK, PU, hb, hs, False)
         else:
-            lv = ulev[u]
-            va = _val(etv, u, a, k)
             for z in range(K):
                 if z != a and lo[z] <= lv and lv < hi[z]:
                     key = va - _val(etv, u, z, k)
@@ -401,8 +463,13 @@ def _refill(etv, ulev, lo, hi, lam, assign, loaded, a, start, mem, kappa, PK, PU
                         kap[z] = key
     for z in range(K):
         if z != a:
-            kappa[a * K + z] = kap[z]
-            _heapify(PK, PU, hb, hs, a * K + z)
+            p = a * K + z
+            kappa[p] = kap[z]
+            if (hs[p] - hs0[z]) * 16 < hs[p]:  # a few new entries: sift them up, else rebuild the heap
+                for pos in range(hs0[z], hs[p]):
+                    _sift_up_at(PK, PU, hb[p], pos)
+            else:
+                _heapify(PK, PU, hb, hs, p)
     return PK, PU
 
 
@@ -460,7 +527,7 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
     PK = np.empty(top[0] + top[0] // 2, np.float64)
     PU = np.empty(top[0] + top[0] // 2, np.int32)
     loaded = np.zeros(n, np.uint8)
-    nload = np.zeros(K, np.int64)
+    batch = np.zeros(K * K, np.int64)  # last refill size per arc
     kappa = np.full(K * K, inf)
     if theta0 < inf:
         for a in range(K):
@@ -471,7 +538,6 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
         u = cand[q]
         a = assign[u]
         loaded[u] = 1
-        nload[a] += 1
         _load_user(etv, ulev, lo, hi, u, a, PK, PU, hb, hs, False)
     stats[ST_LOADED] += cand.shape[0]
     for p in range(K * K):
@@ -601,10 +667,17 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
             if not built:
                 start, mem = _build_members(assign, loaded, K)
                 built = True
+            rem = 0
+            for x in range(K):
+                if e[x] > 0:
+                    rem += e[x]
             for q in range(plen):
                 if path_t[q] == 1:
-                    PK, PU = _refill(etv, ulev, lo, hi, lam, assign, loaded, path_x[q], start, mem, kappa,
-                                     PK, PU, hb, hc, hs, top, nload, stats)
+                    p = path_x[q] * K + path_y[q]
+                    m = max(4096, 2 * rem, 2 * batch[p])
+                    batch[p] = m
+                    PK, PU = _refill(etv, ulev, lo, hi, assign, loaded, path_x[q], path_y[q], m, start, mem,
+                                     kappa, PK, PU, hb, hc, hs, top, stats)
             continue
         # ---- augment one unit at a time while the whole path stays tight
         first = True
@@ -712,3 +785,32 @@ def level_counts(ulev, levels):
         for j in range(m + 1):
             out[j] += cnt[c, j]
     return out
+
+
+@njit(cache=True)
+def block_violations(etv, ulev, tight, node_block, node_lo, assign, prices):
+    """For the blocks of users split by the sorted ``tight`` risk levels (block b: tight[b-1] <= level <
+    tight[b]), M[b, b'] = max over users u of block b and nodes x of a lower block b' that u may take under
+    the original risk rule (``node_lo[x] <= level``) of ``(value(u, x) - prices[x]) - (value(u, a_u) -
+    prices[a_u])``: how much the prices must drop for block b (relative to b') so that no user would rather
+    take a node that the tight levels forbid. Node k (held out) has value 0 and price ``prices[k]``."""
+    n, k = etv.shape
+    K = k + 1
+    nb_ = tight.shape[0] + 1
+    M = np.full((nb_, nb_), -np.inf)
+    for i in range(n):
+        lv = ulev[i]
+        b = 0
+        while b < nb_ - 1 and tight[b] <= lv:
+            b += 1
+        if b == 0:
+            continue
+        a = assign[i]
+        cur = _val(etv, i, a, k) - prices[a]
+        for x in range(K):
+            bx = node_block[x]
+            if 0 <= bx < b and node_lo[x] <= lv:
+                d = (_val(etv, i, x, k) - prices[x]) - cur
+                if d > M[b, bx]:
+                    M[b, bx] = d
+    return M
