@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_solve)
 
     p = sub.add_parser("demo", help="end-to-end run on built-in synthetic data: predict, allocate, simulate")
-    p.add_argument("--users", type=int, default=20_000, help="users on the synthetic platform (default 20,000)")
+    p.add_argument("--users", type=int, default=10_000, help="users on the synthetic platform (default 10,000)")
     p.add_argument("--epochs", type=int, default=4, help="ESDPM training epochs at most (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)

@@ -7,6 +7,7 @@ lacks it, or cannot be parsed, raises :class:`eoca.errors.FileFormatError`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from eoca.checks import check_allocation
+from eoca.checks import check_allocation, codes_from_assignment
 from eoca.errors import FileFormatError, ValidationError
 from eoca.problem import FUND, USER, AllocationProblem
 from eoca.result import Result, Status
@@ -179,8 +180,18 @@ def save_result(result: Result, directory: str | os.PathLike, *, format: str = "
         _atomic_write(target, lambda tmp: frame.to_csv(tmp, index=False))
     summary = result_summary(result)
     summary["assignment_file"] = target.name
+    # the summary names the exact assignment it describes, so a pair from two different saves is caught
+    summary["assignment_sha256"] = _sha256(target)
     _atomic_write(directory / SUMMARY_NAME, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     return directory
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_summary(directory: str | os.PathLike) -> dict[str, Any]:
@@ -201,6 +212,11 @@ def load_assignment(directory: str | os.PathLike) -> xr.DataArray:
     """The saved assignment as a DataArray over "user" of fund ids (missing for no fund)."""
     summary = load_summary(directory)
     path = Path(directory) / summary.get("assignment_file", "assignment.parquet")
+    if path.is_file() and summary.get("assignment_sha256") not in (None, _sha256(path)):
+        raise FileFormatError(
+            f"{path} is not the assignment {Path(directory) / SUMMARY_NAME} describes (it was replaced or the "
+            "save was interrupted); save the result again"
+        )
     try:
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except FileNotFoundError:
@@ -218,8 +234,6 @@ def load_result(directory: str | os.PathLike, problem: AllocationProblem) -> Res
     summary = load_summary(directory)
     assignment = load_assignment(directory)
     checks = check_allocation(problem, assignment)
-    from eoca.checks import codes_from_assignment
-
     codes = codes_from_assignment(problem, assignment)
     prices = [summary["funds"].get(str(f), {}).get("price") for f in problem.funds]
     price_da = (

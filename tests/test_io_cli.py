@@ -111,3 +111,12 @@ def test_every_scenario_solves(scenario):
     params = {"n_users": 2000} if scenario.stem != "paper_toy" else {}
     result = eoca.solve(load_scenario(scenario, **params))
     assert result.status is eoca.Status.OPTIMAL and result.checks.ok
+
+
+def test_assignment_and_summary_from_different_saves_are_caught(tmp_path):
+    problem = synthetic_problem(300, 4, seed=2)
+    save_result(eoca.solve(problem), tmp_path / "a")
+    save_result(eoca.solve(problem, solver="manual"), tmp_path / "b")
+    (tmp_path / "b" / "assignment.parquet").replace(tmp_path / "a" / "assignment.parquet")
+    with pytest.raises(eoca.FileFormatError, match="not the assignment .* describes"):
+        load_assignment(tmp_path / "a")
