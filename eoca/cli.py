@@ -69,16 +69,14 @@ def format_result(result: Result) -> str:
     table = result.summary()
     cols = {"users": "users", "demand_min": "min", "demand_max": "max", "miss": "miss", "etv": "ETV", "risk": "risk"}
     shown = table.rename(columns=cols)
-    if "price" in shown:
-        shown = shown.rename(columns={"price": "price"})
     formatters = {"ETV": "{:,.2f}".format, "price": "{:,.4f}".format}
     lines += ["", shown.to_string(formatters=formatters)]
     if result.prices is not None:
         lines += [
             "",
-            "price: the marginal ETV of each fund's contract. Moving one contracted user from fund a to fund b "
-            "changes the best total ETV by about price[a] - price[b]; with holdout or ranges, one more contracted "
-            "user for fund j costs about price[j].",
+            "price: the marginal ETV of each fund's contract: one more contracted user for fund j raises the best "
+            "total ETV by about price[j]\n(one fewer lowers it); moving one contracted user from fund a to fund b "
+            "changes it by about price[b] - price[a].",
         ]
     return "\n".join(lines)
 

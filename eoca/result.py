@@ -100,10 +100,13 @@ class Result:
     status : Status
     checks : Checks
     bound : float
-        A proven upper bound on the optimum (Lagrangian dual value of ``bound_prices``).
+        A proven upper bound on the optimum: the Lagrangian dual value of the solver's prices, or of
+        optimal prices computed for the purpose when the solver has none.
     prices : xarray.DataArray over "fund" or None
-        The solver's dual price per fund: the ETV one more contracted user for the fund costs (lowers the
-        optimum by), or one less frees. None when the solver has no prices.
+        The solver's dual price per fund: the marginal ETV of the fund's contract, i.e. how much the best
+        total ETV rises with one more contracted user for the fund (falls with one fewer). Moving one
+        contracted user from fund a to fund b changes it by about ``price[b] - price[a]``. None when the
+        solver has no prices.
     timings : dict
         Seconds for "build", "solve", "check" and "bound".
     solver : str

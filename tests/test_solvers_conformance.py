@@ -119,3 +119,20 @@ def test_solver_instance_is_accepted():
 def test_available_solvers_lists_the_builtins():
     names = eoca.available_solvers()
     assert {"exact", "heuristic", "manual"} <= set(names)
+
+
+def test_prices_are_the_marginal_value_of_a_contract():
+    """One more contracted user for fund j raises the optimum by price[j] (holdout lets the count move)."""
+    from conftest import grid as make_grid
+
+    etv = make_grid([[0.9, 0.2], [0.7, 0.5], [0.3, 0.8], [0.6, 0.1]])
+
+    def problem(d1, d2):
+        return eoca.AllocationProblem(etv, {"f1": d1, "f2": d2}, {"f1": 0, "f2": 0},
+                                      {f"u{i}": 0 for i in range(1, 5)}, holdout=True)
+
+    base = eoca.solve(problem(1, 1))
+    assert base.objective == pytest.approx(1.7)  # u1 -> f1, u3 -> f2
+    price = base.prices.to_series()
+    assert eoca.solve(problem(2, 1)).objective - base.objective == pytest.approx(price["f1"])  # + u2 (0.7)
+    assert eoca.solve(problem(1, 2)).objective - base.objective == pytest.approx(price["f2"])  # + u2 (0.5)
