@@ -63,6 +63,11 @@ def _best_reduced(etv, user_level, fund_level, prices, holdout):  # pragma: no c
     return total
 
 
+def _tally_block(etv, user_level, codes, fund_level):
+    """:func:`_tally` on one chunk of users (argument order of :func:`eoca.distributed.map_user_blocks`)."""
+    return _tally(etv, user_level, fund_level, codes)
+
+
 def codes_from_assignment(problem: AllocationProblem, assignment: xr.DataArray) -> np.ndarray:
     """Turn a labelled assignment (fund id per user, missing for none) into fund codes (-1 for none)."""
     if not isinstance(assignment, xr.DataArray) or assignment.dims != ("user",):
@@ -94,7 +99,14 @@ def check_allocation(problem: AllocationProblem, codes: np.ndarray | xr.DataArra
     codes = np.ascontiguousarray(codes, dtype=np.int32)
     if codes.shape != (c.n_users,):
         raise ValidationError("assignment", f"expected {c.n_users} entries, one per user; got shape {codes.shape}")
-    counts, objective, unplaced, invalid, risk = _tally(c.etv, c.user_level, c.fund_level, codes)
+    if c.is_lazy:  # chunk by chunk on the Dask workers, summed here
+        from eoca.distributed import map_user_blocks
+
+        parts = map_user_blocks(_tally_block, c.etv, [c.user_level, codes], args=(c.fund_level,))
+        counts = np.sum([p[0] for p in parts], axis=0, dtype=np.int64) if parts else np.zeros(c.n_funds, np.int64)
+        objective, unplaced, invalid, risk = (sum(p[i] for p in parts) for i in range(1, 5))
+    else:
+        counts, objective, unplaced, invalid, risk = _tally(c.etv, c.user_level, c.fund_level, codes)
     miss = np.where(counts > c.demand_max, counts - c.demand_max, np.where(counts < c.demand_min, counts - c.demand_min, 0))
     if c.holdout:
         unplaced = 0
@@ -123,7 +135,17 @@ def dual_bound(compiled: CompiledProblem, prices: np.ndarray) -> float:
     prices = np.ascontiguousarray(prices, dtype=np.float64)
     if prices.shape != (compiled.n_funds,) or not np.isfinite(prices).all():
         raise ValidationError("prices", f"expected {compiled.n_funds} finite prices; got {prices!r}")
-    users = _best_reduced(compiled.etv, compiled.user_level, compiled.fund_level, prices, compiled.holdout)
+    if compiled.is_lazy:  # a sum over users: one map-reduce over the grid's chunks
+        from eoca.distributed import map_user_blocks
+
+        users = sum(
+            map_user_blocks(
+                _best_reduced, compiled.etv, [compiled.user_level],
+                args=(compiled.fund_level, prices, compiled.holdout),
+            )
+        )
+    else:
+        users = _best_reduced(compiled.etv, compiled.user_level, compiled.fund_level, prices, compiled.holdout)
     funds = np.where(prices >= 0, prices * compiled.demand_max, prices * compiled.demand_min).sum()
     return float(users + funds)
 

@@ -25,8 +25,10 @@ class CompiledProblem:
 
     Attributes
     ----------
-    etv : ndarray of float64, shape (n_users, n_funds)
+    etv : ndarray of float64, shape (n_users, n_funds), or dask.array.Array
         Read-only view of the ETV grid (never a copy when the grid already is C-contiguous float64).
+        For a Dask-backed grid (see :attr:`is_lazy`) a lazy float64 dask array chunked along users with
+        all funds in one chunk; it is never loaded whole (see :mod:`eoca.distributed`).
     user_level : ndarray of int32, shape (n_users,)
         Each user's risk tolerance as a code on the shared ordinal risk scale.
     fund_level : ndarray of int32, shape (n_funds,)
@@ -53,6 +55,11 @@ class CompiledProblem:
     @property
     def n_funds(self) -> int:
         return int(self.etv.shape[1])
+
+    @property
+    def is_lazy(self) -> bool:
+        """True when ``etv`` is a Dask array (a grid opened lazily, e.g. from Zarr) rather than in memory."""
+        return _is_dask(self.etv)
 
     @property
     def exact_demands(self) -> bool:
@@ -171,8 +178,16 @@ def _check_ids(index: pd.Index, field_name: str) -> None:
         raise IdError(field_name, "ids must not be missing (NaN/None)")
 
 
+def _is_dask(values: Any) -> bool:
+    return type(values).__module__.startswith("dask.") and hasattr(values, "__dask_graph__")
+
+
 def _grid_values(etv: xr.DataArray) -> np.ndarray:
     values = etv.data
+    if _is_dask(values):
+        from eoca.distributed import lazy_grid_values
+
+        return lazy_grid_values(etv)
     if not isinstance(values, np.ndarray):
         values = np.asarray(values)
     if values.dtype.kind not in "fiub":
@@ -358,7 +373,7 @@ class AllocationProblem:
         )
         levels, fund_codes, user_codes = _risk_codes(risk_s, tol_s)
 
-        ro = _readonly(values)
+        ro = values if _is_dask(values) else _readonly(values)
         self._etv = xr.DataArray(ro, dims=DIMS, coords={USER: users, FUND: funds}, name="etv")
         self._risk_level = xr.DataArray(_readonly(risk_s.to_numpy()), dims=(FUND,), coords={FUND: funds}, name="risk_level")
         self._risk_tolerance = xr.DataArray(

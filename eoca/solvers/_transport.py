@@ -292,13 +292,20 @@ def _tight_price_correction(etv, ul, fl, holdout, levels, node_block, dmin, dmax
     shift c of its funds' prices adds c to each of its users' values and takes c * demand_min from its
     funds' terms, and the block's users are exactly its funds' demand_min."""
     k = len(prices)
-    nb = len(levels.tight) + 1
     p = np.append(prices, 0.0)
     node_lo = np.empty(k + 1, np.int32)  # the original risk rule (closed funds are priced afterwards)
     node_lo[:k] = np.where(levels.open, fl, _INT32_MAX)
     node_lo[k] = _INT32_MIN if holdout else _INT32_MAX
     tight_lv = levels.levels[levels.tight - 1].astype(np.int32)
     M = K.block_violations(etv, ul, tight_lv, node_block, node_lo, assign, p)
+    return _tight_shift(M, levels, node_block, dmin, dmax, prices)
+
+
+def _tight_shift(M, levels, node_block, dmin, dmax, prices):
+    """The prices of :func:`_tight_price_correction` given the matrix ``M`` of :func:`K.block_violations`
+    (a maximum over users, so it may also be reduced over chunks of users computed elsewhere)."""
+    k = len(prices)
+    nb = len(levels.tight) + 1
     c = np.zeros(nb)
     for s in range(nb - 1, 0, -1):
         need = 0.0

@@ -45,8 +45,8 @@ class SolverOutput:
 class Solver(ABC):
     """Base class of allocation solvers.
 
-    Subclasses set ``name``, ``supports`` (a subset of :data:`FEATURES`), ``options`` (name -> default)
-    and, for optional back-ends, ``requires`` (importable module names) and ``install_hint``. Options are
+    Subclasses set ``name``, ``supports`` (a subset of :data:`FEATURES`), ``options`` (name -> default),
+    ``supports_lazy`` (True if ``run`` works on a Dask-backed grid without loading it) and, for optional back-ends, ``requires`` (importable module names) and ``install_hint``. Options are
     set only in ``__init__``; unknown options are an error, never ignored.
     """
 
@@ -56,6 +56,8 @@ class Solver(ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     install_hint: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    #: Whether ``run`` accepts a Dask-backed (lazy, out-of-core) ETV grid; see :mod:`eoca.distributed`.
+    supports_lazy: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         unknown = set(options) - set(self.options)
@@ -75,6 +77,13 @@ class Solver(ABC):
         return all(importlib.util.find_spec(mod) is not None for mod in cls.requires)
 
     def check_supports(self, problem: AllocationProblem) -> None:
+        if problem.compile().is_lazy and not self.supports_lazy:
+            lazy_ok = [n for n, c in _REGISTRY.items() if c.supports_lazy]
+            raise UnsupportedFeatureError(
+                f"the {self.name!r} solver needs the whole ETV grid in memory, but this problem's grid is "
+                f"Dask-backed ({problem.n_users:,} users, chunks along 'user'); solvers that work chunk by "
+                f"chunk: {lazy_ok} (use solver='exact'), or load the grid with problem.etv.load() first"
+            )
         asked = set()
         if problem.has_ranges:
             asked.add("ranges")

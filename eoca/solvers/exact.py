@@ -23,6 +23,10 @@ def _kernel(c: CompiledProblem, time_limit: float | None = None):
 
 def optimal_prices(c: CompiledProblem) -> np.ndarray:
     """Optimal fund prices of a feasible compiled problem (used to bound results of any solver)."""
+    if c.is_lazy:
+        from eoca.distributed import solve_exact
+
+        return np.asarray(solve_exact(c).prices, dtype=np.float64)
     return np.asarray(_kernel(c).prices, dtype=np.float64)
 
 
@@ -39,11 +43,16 @@ class ExactSolver(Solver):
     -------
     time_limit : float, optional
         Seconds after which the best allocation so far is returned with status "time_limit".
+
+    A Dask-backed grid (opened lazily, e.g. from Zarr) is solved by :func:`eoca.distributed.solve_exact`:
+    the passes over all users run chunk by chunk on the Dask workers and only users near a price boundary
+    are gathered for the settlement; the result has the same optimal objective and certificate.
     """
 
     name = "exact"
     description = "specialised optimal solver for the transportation structure (default)"
     options = {"time_limit": None}
+    supports_lazy = True
 
     def validate_settings(self) -> None:
         t = self.settings["time_limit"]
@@ -53,7 +62,12 @@ class ExactSolver(Solver):
     def run(self, problem: AllocationProblem) -> SolverOutput:
         c = problem.compile()
         start = time.perf_counter()
-        sol = _kernel(c, self.settings["time_limit"])
+        if c.is_lazy:
+            from eoca.distributed import solve_exact
+
+            sol = solve_exact(c, time_limit=self.settings["time_limit"])
+        else:
+            sol = _kernel(c, self.settings["time_limit"])
         return SolverOutput(
             codes=sol.assignment,
             status=sol.status,

@@ -1,0 +1,157 @@
+"""Dask-backed grids: the same answers as in memory, on a LocalCluster with two worker processes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import eoca
+from eoca.checks import check_allocation, dual_bound
+from eoca.instances import synthetic_problem
+
+dask = pytest.importorskip("dask")
+distributed = pytest.importorskip("distributed")
+pytest.importorskip("zarr")
+
+from eoca.distributed import (  # noqa: E402
+    open_grid,
+    predict_to_zarr,
+    solve_exact,
+    write_assignment,
+    write_synthetic_problem,
+)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two worker processes, one thread each, as on a small deployment."""
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def lazy(problem: eoca.AllocationProblem, chunk_users: int = 2_500) -> eoca.AllocationProblem:
+    """The same problem with its grid as a Dask array chunked along users."""
+    c = problem.compile()
+    demand = (
+        {f: (int(lo), int(hi)) for f, lo, hi in zip(problem.funds, c.demand_min, c.demand_max)}
+        if problem.has_ranges
+        else problem.demand
+    )
+    return eoca.AllocationProblem(
+        problem.etv.chunk({"user": chunk_users}), demand, problem.risk_level, problem.risk_tolerance,
+        holdout=problem.holdout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("family", "holdout"),
+    [("matching", False), ("fighting", True), ("tight", False), ("ties", False), ("zeros", True)],
+)
+def test_exact_on_a_dask_grid_matches_memory(client, family, holdout):
+    problem = synthetic_problem(12_000, family=family, seed=5, holdout=holdout)
+    expected = eoca.solve(problem)
+    result = eoca.solve(lazy(problem))
+    assert problem.compile().is_lazy is False and result.problem.compile().is_lazy
+    assert result.status == "optimal" and result.checks.ok
+    assert result.objective == pytest.approx(expected.objective, rel=1e-12)
+    assert result.bound == pytest.approx(result.objective, rel=1e-9)
+    if family in ("matching", "fighting", "tight"):  # no exact ties: the optimum is unique
+        np.testing.assert_array_equal(result.codes, expected.codes)
+
+
+@pytest.mark.parametrize("family", ["matching", "tight", "ties"])
+def test_settlement_with_few_gathered_users_still_certifies(client, family):
+    """A tiny gather budget forces the verify-and-grow rounds; the answer stays optimal."""
+    problem = synthetic_problem(12_000, family=family, seed=2)
+    expected = eoca.solve(problem)
+    c = lazy(problem).compile()
+    sol = solve_exact(c, gather_users=300)
+    checks = check_allocation(problem, sol.assignment)
+    assert checks.ok
+    assert checks.objective == pytest.approx(expected.objective, rel=1e-12)
+    assert dual_bound(problem.compile(), sol.prices) == pytest.approx(expected.objective, rel=1e-9)
+    assert sol.stats["rounds"][0]["gathered"] < 12_000
+
+
+def test_range_demands_and_an_empty_fund(client):
+    base = synthetic_problem(8_000, seed=4)
+    c = base.compile()
+    demand = {f: (int(d * 0.8), int(d * 1.3) + 5) for f, d in zip(base.funds, c.demand_min)}
+    demand[base.funds[3]] = 0
+    demand[base.funds[0]] = (0, 8_000)
+    problem = eoca.AllocationProblem(base.etv, demand, base.risk_level, base.risk_tolerance)
+    expected = eoca.solve(problem)
+    result = eoca.solve(lazy(problem, 1_000))
+    assert result.status == "optimal"
+    assert result.objective == pytest.approx(expected.objective, rel=1e-12)
+    np.testing.assert_allclose(result.prices.values, expected.prices.values, rtol=1e-9, atol=1e-6)
+
+
+def test_checker_and_bound_run_chunk_by_chunk(client):
+    problem = synthetic_problem(6_000, seed=1)
+    lz = lazy(problem, 1_000)
+    codes = eoca.solve(problem, solver="heuristic").codes
+    a, b = check_allocation(problem, codes), check_allocation(lz, codes)
+    assert (a.ok, a.risk_violations, a.demand_misses) == (b.ok, b.risk_violations, b.demand_misses)
+    assert b.objective == pytest.approx(a.objective, rel=1e-12)
+    prices = np.linspace(0.0, 50.0, problem.n_funds)
+    assert dual_bound(lz.compile(), prices) == pytest.approx(dual_bound(problem.compile(), prices), rel=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["heuristic", "manual", "ip"])
+def test_solvers_that_need_the_whole_grid_say_so(client, solver):
+    problem = lazy(synthetic_problem(2_000, seed=1), 500)
+    if solver not in eoca.available_solvers():
+        pytest.skip(f"{solver} not installed")
+    with pytest.raises(eoca.UnsupportedFeatureError, match="Dask-backed.*exact"):
+        eoca.solve(problem, solver=solver)
+
+
+def test_validation_runs_as_a_reduction_and_names_the_entry():
+    grid = synthetic_problem(3_000, seed=1).etv.copy()
+    tol = pd.Series(3, index=grid["user"].values)
+    demand = dict.fromkeys(grid["fund"].values, 375)
+    risk = dict.fromkeys(grid["fund"].values, 1)
+    values = grid.values.copy()
+    values[2_222, 5] = np.nan
+    with pytest.raises(eoca.ETVError, match=r"1 NaN or infinite entries at \(user, fund\) \[\(2222, 'index'\)\]"):
+        eoca.AllocationProblem(grid.copy(data=values).chunk({"user": 500}), demand, risk, tol)
+    values[2_222, 5] = -1.0
+    with pytest.raises(eoca.ETVError, match="negative entries"):
+        eoca.AllocationProblem(grid.copy(data=values).chunk({"user": 500}), demand, risk, tol)
+
+
+def test_zarr_round_trip_generate_solve_write_back(client, tmp_path):
+    problem = write_synthetic_problem(tmp_path / "grid.zarr", 30_000, chunk_users=7_000, seed=9)
+    assert problem.compile().is_lazy and problem.etv.chunks[0][0] == 7_000
+    result = eoca.solve(problem)
+    in_memory = eoca.AllocationProblem(problem.etv.load(), problem.demand, problem.risk_level, problem.risk_tolerance)
+    assert result.objective == pytest.approx(eoca.solve(in_memory).objective, rel=1e-12)
+    write_assignment(result, tmp_path / "assignment.zarr", chunk_users=10_000)
+    stored = xr.open_zarr(tmp_path / "assignment.zarr")["fund_code"]
+    np.testing.assert_array_equal(stored.values, result.codes)
+    write_assignment(result, tmp_path / "assignment", chunk_users=10_000, format="parquet")
+    table = pd.read_parquet(tmp_path / "assignment")
+    assert len(table) == 30_000 and (table["fund"].to_numpy() == result.assignment.values.astype(str)).all()
+    assert open_grid(tmp_path / "grid.zarr").shape == (30_000, 8)
+
+
+def test_predict_to_zarr_matches_predict(client, tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from eoca.data import synthetic_platform
+    from eoca.predict import ETVPredictor
+
+    platform = synthetic_platform(n_users=300, n_funds=5, seed=3, impressions_per_user=3)
+    predictor = ETVPredictor(
+        "esdpm-ncg", max_epochs=1, patience=1, hidden=8, embedding_dim=4, graph_dim=4, progress=False
+    ).fit(platform.data)
+    grid = predict_to_zarr(predictor, platform.data, tmp_path / "etv.zarr", chunk_users=120)
+    assert grid.chunks[0] == (120, 120, 60)
+    expected = predictor.predict(platform.data)
+    np.testing.assert_allclose(grid.values, expected.values, rtol=1e-5)
+    np.testing.assert_array_equal(grid["user"].values, expected["user"].values)
