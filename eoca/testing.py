@@ -5,12 +5,21 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import xarray as xr
 
 from eoca.checks import check_allocation, dual_bound
 from eoca.problem import AllocationProblem
 from eoca.result import Result, Status
 
-__all__ = ["assert_valid_result", "brute_force"]
+__all__ = ["assert_valid_result", "brute_force", "etv_grid"]
+
+
+def etv_grid(values, users=None, funds=None) -> xr.DataArray:
+    """A small ETV grid for examples and tests: users "u1".., funds "f1".. unless ids are given."""
+    values = np.asarray(values, dtype=float)
+    users = list(users) if users is not None else [f"u{i + 1}" for i in range(values.shape[0])]
+    funds = list(funds) if funds is not None else [f"f{j + 1}" for j in range(values.shape[1])]
+    return xr.DataArray(values, dims=("user", "fund"), coords={"user": users, "fund": funds}, name="etv")
 
 
 def assert_valid_result(result: Result, *, rtol: float = 1e-9) -> None:

@@ -1,15 +1,7 @@
-import numpy as np
 import pytest
-import xarray as xr
 
 import eoca
-
-
-def grid(values, users=None, funds=None) -> xr.DataArray:
-    values = np.asarray(values, dtype=float)
-    users = users or [f"u{i + 1}" for i in range(values.shape[0])]
-    funds = funds or [f"f{j + 1}" for j in range(values.shape[1])]
-    return xr.DataArray(values, dims=("user", "fund"), coords={"user": users, "fund": funds})
+from eoca.testing import etv_grid as grid
 
 
 @pytest.fixture

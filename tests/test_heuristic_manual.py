@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import grid
 
 import eoca
 from eoca.instances import synthetic_problem
 from eoca.testing import assert_valid_result
+from eoca.testing import etv_grid as grid
 
 
 def test_faithful_algorithm1_breaks_the_risk_rule_on_tight_levels_and_says_so():

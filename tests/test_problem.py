@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import grid
 
 import eoca
 from eoca import DemandError, ETVError, IdError, RiskError
+from eoca.testing import etv_grid as grid
 
 
 def make(etv=None, demand=None, risk=None, tol=None, **kw):

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from conftest import grid
 
 import eoca
 from eoca.instances import synthetic_problem
 from eoca.solvers.base import registered_solvers
 from eoca.testing import assert_valid_result
+from eoca.testing import etv_grid as grid
 
 EXACT = {"exact", "ip"}  # solvers that promise the optimum
 
@@ -123,7 +123,7 @@ def test_available_solvers_lists_the_builtins():
 
 def test_prices_are_the_marginal_value_of_a_contract():
     """One more contracted user for fund j raises the optimum by price[j] (holdout lets the count move)."""
-    from conftest import grid as make_grid
+    from eoca.testing import etv_grid as make_grid
 
     etv = make_grid([[0.9, 0.2], [0.7, 0.5], [0.3, 0.8], [0.6, 0.1]])
 

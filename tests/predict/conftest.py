@@ -13,5 +13,3 @@ def tiny():
     platform = synthetic_platform(n_users=400, n_funds=6, seed=3, impressions_per_user=3)
     return platform, platform.data.split()
 
-
-FAST = dict(max_epochs=2, patience=2, hidden=16, embedding_dim=4, graph_dim=8, progress=False)

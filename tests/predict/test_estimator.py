@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import FAST
+from fast_settings import FAST
 
 from eoca.data import DataValidationError, PlatformData
 from eoca.predict import ETVPredictor, NotFittedError, PredictorSettingError, TrainingDivergedError

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
-from conftest import FAST
+from fast_settings import FAST
 
 from eoca.predict import MODELS, ETVPredictor, available_models
 from eoca.predict.inference import grid_outputs, pairwise_outputs
