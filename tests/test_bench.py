@@ -54,3 +54,18 @@ def test_unknown_spec_is_named():
 
     with pytest.raises(eoca.ValidationError, match="unknown benchmark 'nope'"):
         get_spec("nope")
+
+
+def test_run_bench_assembles_sections_from_separate_runs(tmp_path):
+    from eoca.bench.run import run_bench
+
+    register_spec(BenchSpec("toy-matching", lambda n: synthetic_problem(n, 4, family="matching"), (200,), (200,)))
+    run_bench(tmp_path, quick=True, suites=["allocation"], specs=["toy-matching"], echo=lambda m: None)
+    (tmp_path / "sections" / "ab.md").write_text("*an earlier A/B run*\n\nlifts table")
+    page = run_bench(tmp_path, quick=True, suites=["allocation"], specs=["toy-matching"], echo=lambda m: None)
+    text = page.read_text()
+    assert "## Allocation: solvers across scales" in text and "### toy-matching" in text
+    assert "## Simulated A/B test (Table 3)" in text and "an earlier A/B run" in text
+    assert (tmp_path / "allocation.csv").is_file() and (tmp_path / "allocation_runtime.png").is_file()
+    with pytest.raises(eoca.ValidationError, match="unknown \\['speed'\\]"):
+        run_bench(tmp_path, suites=["speed"])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from eoca.bench.allocation import run_allocation_benchmarks
-from eoca.bench.report import allocation_figures, allocation_tables, write_report
+from eoca.bench.report import allocation_figures, allocation_tables, machine_info, write_report
 from eoca.bench.specs import get_spec, registered_specs
 
 __all__ = ["run_bench", "DEFAULT_OUT"]
@@ -32,12 +33,52 @@ CDNOW_SIZES = {"quick": ([0], 4_000, 3), "full": ([0, 1, 2], None, 40)}
 AB_SIZES = {"quick": ([0, 1], 2_000, 3), "full": ([0, 1, 2, 3, 4], 4_000, 12)}
 
 
+_HEADINGS = {
+    "allocation": "Allocation: solvers across scales",
+    "models": "ETV models: the paper's Tables 1-2 and Figure 5",
+    "ab": "Simulated A/B test (Table 3)",
+}
+
+
+def _allocation_section(out: Path, quick: bool, specs: Sequence[str] | None, echo) -> str:
+    chosen = [get_spec(s) for s in specs] if specs else list(registered_specs().values())
+    rows = run_allocation_benchmarks(chosen, quick=quick, progress=lambda msg: echo(f"  {msg}"))
+    rows.to_csv(out / "allocation.csv", index=False)
+    figures = allocation_figures(rows, out)
+    body = ALLOCATION_INTRO + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n\n"
+    return body + allocation_tables(rows)
+
+
+def _models_section(out: Path, size: str, echo) -> str:
+    from eoca.bench.models import model_figure, model_sections, run_cdnow, run_synthetic
+
+    seeds, users, epochs = MODEL_SIZES[size]
+    synth = run_synthetic(seeds, users, epochs, progress=lambda msg: echo(f"  {msg}"))
+    synth.to_csv(out / "models_synthetic.csv", index=False)
+    cd_seeds, cd_users, cd_epochs = CDNOW_SIZES[size]
+    cdnow = run_cdnow(cd_seeds, cd_epochs, n_users=cd_users, progress=lambda msg: echo(f"  {msg}"))
+    cdnow.to_csv(out / "models_cdnow.csv", index=False)
+    fig = model_figure(synth, out)
+    return model_sections(synth, cdnow, n_users=users, seeds=seeds, epochs=epochs, figure=fig.name)
+
+
+def _ab_section(out: Path, size: str, echo) -> str:
+    from eoca.bench.abtest import ab_figure, ab_section, run_ab_test
+
+    seeds, users, epochs = AB_SIZES[size]
+    ab = run_ab_test(seeds, users, epochs, progress=lambda msg: echo(f"  {msg}"))
+    ab.to_csv(out / "ab_test.csv", index=False)
+    return ab_section(ab, n_users=users, epochs=epochs, figure=ab_figure(ab, out).name)
+
+
 def run_bench(out: str | Path = DEFAULT_OUT, *, quick: bool = False, specs: Sequence[str] | None = None,
               suites: Sequence[str] = SUITES, echo=print) -> Path:
-    """Run the suites and write ``out/README.md`` with PNG figures and the CSVs behind every table.
+    """Run suites and (re)write ``out/README.md`` with PNG figures and the CSVs behind every table.
 
     ``suites``: any of "allocation" (solvers across scales; ``specs`` narrows it), "models" (the nine ETV
-    models, the three losses, CDNOW) and "ab" (the simulated A/B test).
+    models, the three losses, CDNOW) and "ab" (the simulated A/B test). Each suite leaves its section in
+    ``out/sections/``; the page is assembled from every section there, so suites can be rerun one at a time
+    and each section says when and how it ran.
     """
     unknown = set(suites) - set(SUITES)
     if unknown:
@@ -45,47 +86,32 @@ def run_bench(out: str | Path = DEFAULT_OUT, *, quick: bool = False, specs: Sequ
 
         raise ValidationError("suites", f"unknown {sorted(unknown)}; choose from {list(SUITES)}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "sections").mkdir(parents=True, exist_ok=True)
     size = "quick" if quick else "full"
-    started = time.perf_counter()
-    sections = []
-    if "allocation" in suites:
-        chosen = [get_spec(s) for s in specs] if specs else list(registered_specs().values())
-        rows = run_allocation_benchmarks(chosen, quick=quick, progress=lambda msg: echo(f"  {msg}"))
-        rows.to_csv(out / "allocation.csv", index=False)
-        figures = allocation_figures(rows, out)
-        body = ALLOCATION_INTRO + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n\n"
-        body += allocation_tables(rows)
-        sections.append(("Allocation: solvers across scales", body))
     if "models" in suites or "ab" in suites:
         import torch
 
         torch.set_num_threads(1)  # measured faster than 2 threads for these small networks on 2 cores
-    if "models" in suites:
-        from eoca.bench.models import model_figure, model_sections, run_cdnow, run_synthetic
-
-        seeds, users, epochs = MODEL_SIZES[size]
-        synth = run_synthetic(seeds, users, epochs, progress=lambda msg: echo(f"  {msg}"))
-        synth.to_csv(out / "models_synthetic.csv", index=False)
-        cd_seeds, cd_users, cd_epochs = CDNOW_SIZES[size]
-        cdnow = run_cdnow(cd_seeds, cd_epochs, n_users=cd_users, progress=lambda msg: echo(f"  {msg}"))
-        cdnow.to_csv(out / "models_cdnow.csv", index=False)
-        fig = model_figure(synth, out)
-        sections.append(("ETV models: the paper's Tables 1-2 and Figure 5",
-                         model_sections(synth, cdnow, n_users=users, seeds=seeds, epochs=epochs, figure=fig.name)))
-    if "ab" in suites:
-        from eoca.bench.abtest import ab_figure, ab_section, run_ab_test
-
-        seeds, users, epochs = AB_SIZES[size]
-        ab = run_ab_test(seeds, users, epochs, progress=lambda msg: echo(f"  {msg}"))
-        ab.to_csv(out / "ab_test.csv", index=False)
-        fig = ab_figure(ab, out)
-        sections.append(("Simulated A/B test (Table 3)", ab_section(ab, n_users=users, epochs=epochs, figure=fig.name)))
-    path = write_report(
-        out, sections,
-        intro=f"{'Quick' if quick else 'Full'} run, {time.perf_counter() - started:.0f} s. "
-        "Regenerate with `eoca bench" + (" --quick" if quick else "") + "`; the CSVs beside this page hold "
-        "every number.",
-    )
+    for suite in SUITES:
+        if suite not in suites:
+            continue
+        started = time.perf_counter()
+        if suite == "allocation":
+            body = _allocation_section(out, quick, specs, echo)
+        elif suite == "models":
+            body = _models_section(out, size, echo)
+        else:
+            body = _ab_section(out, size, echo)
+        stamp = machine_info()["date"]
+        note = (f"*{size.capitalize()} run of `eoca bench --suite {suite}{' --quick' if quick else ''}`, "
+                f"{stamp}, {time.perf_counter() - started:.0f} s.*")
+        fragment = out / "sections" / f"{suite}.md"
+        tmp = fragment.with_suffix(".md.tmp")
+        tmp.write_text(note + "\n\n" + body)
+        os.replace(tmp, fragment)
+    sections = [(_HEADINGS[s], (out / "sections" / f"{s}.md").read_text())
+                for s in SUITES if (out / "sections" / f"{s}.md").is_file()]
+    path = write_report(out, sections, intro="Regenerate with `eoca bench` (add `--quick` for a first look, "
+                        "`--suite` to rerun one part); the CSVs beside this page hold every number.")
     echo(f"wrote {path}")
     return path
