@@ -80,7 +80,10 @@ def solve(problem: AllocationProblem, solver: str | Solver = DEFAULT_SOLVER, **o
 
     status = Status(out.status)
     message = out.message
-    if not checks.ok and status is not Status.ERROR:
+    if not checks.ok and status is Status.TIME_LIMIT:
+        message = ("stopped by the time limit before the allocation met every rule: "
+                   f"{checks.describe()}" + (f"; {message}" if message else ""))
+    elif not checks.ok and status is not Status.ERROR:
         message = f"the allocation breaks rules: {checks.describe()}" + (f"; {message}" if message else "")
         status = Status.ERROR
     elif status is Status.OPTIMAL:

@@ -136,3 +136,14 @@ def test_prices_are_the_marginal_value_of_a_contract():
     price = base.prices.to_series()
     assert eoca.solve(problem(2, 1)).objective - base.objective == pytest.approx(price["f1"])  # + u2 (0.7)
     assert eoca.solve(problem(1, 2)).objective - base.objective == pytest.approx(price["f2"])  # + u2 (0.5)
+
+
+def test_time_limit_is_reported_as_such_and_not_as_deliverable():
+    problem = synthetic_problem(200_000, 8, family="tight", seed=0)
+    result = eoca.solve(problem, solver="exact", time_limit=1e-6)
+    assert_valid_result(result)
+    assert result.status is eoca.Status.TIME_LIMIT
+    assert not result.ok and "stopped by the time limit" in result.message
+    assert result.checks.risk_violations == 0  # a partial settlement still respects the risk rule
+    with pytest.raises(eoca.ValidationError, match="time_limit: must be a positive number"):
+        eoca.solve(problem, solver="exact", time_limit=0)
