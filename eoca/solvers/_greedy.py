@@ -21,8 +21,7 @@ import numpy as np
 __all__ = ["algorithm1"]
 
 
-@numba.njit(cache=True, parallel=True)
-def _alpha(etv, user_level, fund_level, pool, open_, need, n_chunks):  # pragma: no cover - compiled
+def _alpha_py(etv, user_level, fund_level, pool, open_, need, n_chunks):  # pragma: no cover - compiled
     k = etv.shape[1]
     m = pool.shape[0]
     partial = np.zeros((n_chunks, k))
@@ -41,8 +40,7 @@ def _alpha(etv, user_level, fund_level, pool, open_, need, n_chunks):  # pragma:
     return alpha
 
 
-@numba.njit(cache=True, parallel=True)
-def _scores(etv, user_level, fund_level, pool, open_, alpha, safe):  # pragma: no cover - compiled
+def _scores_py(etv, user_level, fund_level, pool, open_, alpha, safe):  # pragma: no cover - compiled
     """Top fund and heuristic score h of each pooled user (lines 5-9 of Algorithm 1)."""
     k = etv.shape[1]
     m = pool.shape[0]
@@ -87,6 +85,15 @@ def _scores(etv, user_level, fund_level, pool, open_, alpha, safe):  # pragma: n
         alpha_b = alpha[b] if b >= 0 else alpha[a]
         h[p] = (alpha[a] + alpha_b) / 2.0 * (2.0 * va - vb - vc)
     return top, h
+
+
+# Each pass exists twice: threaded for large pools, serial for small ones, where starting threads costs
+# more than the pass (and stalls when the other cores are busy).
+_alpha_par = numba.njit(cache=True, parallel=True)(_alpha_py)
+_alpha_seq = numba.njit(cache=True)(_alpha_py)
+_scores_par = numba.njit(cache=True, parallel=True)(_scores_py)
+_scores_seq = numba.njit(cache=True)(_scores_py)
+PARALLEL_MIN_USERS = 200_000
 
 
 @numba.njit(cache=True)
@@ -202,8 +209,10 @@ def algorithm1(compiled, *, safe):
             pool = np.flatnonzero(codes < 0).astype(np.int64)
             if pool.size == 0:
                 break
-            alpha = _alpha(etv, user_level, fund_level, pool, open_, np.where(open_, need, 1), 4 * numba.get_num_threads())
-            top, h = _scores(etv, user_level, fund_level, pool, open_, alpha, safe)
+            big = pool.size >= PARALLEL_MIN_USERS
+            alpha = (_alpha_par if big else _alpha_seq)(etv, user_level, fund_level, pool, open_,
+                                                        np.where(open_, need, 1), 4 * numba.get_num_threads())
+            top, h = (_scores_par if big else _scores_seq)(etv, user_level, fund_level, pool, open_, alpha, safe)
             rounds += 1
             done_in_round = 0
             waiting = np.arange(pool.size)

@@ -1,0 +1,52 @@
+"""Every solver on every registered benchmark spec, as pytest-benchmark cases (the paper's Figure 6a/6b,
+extended). ``eoca bench`` runs the same registry and writes the report; this file lets you time any slice
+with pytest, e.g. ``python -m pytest benchmarks/test_bench_allocation.py -k "tight and 1000000"``.
+
+Each case records the objective as a fraction of the exact solver's proven optimum, the gap to the
+result's own bound and the rule violations in ``extra_info``; a solver beyond its reach is skipped with the
+reason (never silently).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+import eoca
+from eoca.bench.allocation import ALLOCATION_SOLVERS, _solver_call
+from eoca.bench.specs import SOLVER_REACH, registered_specs
+
+CASES = [(spec.name, size) for spec in registered_specs().values() for size in spec.sizes]
+
+
+@functools.lru_cache(maxsize=1)
+def _problem(spec_name: str, size: int):
+    problem = registered_specs()[spec_name].build(size)
+    return problem, eoca.solve(problem, solver="exact").objective
+
+
+@pytest.mark.parametrize("label", ALLOCATION_SOLVERS)
+@pytest.mark.parametrize("spec_name,size", CASES, ids=[f"{n}-{s}" for n, s in CASES])
+def test_allocation(benchmark, spec_name, size, label):
+    name, options = _solver_call(label)
+    if name not in eoca.available_solvers():
+        pytest.skip(f"{name} is not installed")
+    problem, optimum = _problem(spec_name, size)
+    reach, why = SOLVER_REACH.get(name, (float("inf"), ""))
+    if problem.n_users > reach:
+        pytest.skip(f"{name} beyond {reach:,} users: {why}")
+    eoca.solve(problem, solver=name, **options)  # warm: JIT compile or cache load
+    result = benchmark.pedantic(lambda: eoca.solve(problem, solver=name, **options), rounds=1, iterations=1)
+    benchmark.extra_info.update(
+        status=result.status.value,
+        solve_seconds=result.timings["solve"],
+        fraction=result.objective / optimum if result.checks.ok else None,
+        gap=result.gap if result.checks.ok else None,
+        risk_violations=result.checks.risk_violations,
+        demand_misses=result.checks.demand_misses,
+    )
+    if name in ("exact", "ip"):
+        assert result.status is eoca.Status.OPTIMAL
+    if label == "heuristic":
+        assert result.checks.ok  # risk-safe: every rule met on these feasible instances
