@@ -397,12 +397,16 @@ def _build_members(assign, loaded, K):
 
 @njit(cache=True)
 def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, kappa, PK, PU, hb, hc, hs, top, stats):
-    """Load about ``m`` unloaded users of node a with the smallest price-free key towards b (ties by user
-    index) into every heap (a, z), and recompute kappa[a, :] exactly over the users that stay unloaded.
+    """Load the unloaded users of node a with the smallest price-free keys into every heap (a, z), and
+    recompute kappa[a, :] exactly over the users that stay unloaded.
 
-    The threshold is a quantile of a systematic sample of the keys (no array of the node's size is
-    allocated, and the node is read once); at most ``m`` users exactly at the threshold are taken, in index
-    order, so a node of thousands of exactly tied users loads one batch, not all of them.
+    One scan of the node serves every arc out of it: about ``m`` users of smallest key towards b (the arc
+    that needs them) and about ``max(256, min(m // (K // 4 + 1), na // 32))`` (na: users at a) of
+    smallest key towards each other node z (ties by user index; only with at most 15 funds), so a later
+    path through another arc out of a usually finds it loaded instead of scanning the node again. The thresholds are quantiles of a systematic sample of the keys (no array of
+    the node's size is allocated, and the node is read once more); at most the batch size of users exactly
+    at a threshold are taken, in index order, so a node of thousands of exactly tied users loads one
+    batch, not all of them.
     """
     k = etv.shape[1]
     K = k + 1
@@ -412,25 +416,33 @@ def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, kappa, PK, P
     stats[ST_REFILL] += 1
     stats[ST_SCANNED] += na
     stride = max(1, na // 16384)
-    ns = 0
+    nsamp = (na + stride - 1) // stride  # users the sample below visits
+    samp = np.empty((K, max(nsamp, 1)), np.float64)
+    ns = np.zeros(K, np.int64)
     for q in range(s0, s1, stride):
         u = mem[q]
-        if loaded[u] == 0 and lo[b] <= ulev[u] and ulev[u] < hi[b]:
-            ns += 1
-    theta = np.inf
-    take_eq = 0
-    if ns > 0:
-        samp = np.empty(ns, np.float64)
-        ns = 0
-        for q in range(s0, s1, stride):
-            u = mem[q]
-            if loaded[u] == 0 and lo[b] <= ulev[u] and ulev[u] < hi[b]:
-                samp[ns] = _val(etv, u, a, k) - _val(etv, u, b, k)
-                ns += 1
-        qi = int(np.ceil(m / na * ns))
-        if qi < ns:
-            theta = _kth(samp, qi)
-            take_eq = m
+        if loaded[u] != 0:
+            continue
+        lv = ulev[u]
+        va = _val(etv, u, a, k)
+        for z in range(K):
+            if z != a and lo[z] <= lv and lv < hi[z]:
+                samp[z, ns[z]] = va - _val(etv, u, z, k)
+                ns[z] += 1
+    theta = np.full(K, np.inf)
+    take_eq = np.zeros(K, np.int64)
+    # (with many funds the extra heap entries cost more than the scans they save)
+    m_other = max(256, min(m // (K // 4 + 1), na // 32)) if K <= 16 else 0
+    for z in range(K):
+        if z == a or ns[z] == 0 or (z != b and m_other == 0):
+            continue
+        mz = m if z == b else m_other
+        qi = int(np.ceil(mz / na * ns[z]))
+        if qi < ns[z]:
+            theta[z] = _kth(samp[z, : ns[z]], qi)
+            take_eq[z] = mz
+        else:
+            theta[z] = np.inf
     kap = np.full(K, np.inf)
     hs0 = np.empty(K, np.int64)
     for z in range(K):
@@ -442,13 +454,14 @@ def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, kappa, PK, P
         lv = ulev[u]
         va = _val(etv, u, a, k)
         take = False
-        if lo[b] <= lv and lv < hi[b]:
-            key = va - _val(etv, u, b, k)
-            if key < theta:
-                take = True
-            elif key == theta and take_eq > 0:
-                take = True
-                take_eq -= 1
+        for z in range(K):
+            if z != a and lo[z] <= lv and lv < hi[z]:
+                key = va - _val(etv, u, z, k)
+                if key < theta[z]:
+                    take = True
+                elif key == theta[z] and take_eq[z] > 0:
+                    take = True
+                    take_eq[z] -= 1
         if take:
             loaded[u] = 1
             stats[ST_LOADED] += 1
