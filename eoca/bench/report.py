@@ -84,6 +84,7 @@ def allocation_figures(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     ran = rows[rows["skipped"] == ""].copy()
     paths = []
@@ -102,6 +103,9 @@ def allocation_figures(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
             for solver, s in df.groupby("solver", sort=False):
                 ax.plot(s["size"], s[column], marker="o", label=solver)
             ax.set_xscale("log")
+            sizes = sorted(df["size"].unique())
+            ax.set_xticks(sizes, [_fmt_size(v) for v in sizes])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             if log_y:
                 ax.set_yscale("log")
             ax.set_title(spec)
