@@ -435,30 +435,10 @@ def solve_exact(
     if n == 0:
         return T.TransportSolution(np.empty(0, np.int32), np.zeros(k), "optimal", {"total_s": 0.0})
 
-    # the same set-up as the in-memory kernel (solve_transport): sink node, tight levels as eligibility
-    levels = T._Levels(fl, dmax)
-    code_counts = levels.counts(ul)
-    msg = T._feasibility(code_counts, levels.fcode, dmin, dmax, holdout)
-    if msg is not None:
-        raise ValueError(f"infeasible instance: {msg}")
-    lo = np.empty(k + 1, np.int32)
-    lo[:k] = np.where(levels.open, fl, _INT32_MAX)
-    lo[k] = _INT32_MIN if holdout else _INT32_MAX
-    hi = np.full(k + 1, _INT32_MAX, np.int32)
-    levels.find_tight(code_counts, dmin)
-    node_block = np.zeros(k + 1, np.int64)
-    node_block[:k] = np.where(levels.open, levels.block_of_code(levels.fcode), -1)
-    dmax_r = dmax
-    if len(levels.tight):
-        tight_lv = levels.levels[levels.tight - 1]
-        ext = np.append(tight_lv, _INT32_MAX).astype(np.int32)
-        hi[:k] = np.where(levels.open, ext[np.maximum(node_block[:k], 0)], _INT32_MAX)
-        hi[k] = ext[0]
-        dmax_r = np.where(node_block[:k] >= 1, dmin, dmax)
+    # the same set-up as the in-memory kernel: sink node, tight levels as eligibility
+    levels, lo, hi, node_block, dmax_r = T.prepare_nodes(ul, fl, dmin, dmax, holdout)
     tight_lv32 = levels.levels[levels.tight - 1].astype(np.int32) if len(levels.tight) else np.zeros(0, np.int32)
-    node_lo = np.empty(k + 1, np.int32)
-    node_lo[:k] = np.where(levels.open, fl, _INT32_MAX)
-    node_lo[k] = _INT32_MIN if holdout else _INT32_MAX
+    node_lo = lo.copy()  # the risk rule's lower bounds, before any tightening
     nb = len(levels.tight) + 1
     closed = np.flatnonzero(~levels.open).astype(np.int64)
     closed_lv = fl[closed].astype(np.int32)

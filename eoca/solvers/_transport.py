@@ -326,6 +326,45 @@ def _tight_shift(M, levels, node_block, dmin, dmax, prices):
     return out
 
 
+def prepare_nodes(ul, fl, dmin, dmax, holdout):
+    """Check feasibility and set up the fund graph shared by the in-memory and distributed solves.
+
+    Node k is the sink T (no fund); a fund that must stay empty is allowed to nobody; tight risk levels
+    become eligibility (a user at or above a tight level takes nothing below it).
+
+    Returns
+    -------
+    levels : _Levels
+    lo, hi : int32 arrays (k + 1,)
+        A user of level t may take node j iff ``lo[j] <= t <= hi[j]``.
+    node_block : int64 array (k + 1,)
+        Tight block of each node (T: 0, closed funds: -1).
+    dmax_r : int64 array (k,)
+        Maximum demands, with a tight block's funds held at exactly their minimum.
+    """
+    k = len(fl)
+    levels = _Levels(fl, dmax)
+    code_counts = levels.counts(ul)
+    msg = _feasibility(code_counts, levels.fcode, dmin, dmax, holdout)
+    if msg is not None:
+        raise ValueError(f"infeasible instance: {msg}")
+    lo = np.empty(k + 1, np.int32)
+    lo[:k] = np.where(levels.open, fl, _INT32_MAX)
+    lo[k] = _INT32_MIN if holdout else _INT32_MAX
+    hi = np.full(k + 1, _INT32_MAX, np.int32)
+    levels.find_tight(code_counts, dmin)
+    node_block = np.zeros(k + 1, np.int64)
+    node_block[:k] = np.where(levels.open, levels.block_of_code(levels.fcode), -1)
+    dmax_r = dmax
+    if len(levels.tight):
+        tight_lv = levels.levels[levels.tight - 1]
+        ext = np.append(tight_lv, _INT32_MAX).astype(np.int32)
+        hi[:k] = np.where(levels.open, ext[np.maximum(node_block[:k], 0)], _INT32_MAX)
+        hi[k] = ext[0]
+        dmax_r = np.where(node_block[:k] >= 1, dmin, dmax)
+    return levels, lo, hi, node_block, dmax_r
+
+
 def solve_transport(etv, user_level, fund_level, demand_min, demand_max, holdout, *, time_limit=None):
     """Optimal assignment of users to funds and the fund prices that prove it.
 
@@ -358,27 +397,7 @@ def solve_transport(etv, user_level, fund_level, demand_min, demand_max, holdout
     etv, ul, fl, dmin, dmax = _as_inputs(etv, user_level, fund_level, demand_min, demand_max)
     n, k = etv.shape
     holdout = bool(holdout)
-    levels = _Levels(fl, dmax)
-    code_counts = levels.counts(ul)
-    msg = _feasibility(code_counts, levels.fcode, dmin, dmax, holdout)
-    if msg is not None:
-        raise ValueError(f"infeasible instance: {msg}")
-    # node k is the sink T; a fund that must stay empty is allowed to nobody
-    lo = np.empty(k + 1, np.int32)
-    lo[:k] = np.where(levels.open, fl, _INT32_MAX)
-    lo[k] = _INT32_MIN if holdout else _INT32_MAX
-    hi = np.full(k + 1, _INT32_MAX, np.int32)
-    # tight risk levels as eligibility: a user at or above a tight level takes nothing below it
-    levels.find_tight(code_counts, dmin)
-    node_block = np.zeros(k + 1, np.int64)  # block of each node (T: 0, closed funds: -1)
-    node_block[:k] = np.where(levels.open, levels.block_of_code(levels.fcode), -1)
-    dmax_r = dmax
-    if len(levels.tight):
-        tight_lv = levels.levels[levels.tight - 1]
-        ext = np.append(tight_lv, _INT32_MAX).astype(np.int32)
-        hi[:k] = np.where(levels.open, ext[np.maximum(node_block[:k], 0)], _INT32_MAX)
-        hi[k] = ext[0]
-        dmax_r = np.where(node_block[:k] >= 1, dmin, dmax)  # a tight block's funds get exactly demand_min
+    levels, lo, hi, node_block, dmax_r = prepare_nodes(ul, fl, dmin, dmax, holdout)
     info = {"sample_levels": [], "level_seconds": []}
     if n == 0:
         return TransportSolution(np.empty(0, np.int32), np.zeros(k), "optimal", {"total_s": 0.0})
