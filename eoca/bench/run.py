@@ -21,7 +21,8 @@ ALLOCATION_INTRO = (
     "result's own gap to the Lagrangian bound the checker computes. An allocation that breaks a rule "
     "(status `error`) is not compared with the optimum: its violations are listed instead. "
     "`heuristic` is the risk-safe Algorithm 1 (the default), `heuristic-paper` the algorithm as printed. "
-    "Seconds are solve time only, warm (the one-off JIT compile is paid before timing)."
+    "Seconds are the solver's own time (for ip: building the Pyomo model, handing it to HiGHS, solving and "
+    "reading back), not the shared checker and bound; warm (the one-off JIT compile is paid before timing)."
 )
 
 
