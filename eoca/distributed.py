@@ -630,8 +630,8 @@ def open_grid(path: str | os.PathLike, *, variable: str = "etv", chunk_users: in
     return grid.transpose(USER, FUND).chunk({FUND: -1})
 
 
-def _predict_chunk(predictor, data, start, path, variable):
-    grid = predictor.predict(data)
+def _predict_chunk(predictor, data, start, path, variable, merchant_h=None):
+    grid = predictor._predict(data, merchant_h)
     ds = grid.to_dataset(name=variable).drop_vars([USER, FUND])
     ds.to_zarr(path, region={USER: slice(start, start + grid.sizes[USER])})
     return grid.sizes[USER]
@@ -655,6 +655,20 @@ def _subset(data, user_ids):
     )
 
 
+def _merchant_partials(predictor, data):
+    return predictor._merchant_partials(data)
+
+
+def _merge_partials(*partials):
+    from eoca.predict.inference import merge_merchant_partials
+
+    return merge_merchant_partials(*partials)
+
+
+def _merchant_embeddings(predictor, partials):
+    return predictor._merchant_embeddings(partials)
+
+
 def predict_to_zarr(
     predictor,
     data,
@@ -669,6 +683,14 @@ def predict_to_zarr(
     The fitted predictor is shipped to each worker once (pickled; a ``dask.distributed`` client scatters
     it), each task predicts ``chunk_users`` users and writes its rows straight into the store, so no
     process ever holds more than one chunk of the grid.
+
+    Models with the user-merchant graph (``"esdpm"``) run two stages, because each merchant's embedding
+    attends over *all* users who paid it. Stage 1 maps over the chunks: each summarises its payments
+    per merchant and attention head (largest logit, sum of exponentials, weighted sum of user vectors;
+    ``n_merchants x heads x graph_dim`` numbers). The summaries are tree-reduced on the workers with
+    log-sum-exp rescaling and turned into the merchant embeddings once; stage 2 sends them to every
+    chunk task, which predicts its users. The grid equals a whole-platform ``predict`` up to float
+    rounding. Models without the graph skip stage 1.
 
     Parameters
     ----------
@@ -687,12 +709,6 @@ def predict_to_zarr(
     -------
     xarray.DataArray
         The grid, opened lazily from the store (see :func:`open_grid`).
-
-    Notes
-    -----
-    A user's features, behaviour sequence and payments travel with their chunk. Models that use the
-    user-merchant graph then see each merchant through the chunk's users only, so their scores can differ
-    slightly from a whole-platform ``predict``; models without the graph give the same grid.
     """
     dask, da = _dask()
     if isinstance(chunk_users, bool) or not isinstance(chunk_users, int | np.integer) or chunk_users < 1:
@@ -708,13 +724,23 @@ def predict_to_zarr(
     template.to_zarr(path, mode="w", compute=False)
     client = _client()
     shipped = client.scatter(predictor, broadcast=True, hash=False) if client is not None else predictor
-    call = dask.delayed(_predict_chunk, pure=False)
-    tasks = []
-    for start in range(0, n, chunk_users):
+    starts = range(0, n, chunk_users)
+    parts = []
+    for start in starts:  # one chunk's tables at a time in the client before it goes to a worker
         part = _subset(data, users[start : start + chunk_users])
-        if client is not None:
-            part = client.scatter(part, hash=False)
-        tasks.append(call(shipped, part, start, str(path), variable))
+        parts.append(client.scatter(part, hash=False) if client is not None else part)
+    merchant_h = None
+    if predictor.spec_.use_graph and parts:
+        # stage 1, in the same graph as stage 2: summaries per chunk, merged pairwise (a tree, so no
+        # task receives more than two), finished once; every chunk task then depends on that result.
+        # pure=False: hashing the predictor and tables for task keys would cost more than it saves.
+        summarise, merge = (dask.delayed(f, pure=False) for f in (_merchant_partials, _merge_partials))
+        level = [summarise(shipped, part) for part in parts]
+        while len(level) > 1:
+            level = [merge(*level[i : i + 2]) for i in range(0, len(level), 2)]
+        merchant_h = dask.delayed(_merchant_embeddings, pure=False)(shipped, level[0])
+    call = dask.delayed(_predict_chunk, pure=False)
+    tasks = [call(shipped, part, start, str(path), variable, merchant_h) for start, part in zip(starts, parts)]
     _compute(tasks, progress)
     return open_grid(path, variable=variable)
 

@@ -140,7 +140,9 @@ def test_zarr_round_trip_generate_solve_write_back(client, tmp_path):
     assert open_grid(tmp_path / "grid.zarr").shape == (30_000, 8)
 
 
-def test_predict_to_zarr_matches_predict(client, tmp_path):
+@pytest.mark.parametrize("model", ["esdpm-ncg", "esdpm"])
+def test_predict_to_zarr_matches_predict(client, tmp_path, model):
+    """Chunks see the whole platform's merchants: the graph model's grid is the in-memory one too."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     from eoca.data import synthetic_platform
@@ -148,10 +150,10 @@ def test_predict_to_zarr_matches_predict(client, tmp_path):
 
     platform = synthetic_platform(n_users=300, n_funds=5, seed=3, impressions_per_user=3)
     predictor = ETVPredictor(
-        "esdpm-ncg", max_epochs=1, patience=1, hidden=8, embedding_dim=4, graph_dim=4, progress=False
+        model, max_epochs=1, patience=1, hidden=8, embedding_dim=4, graph_dim=4, progress=False
     ).fit(platform.data)
-    grid = predict_to_zarr(predictor, platform.data, tmp_path / "etv.zarr", chunk_users=120)
-    assert grid.chunks[0] == (120, 120, 60)
+    grid = predict_to_zarr(predictor, platform.data, tmp_path / "etv.zarr", chunk_users=70)
+    assert grid.chunks[0] == (70, 70, 70, 70, 20)
     expected = predictor.predict(platform.data)
     np.testing.assert_allclose(grid.values, expected.values, rtol=1e-5)
     np.testing.assert_array_equal(grid["user"].values, expected["user"].values)

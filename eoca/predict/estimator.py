@@ -16,7 +16,13 @@ from eoca.data import PlatformData
 from eoca.data.errors import DataValidationError
 from eoca.predict.errors import NotFittedError, PredictorSettingError
 from eoca.predict.features import FeatureSchema
-from eoca.predict.inference import grid_outputs
+from eoca.predict.inference import (
+    MerchantPartials,
+    finish_merchants,
+    grid_outputs,
+    merchant_partials,
+    merge_merchant_partials,
+)
 from eoca.predict.models import ETVNetwork
 from eoca.predict.registry import LOSSES, MODELS, ModelSpec, loss_fits
 from eoca.predict.train import TrainingHistory, load_checkpoint, objective, save_checkpoint, train_network
@@ -348,14 +354,35 @@ class ETVPredictor(BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ predict
-    def _outputs(self, data: PlatformData) -> dict[str, np.ndarray]:
+    def _check_predict_data(self, data: object) -> PlatformData:
         self._check_fitted()
         data = self._check_data(data)
         if self.spec_.use_graph and data.payments is None:
             raise DataValidationError(
                 f"Model {self.model!r} needs table 'payments' to predict; it is missing."
             )
-        return grid_outputs(self.network_, self.schema_.encode(data), chunk_users=self.chunk_users)
+        return data
+
+    def _outputs(self, data: PlatformData, merchant_h: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        data = self._check_predict_data(data)
+        return grid_outputs(
+            self.network_, self.schema_.encode(data), chunk_users=self.chunk_users, merchant_h=merchant_h
+        )
+
+    # Scoring a platform in pieces of users (eoca.distributed.predict_to_zarr). The graph's merchant
+    # layer attends over every payer of a merchant, so the pieces first summarise their payments
+    # (``_merchant_partials``), the summaries are merged and finished once (``_merchant_embeddings``),
+    # and each piece is then predicted with those whole-platform merchant embeddings (``_predict``).
+    def _merchant_partials(self, data: PlatformData) -> MerchantPartials | None:
+        """The merchant-attention summary of the payments in ``data``; None for models without the graph."""
+        data = self._check_predict_data(data)
+        if not self.spec_.use_graph:
+            return None
+        return merchant_partials(self.network_, self.schema_.encode(data))
+
+    def _merchant_embeddings(self, *partials: MerchantPartials) -> torch.Tensor:
+        """Merchant embeddings from the summaries of disjoint pieces covering every user."""
+        return finish_merchants(self.network_, merge_merchant_partials(*partials))
 
     @staticmethod
     def _grid(values: np.ndarray, data: PlatformData, name: str) -> xr.DataArray:
@@ -366,6 +393,14 @@ class ETVPredictor(BaseEstimator):
             name=name,
         )
 
+    def _predict(self, data: PlatformData, merchant_h: torch.Tensor | None = None) -> xr.DataArray:
+        """:meth:`predict`, optionally with merchant embeddings of a larger platform ``data`` is part of."""
+        out = self._outputs(data, merchant_h)
+        etv = etv_from_components(
+            self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_
+        )
+        return self._grid(etv, data, "etv")
+
     def predict(self, data: PlatformData) -> xr.DataArray:
         """The ETV grid over every user and fund of ``data`` (not only pairs with impressions).
 
@@ -375,11 +410,7 @@ class ETVPredictor(BaseEstimator):
             dims ``("user", "fund")``, coordinates the ids of ``data.users`` and ``data.funds``,
             name ``"etv"``, float64, >= 0.
         """
-        out = self._outputs(data)
-        etv = etv_from_components(
-            self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_
-        )
-        return self._grid(etv, data, "etv")
+        return self._predict(data)
 
     def predict_components(self, data: PlatformData) -> xr.Dataset:
         """pCTCVR ``p``, and where the model has them ``pctr``, ``mu`` and ``sigma``, over users × funds.

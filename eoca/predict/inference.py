@@ -4,22 +4,152 @@
 the fund side once per fund, then runs only the multi-task head on the (user chunk × fund) pairs,
 writing into ``(n_users, n_funds)`` arrays; no per-pair activation outlives its chunk.
 :func:`pairwise_outputs` is the naive reference that runs the whole network on each pair.
+
+The first graph layer (users → merchants) attends over *every* user who paid a merchant, so scoring the
+users in separate pieces (one Dask task per chunk of users) needs the merchant embeddings of the whole
+platform. Each merchant's output is an attention-weighted sum, i.e. a softmax, which decomposes over
+any split of its payers: :func:`merchant_partials` summarises one piece of users (per merchant and head:
+the largest attention logit, the sum of ``exp(logit - max)`` and the sum of ``exp(logit - max) * W x_u``),
+:func:`merge_merchant_partials` combines summaries with log-sum-exp rescaling, and
+:func:`finish_merchants` turns the merged summary into exactly what ``MerchantLayer`` computes.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
+from torch import Tensor
 
 from eoca.predict.features import EncodedPlatform
 from eoca.predict.models import ETVNetwork
 
-__all__ = ["grid_outputs", "pairwise_outputs"]
+__all__ = [
+    "MerchantPartials",
+    "finish_merchants",
+    "grid_outputs",
+    "merchant_partials",
+    "merge_merchant_partials",
+    "pairwise_outputs",
+]
+
+
+class MerchantPartials(NamedTuple):
+    """Sufficient statistics of the users → merchants attention over one piece of the users.
+
+    ``M`` merchants (the model's merchant vocabulary), ``H`` heads, ``C`` channels per head.
+
+    Attributes
+    ----------
+    max : Tensor
+        ``(M, H)``: the largest attention logit per merchant and head; ``-inf`` where no user of the
+        piece paid the merchant.
+    denominator : Tensor
+        ``(M, H)``: ``sum exp(logit - max)`` over the piece's edges into the merchant.
+    numerator : Tensor
+        ``(M, H, C)``: ``sum exp(logit - max) * (W_src x_u)`` over the same edges.
+    """
+
+    max: Tensor
+    denominator: Tensor
+    numerator: Tensor
+
+
+def _user_x(network: ETVNetwork, data: EncodedPlatform, users: Tensor) -> Tensor:
+    return network.user_features(data.user_numeric[users], data.user_categorical[users])
+
+
+@torch.no_grad()
+def merchant_partials(
+    network: ETVNetwork, data: EncodedPlatform, users: Tensor | None = None
+) -> MerchantPartials:
+    """Summarise the first graph layer's attention over the payments of ``users`` (default: all).
+
+    The logits are those of ``GATConv`` in eval mode (no dropout, no self-loops):
+    ``leaky_relu(<a_src, W_src x_u> + <a_dst, W_dst m>)`` per head.
+
+    Parameters
+    ----------
+    network : ETVNetwork
+        A graph model (``network.graph`` is not None).
+    data : EncodedPlatform
+        Its merchant indices come from the fitted vocabulary, so pieces of one platform encoded
+        separately address the same merchant rows.
+    users : Tensor, optional
+        Rows of ``data``'s users whose payments to summarise.
+
+    Returns
+    -------
+    MerchantPartials
+    """
+    network.eval()
+    layer = network.graph.merchant_layer
+    conv = layer.conv
+    h, c = conv.heads, conv.out_channels
+    users = torch.arange(data.n_users) if users is None else users
+    lin_src = conv.lin if conv.lin is not None else conv.lin_src
+    lin_dst = conv.lin if conv.lin is not None else conv.lin_dst
+    x_src = lin_src(_user_x(network, data, users)).view(-1, h, c)
+    x_dst = lin_dst(layer.merchant.weight).view(-1, h, c)
+    merchant, user = data.local_edges(users)
+    logit = (x_src * conv.att_src).sum(-1)[user] + (x_dst * conv.att_dst).sum(-1)[merchant]
+    logit = torch.nn.functional.leaky_relu(logit, conv.negative_slope)
+    m = len(x_dst)
+    index = merchant[:, None].expand(-1, h)
+    top = torch.full((m, h), -torch.inf, dtype=logit.dtype)
+    top = top.scatter_reduce(0, index, logit, reduce="amax", include_self=True)
+    weight = torch.exp(logit - top[merchant])
+    denominator = torch.zeros((m, h), dtype=logit.dtype).index_add_(0, merchant, weight)
+    numerator = torch.zeros((m, h, c), dtype=logit.dtype).index_add_(
+        0, merchant, weight[..., None] * x_src[user]
+    )
+    return MerchantPartials(top, denominator, numerator)
+
+
+def merge_merchant_partials(*parts: MerchantPartials) -> MerchantPartials:
+    """Combine summaries of disjoint pieces of users (associative and commutative, so tree-reducible).
+
+    Each piece's sums are rescaled from its own maximum to the common one: ``exp(max_i - max)``.
+    """
+    top = parts[0].max
+    for p in parts[1:]:
+        top = torch.maximum(top, p.max)
+    denominator = torch.zeros_like(parts[0].denominator)
+    numerator = torch.zeros_like(parts[0].numerator)
+    for p in parts:
+        # a merchant no user of this piece paid has max -inf and empty sums: scale 0, not exp(nan)
+        scale = torch.where(torch.isinf(p.max), 0.0, torch.exp(p.max - top))
+        denominator += scale * p.denominator
+        numerator += scale[..., None] * p.numerator
+    return MerchantPartials(top, denominator, numerator)
+
+
+@torch.no_grad()
+def finish_merchants(network: ETVNetwork, partials: MerchantPartials) -> Tensor:
+    """Merchant embeddings from the merged summary of all users: ``MerchantLayer``'s output.
+
+    As ``GATConv``: the softmax divides by ``sum + 1e-16`` (a merchant nobody paid gets 0), heads are
+    concatenated (or averaged), the bias is added; ``MerchantLayer`` then applies the ELU.
+    """
+    layer = network.graph.merchant_layer
+    conv = layer.conv
+    out = partials.numerator / (partials.denominator[..., None] + 1e-16)
+    out = out.flatten(1) if conv.concat else out.mean(dim=1)
+    if conv.res is not None:
+        out = out + conv.res(layer.merchant.weight)
+    if conv.bias is not None:
+        out = out + conv.bias
+    return torch.nn.functional.elu(out)
 
 
 @torch.no_grad()
 def grid_outputs(
-    network: ETVNetwork, data: EncodedPlatform, *, chunk_users: int = 8192
+    network: ETVNetwork,
+    data: EncodedPlatform,
+    *,
+    chunk_users: int = 8192,
+    merchant_h: Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Outputs (``p``, ``pctr``, ``mu``, ``sigma`` as the model has them) for every user and fund.
 
@@ -30,6 +160,9 @@ def grid_outputs(
         Users and funds to score (all of them).
     chunk_users : int
         Users per chunk: memory grows with ``chunk_users × n_funds × head size``.
+    merchant_h : Tensor, optional
+        Graph models: merchant embeddings computed elsewhere (e.g. by :func:`finish_merchants` over the
+        whole platform when ``data`` holds only some of its users). By default they come from ``data``.
 
     Returns
     -------
@@ -40,22 +173,16 @@ def grid_outputs(
     n, k = data.n_users, len(data.fund_ids)
     e_f = network.fund_features(data.fund_numeric, data.fund_categorical)
     z_fund = network.fund_projection(torch.cat([e_f, network.fund_id(data.fund_ids)], dim=1))
-    merchant_h = None
-    if network.graph is not None:
+    if network.graph is not None and merchant_h is None:
         all_x = torch.cat(
-            [
-                network.user_features(
-                    data.user_numeric[s : s + chunk_users], data.user_categorical[s : s + chunk_users]
-                )
-                for s in range(0, n, chunk_users)
-            ]
+            [_user_x(network, data, torch.arange(s, min(s + chunk_users, n))) for s in range(0, n, chunk_users)]
         )
         edges = torch.stack([data.edge_user, data.edge_merchant])
         merchant_h = network.graph.merchant_layer(all_x, edges)
     result: dict[str, np.ndarray] = {}
     for start in range(0, n, chunk_users):
         users = torch.arange(start, min(start + chunk_users, n))
-        e_u = network.user_features(data.user_numeric[users], data.user_categorical[users])
+        e_u = _user_x(network, data, users)
         parts = [e_u]
         if network.sequence is not None:
             parts.append(network.sequence(data.seq_funds[users], data.seq_actions[users]))
