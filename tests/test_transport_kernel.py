@@ -311,6 +311,29 @@ def test_deterministic():
     np.testing.assert_array_equal(a.prices, b.prices)
 
 
+@pytest.mark.parametrize("kind", ["gamma", "four_values", "ninety_percent_zeros"])
+def test_same_result_for_any_thread_count(kind):
+    """The parallel pass and refill scan split users in fixed blocks: one or two threads, same output."""
+    import numba
+
+    rng = np.random.default_rng(21)
+    n, k = 400_000, 8
+    etv = rng.gamma(1.0, 10.0, size=(n, k)) if kind == "gamma" else degenerate_grid(kind, n, k, rng)
+    ul = rng.integers(0, 3, n).astype(np.int32)
+    fl = np.array([0, 0, 0, 1, 1, 1, 2, 2], np.int32)
+    d = exact_demands(n // 2, k, rng)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        a = solve_transport(etv, ul, fl, d // 2, d, True)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        b = solve_transport(etv, ul, fl, d // 2, d, True)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(a.assignment, b.assignment)
+    np.testing.assert_array_equal(a.prices, b.prices)
+
+
 def test_inputs_are_not_modified():
     rng = np.random.default_rng(16)
     etv, ul, fl, dmin, dmax = random_instance(rng, 5000, 4, holdout=True, ranges=True)

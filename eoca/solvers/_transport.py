@@ -12,11 +12,11 @@ with ``min_j <= f_j <= max_j``, which turns demand ranges into ordinary arcs j -
 1. **Warm prices from a sample.** The same problem on every 10th user, with demands scaled by 1/10 and
    widened to [floor, ceil] and then repaired until the sample is feasible, is solved recursively (down to
    a few thousand users); its prices start the full solve.
-2. **One pass over the grid** (serial: on this 2-core machine numba threads gained <25% and the OpenMP
-   layer added ~40 ms per call) puts each user at its best node under those prices, counts users per
-   node, and records each user's gap to its second-best node. A user whose best nodes tie (within a
-   relative 1e-12) goes to the tied node furthest below the count it should reach under the warm prices
-   (smallest count / target), and gets gap 0: on degenerate grids (few distinct values, mostly zeros,
+2. **One pass over the grid** (parallel over fixed blocks of users, so the output never depends on the
+   number of threads) puts each user at its best node under those prices, counts users per node, and
+   records each user's gap to its second-best node. A user whose best nodes tie (within a relative
+   1e-12) is marked in the parallel phase and afterwards, in index order, goes to the tied node furthest
+   below the count it should reach under the warm prices (smallest count / target), and gets gap 0: on degenerate grids (few distinct values, mostly zeros,
    identical users) exactly tied users no longer pile onto one fund, so the imbalance left to the repair
    is about as small as on a continuous grid, and so are the heaps (the memory on top of the grid).
 3. **Successive shortest paths on the (k + 1)-node graph** (Johnson potentials = prices) move users from
@@ -27,7 +27,8 @@ with ``min_j <= f_j <= max_j``, which turns demand ranges into ordinary arcs j -
    smallest, later, when a path needs arc a -> b beyond what is loaded, with a batch of a's remaining
    users of smallest key towards b (a batch about twice the remaining imbalance, at most that many taken
    among exactly tied keys); users not yet loaded give an exact lower bound ``kappa`` on the arc, so a
-   path through a not-yet-loaded arc still yields valid prices and triggers that refill. After each price update the shortest path is tight, and it is reused to move a
+   path through a not-yet-loaded arc still yields valid prices and triggers that refill. (The refill's scan
+   of the node runs in parallel over fixed chunks; tied keys at a batch threshold are taken in index order.) After each price update the shortest path is tight, and it is reused to move a
    whole batch of tied users (one per arc per step) until an arc's next key differs, the source is
    balanced, or the sink is full: on degenerate grids (few distinct values, mostly zeros, identical
    users) thousands of tied users move per Dijkstra run.

@@ -40,22 +40,14 @@ STATUS_TIME_LIMIT = 1
 STATUS_INFEASIBLE = 2
 
 
-@njit(cache=True)
-def assign_pass(etv, ulev, lo, hi, lam, target):
-    """Best node of every user under ``lam``, the gap to its second-best node, and counts per node.
+PASS_BLOCK = 32768  # users per block of the parallel pass (fixed: the output never depends on threads)
+TIED = -2  # assign marker (TIED - code) of a user whose best nodes tie, between the two phases of the pass;
+# code = bitmask of the tied nodes + (best node << K) when K <= 25, else 0 (phase 2 reads the row again)
 
-    Users whose best nodes tie (within a relative 1e-12, which absorbs the rounding of prices built from
-    sums of ETV differences) are spread over the tied nodes: each goes to the tied node whose count is
-    furthest below ``target`` (smallest count / target, ties to the lowest index), so that on degenerate
-    grids the imbalance left to the repair is small instead of piling every tied user on one node. A tied
-    user's gap is 0. Returns (assign, gap (float32), counts, number of users without any allowed node,
-    max |best reduced value|).
-    """
-    n, k = etv.shape
-    K = k + 1
-    assign = np.empty(n, np.int32)
-    gap = np.empty(n, np.float32)
-    counts = np.zeros(K, np.int64)
+
+@njit(cache=True, inline="always")
+def _open_nodes(lo, hi, lam):
+    K = lo.shape[0]
     open_idx = np.empty(K, np.int64)
     nopen = 0
     lamabs = 0.0
@@ -64,39 +56,118 @@ def assign_pass(etv, ulev, lo, hi, lam, target):
             open_idx[nopen] = x
             nopen += 1
             lamabs = max(lamabs, abs(lam[x]))
-    red = np.empty(K)
-    nbad = 0
-    smax = 0.0
-    for i in range(n):
-        lv = ulev[i]
-        b1 = -np.inf
-        b2 = -np.inf
-        j1 = -1
-        for q in range(nopen):
-            x = open_idx[q]
-            if lo[x] <= lv and lv < hi[x]:
-                v = (etv[i, x] if x < k else 0.0) - lam[x]
-                red[x] = v
-                if v > b1:
-                    b2 = b1
-                    b1 = v
-                    j1 = x
-                elif v > b2:
-                    b2 = v
+    return open_idx, nopen, lamabs
+
+
+@njit(cache=True, parallel=True)
+def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
+    """Phase 1 of :func:`assign_pass`, in parallel over fixed blocks of users: every user whose best node
+    is unique goes there; a tied user is marked ``TIED`` (gap 0). Returns per-block counts (nblk, K + 2):
+    users per node, then tied users, then users without any allowed node; and per-block max |best|."""
+    n, k = etv.shape
+    K = k + 1
+    open_idx, nopen, lamabs = _open_nodes(lo, hi, lam)
+    nblk = (n + PASS_BLOCK - 1) // PASS_BLOCK
+    bc = np.zeros((nblk, K + 2), np.int64)
+    bmax = np.zeros(nblk)
+    enc = K <= 25  # tied nodes and best node fit in the marker
+    for blk in nb.prange(nblk):
+        s = blk * PASS_BLOCK
+        e = min(n, s + PASS_BLOCK)
+        smax = 0.0
+        red = np.empty(K)
+        for i in range(s, e):
+            lv = ulev[i]
+            b1 = -np.inf
+            b2 = -np.inf
+            j1 = -1
+            for q in range(nopen):
+                x = open_idx[q]
+                if lo[x] <= lv and lv < hi[x]:
+                    v = (etv[i, x] if x < k else 0.0) - lam[x]
+                    red[x] = v
+                    if v > b1:
+                        b2 = b1
+                        b1 = v
+                        j1 = x
+                    elif v > b2:
+                        b2 = v
+                else:
+                    red[x] = -np.inf
+            if j1 < 0:
+                bc[blk, K + 1] += 1
+                assign[i] = k
+                gap[i] = np.inf
+                continue
+            ab = abs(b1)
+            if ab > smax:
+                smax = ab
+            g = b1 - b2
+            ttol = 1e-12 * (ab + lamabs)
+            if g <= ttol:
+                code = 0
+                if enc:
+                    lim = b1 - ttol
+                    for q in range(nopen):
+                        x = open_idx[q]
+                        if red[x] >= lim:
+                            code |= 1 << x
+                    code |= j1 << K
+                assign[i] = TIED - code
+                gap[i] = 0.0
+                bc[blk, K] += 1
             else:
-                red[x] = -np.inf
-        if j1 < 0:
-            nbad += 1
-            assign[i] = k
-            gap[i] = np.inf
+                assign[i] = j1
+                gap[i] = g
+                bc[blk, j1] += 1
+        bmax[blk] = smax
+    return bc, bmax
+
+
+@njit(cache=True)
+def _spread_ties(etv, ulev, lo, hi, lam, target, assign, counts, bc):
+    """Phase 2 of :func:`assign_pass`, sequential over the tied users only, in index order."""
+    n, k = etv.shape
+    K = k + 1
+    open_idx, nopen, lamabs = _open_nodes(lo, hi, lam)
+    red = np.empty(K)
+    for blk in range(bc.shape[0]):
+        if bc[blk, K] == 0:
             continue
-        ab = abs(b1)
-        if ab > smax:
-            smax = ab
-        g = b1 - b2
-        ttol = 1e-12 * (ab + lamabs)
-        if g <= ttol:
-            lim = b1 - ttol
+        s = blk * PASS_BLOCK
+        e = min(n, s + PASS_BLOCK)
+        for i in range(s, e):
+            code = TIED - assign[i]
+            if code < 0:
+                continue
+            if code > 0:  # tied nodes and best node encoded by phase 1: no need to read the row
+                mask = code & ((1 << K) - 1)
+                best = code >> K
+                for q in range(nopen):
+                    x = open_idx[q]
+                    if (mask >> x) & 1 and x != best:
+                        tx = target[x]
+                        tb = target[best]
+                        if tx > 0 and (tb <= 0 or counts[x] * tb < counts[best] * tx or
+                                       (counts[x] * tb == counts[best] * tx and x < best)):
+                            best = x
+                assign[i] = best
+                counts[best] += 1
+                continue
+            lv = ulev[i]
+            b1 = -np.inf
+            j1 = -1
+            for q in range(nopen):
+                x = open_idx[q]
+                if lo[x] <= lv and lv < hi[x]:
+                    v = (etv[i, x] if x < k else 0.0) - lam[x]
+                    red[x] = v
+                    if v > b1:
+                        b1 = v
+                        j1 = x
+                else:
+                    red[x] = -np.inf
+            lim = b1 - 1e-12 * (abs(b1) + lamabs)
             best = j1
             for q in range(nopen):
                 x = open_idx[q]
@@ -106,12 +177,33 @@ def assign_pass(etv, ulev, lo, hi, lam, target):
                     if tx > 0 and (tb <= 0 or counts[x] * tb < counts[best] * tx or
                                    (counts[x] * tb == counts[best] * tx and x < best)):
                         best = x
-            j1 = best
-            g = 0.0
-        assign[i] = j1
-        gap[i] = g
-        counts[j1] += 1
-    return assign, gap, counts, nbad, smax
+            assign[i] = best
+            counts[best] += 1
+
+
+def assign_pass(etv, ulev, lo, hi, lam, target):
+    """Best node of every user under ``lam``, the gap to its second-best node, and counts per node.
+
+    Phase 1 (parallel over fixed blocks of users) places every user whose best node is unique. Users
+    whose best nodes tie (within a relative 1e-12, which absorbs the rounding of prices built from sums of
+    ETV differences) are then spread, in index order, over the tied nodes: each goes to the tied node
+    whose count is furthest below ``target`` (smallest count / target, ties to the lowest index), counts
+    starting from the untied users, so that on degenerate grids the imbalance left to the repair is small
+    instead of piling every tied user on one node. A tied user's gap is 0. The output does not depend on
+    the number of threads. Returns (assign, gap (float32), counts, number of users without any allowed
+    node, max |best reduced value|).
+    """
+    n = etv.shape[0]
+    K = lo.shape[0]
+    assign = np.empty(n, np.int32)
+    gap = np.empty(n, np.float32)
+    bc, bmax = _pass_blocks(etv, ulev, lo, hi, lam, assign, gap)
+    tot = bc.sum(axis=0)
+    counts = np.ascontiguousarray(tot[:K])
+    if tot[K] > 0:
+        _spread_ties(etv, ulev, lo, hi, lam, target, assign, counts, bc)
+    smax = float(bmax.max()) if bmax.shape[0] else 0.0
+    return assign, gap, counts, int(tot[K + 1]), smax
 
 
 @njit(cache=True)
@@ -395,6 +487,42 @@ def _build_members(assign, loaded, K):
     return start, mem
 
 
+@njit(cache=True, parallel=True)
+def _refill_scan(etv, ulev, lo, hi, loaded, a, s0, s1, mem, theta, take_eq, flag):
+    """The scan of :func:`_refill` over the unloaded users of node a, in parallel over fixed chunks: flags
+    each user (see there) and returns, per chunk, the smallest key towards each node among the users
+    flagged 0."""
+    k = etv.shape[1]
+    K = k + 1
+    na = s1 - s0
+    nch = max(1, min(64, na // 8192))
+    kapc = np.full((nch, K), np.inf)
+    for c in nb.prange(nch):
+        for q in range(s0 + c * na // nch, s0 + (c + 1) * na // nch):
+            u = mem[q]
+            if loaded[u] != 0:
+                flag[q - s0] = 0
+                continue
+            lv = ulev[u]
+            va = _val(etv, u, a, k)
+            fl = 0
+            for z in range(K):
+                if z != a and lo[z] <= lv and lv < hi[z]:
+                    key = va - _val(etv, u, z, k)
+                    if key < theta[z]:
+                        fl = 1
+                    elif key == theta[z] and take_eq[z] > 0 and fl == 0:
+                        fl = 2
+            if fl == 0:
+                for z in range(K):
+                    if z != a and lo[z] <= lv and lv < hi[z]:
+                        key = va - _val(etv, u, z, k)
+                        if key < kapc[c, z]:
+                            kapc[c, z] = key
+            flag[q - s0] = fl
+    return kapc
+
+
 @njit(cache=True)
 def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, kappa, PK, PU, hb, hc, hs, top, stats):
     """Load the unloaded users of node a with the smallest price-free keys into every heap (a, z), and
@@ -443,25 +571,33 @@ def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, kappa, PK, P
             take_eq[z] = mz
         else:
             theta[z] = np.inf
-    kap = np.full(K, np.inf)
     hs0 = np.empty(K, np.int64)
     for z in range(K):
         hs0[z] = hs[a * K + z]
+    # parallel scan (fixed chunks): 1 = some key below its threshold (taken), 2 = some key at a threshold
+    # (decided below, in index order), 0 = stays unloaded (its keys enter kappa)
+    flag = np.empty(max(na, 1), np.uint8)
+    kapc = _refill_scan(etv, ulev, lo, hi, loaded, a, s0, s1, mem, theta, take_eq, flag)
+    kap = np.full(K, np.inf)
+    for c in range(kapc.shape[0]):
+        for z in range(K):
+            if kapc[c, z] < kap[z]:
+                kap[z] = kapc[c, z]
     for q in range(s0, s1):
-        u = mem[q]
-        if loaded[u] != 0:
+        fl = flag[q - s0]
+        if fl == 0:
             continue
+        u = mem[q]
         lv = ulev[u]
         va = _val(etv, u, a, k)
-        take = False
-        for z in range(K):
-            if z != a and lo[z] <= lv and lv < hi[z]:
-                key = va - _val(etv, u, z, k)
-                if key < theta[z]:
-                    take = True
-                elif key == theta[z] and take_eq[z] > 0:
-                    take = True
-                    take_eq[z] -= 1
+        take = fl == 1
+        if not take:
+            for z in range(K):
+                if z != a and lo[z] <= lv and lv < hi[z]:
+                    key = va - _val(etv, u, z, k)
+                    if key == theta[z] and take_eq[z] > 0:
+                        take = True
+                        take_eq[z] -= 1
         if take:
             loaded[u] = 1
             stats[ST_LOADED] += 1
