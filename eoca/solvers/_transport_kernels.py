@@ -467,23 +467,79 @@ def _load_user(etv, ulev, lo, hi, u, a, PK, PU, hb, hs, sift):
                 _sift_up(PK, PU, hb, hs, p)
 
 
+@njit(cache=True, inline="always")
+def _code(bnd, lv):
+    """Number of entries of the sorted ``bnd`` that are <= lv."""
+    a = 0
+    b = bnd.shape[0]
+    while a < b:
+        h = (a + b) >> 1
+        if bnd[h] <= lv:
+            a = h + 1
+        else:
+            b = h
+    return a
+
+
 @njit(cache=True)
-def _build_members(assign, loaded, K):
-    """Unloaded users grouped by node, increasing user index inside a group (CSR)."""
+def _code_table(bnd):
+    """Level -> code table (:func:`_code`) over ``t0 - 1 <= lv <= t1 + 1``, where t0 and t1 are the
+    smallest and largest entries of the sorted ``bnd`` other than the int32 sentinels: the code is
+    constant below t0 and from t1 + 1 up to (not including) the int32 maximum, so ``tab[clip(lv - t0 +
+    1, 0, len(tab) - 1)]`` is the code of any level but the int32 maximum. Returns (tab, t0 - 1), or an
+    empty table where t1 - t0 exceeds 2**16 (then :func:`_code`, a binary search, is used)."""
+    nb_ = bnd.shape[0]
+    i0 = 0
+    while i0 < nb_ and bnd[i0] == -2147483648:
+        i0 += 1
+    i1 = nb_
+    while i1 > i0 and bnd[i1 - 1] == 2147483647:
+        i1 -= 1
+    base = np.int64(0)
+    T = 1
+    if i1 > i0:
+        base = np.int64(bnd[i0]) - 1
+        T = np.int64(bnd[i1 - 1]) + 2 - base
+        if T > 65536:
+            T = 0
+    tab = np.empty(T, np.int64)
+    for x in range(T):
+        tab[x] = _code(bnd, base + x)
+    return tab, base
+
+
+@njit(cache=True)
+def _build_members(assign, loaded, K, ulev, bnd):
+    """Unloaded users grouped by node and, inside a node, by level code (see :func:`_code`; every node
+    is allowed to all or none of a code's users), increasing user index inside a group (CSR: group
+    ``a * C + c`` with C = len(bnd) + 1). A user's code is one lookup in :func:`_code_table`."""
     n = assign.shape[0]
-    start = np.zeros(K + 1, np.int64)
+    C = bnd.shape[0] + 1
+    tab, base = _code_table(bnd)
+    T = tab.shape[0]
+    start = np.zeros(K * C + 1, np.int64)
     for i in range(n):
         if loaded[i] == 0:
-            start[assign[i] + 1] += 1
-    for x in range(K):
+            lv = ulev[i]
+            if T == 0 or lv == 2147483647:
+                c = _code(bnd, lv)
+            else:
+                c = tab[min(max(np.int64(lv) - base, 0), T - 1)]
+            start[assign[i] * C + c + 1] += 1
+    for x in range(K * C):
         start[x + 1] += start[x]
-    fill = start[:K].copy()
-    mem = np.empty(start[K], np.int32)
+    fill = start[: K * C].copy()
+    mem = np.empty(start[K * C], np.int32)
     for i in range(n):
         if loaded[i] == 0:
-            a = assign[i]
-            mem[fill[a]] = i
-            fill[a] += 1
+            lv = ulev[i]
+            if T == 0 or lv == 2147483647:
+                c = _code(bnd, lv)
+            else:
+                c = tab[min(max(np.int64(lv) - base, 0), T - 1)]
+            g = assign[i] * C + c
+            mem[fill[g]] = i
+            fill[g] += 1
     return start, mem
 
 
@@ -524,7 +580,7 @@ def _refill_scan(etv, ulev, lo, hi, loaded, a, s0, s1, mem, theta, take_eq, flag
 
 
 @njit(cache=True)
-def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, kappa, PK, PU, hb, hc, hs, top, stats):
+def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, bnd, kappa, PK, PU, hb, hc, hs, top, stats):
     """Load the unloaded users of node a with the smallest price-free keys into every heap (a, z), and
     recompute kappa[a, :] exactly over the users that stay unloaded.
 
@@ -535,11 +591,31 @@ def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, kappa, PK, P
     the node's size is allocated, and the node is read once more); at most the batch size of users exactly
     at a threshold are taken, in index order, so a node of thousands of exactly tied users loads one
     batch, not all of them.
+
+    Only the users of a that may take b are scanned (the level codes of :func:`_build_members` that b
+    allows, a contiguous range); kappa[a, z] is recomputed only for the nodes z that no unscanned user
+    of a may take, and kept (still a lower bound) for the others.
     """
     k = etv.shape[1]
     K = k + 1
-    s0 = start[a]
-    s1 = start[a + 1]
+    C = bnd.shape[0] + 1
+    c_lo = C
+    c_hi = 0
+    for c in range(1, C):
+        if lo[b] <= bnd[c - 1] and bnd[c - 1] < hi[b]:
+            c_lo = min(c_lo, c)
+            c_hi = c + 1
+    if c_lo >= c_hi:
+        c_lo = 0
+        c_hi = 0
+    exact = np.ones(K, np.bool_)
+    for c in range(1, C):
+        if (c < c_lo or c >= c_hi) and start[a * C + c + 1] > start[a * C + c]:
+            for z in range(K):
+                if lo[z] <= bnd[c - 1] and bnd[c - 1] < hi[z]:
+                    exact[z] = False
+    s0 = start[a * C + c_lo]
+    s1 = start[a * C + c_hi]
     na = s1 - s0
     stats[ST_REFILL] += 1
     stats[ST_SCANNED] += na
@@ -613,7 +689,8 @@ def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, kappa, PK, P
     for z in range(K):
         if z != a:
             p = a * K + z
-            kappa[p] = kap[z]
+            if exact[z]:
+                kappa[p] = kap[z]
             if (hs[p] - hs0[z]) * 16 < hs[p]:  # a few new entries: sift them up, else rebuild the heap
                 for pos in range(hs0[z], hs[p]):
                     _sift_up_at(PK, PU, hb[p], pos)
@@ -694,6 +771,7 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
     built = False
     start = np.zeros(K + 1, np.int64)
     mem = np.empty(0, np.int32)
+    bnd = np.empty(0, np.int32)
 
     e = np.zeros(K, np.int64)
     dist = np.empty(K)
@@ -814,7 +892,23 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
         src = y
         if uncertain:
             if not built:
-                start, mem = _build_members(assign, loaded, K)
+                nbd = 0
+                bnd = np.empty(2 * K, np.int32)
+                for x in range(K):
+                    for v in (lo[x], hi[x]):
+                        seen = False
+                        for t in range(nbd):
+                            if bnd[t] == v:
+                                seen = True
+                        if not seen:
+                            t = nbd
+                            while t > 0 and bnd[t - 1] > v:
+                                bnd[t] = bnd[t - 1]
+                                t -= 1
+                            bnd[t] = v
+                            nbd += 1
+                bnd = bnd[:nbd]
+                start, mem = _build_members(assign, loaded, K, ulev, bnd)
                 built = True
             rem = 0
             for x in range(K):
@@ -826,7 +920,7 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
                     m = max(4096, 2 * rem, 2 * batch[p])
                     batch[p] = m
                     PK, PU = _refill(etv, ulev, lo, hi, assign, loaded, path_x[q], path_y[q], m, start, mem,
-                                     kappa, PK, PU, hb, hc, hs, top, stats)
+                                     bnd, kappa, PK, PU, hb, hc, hs, top, stats)
             continue
         # ---- augment one unit at a time while the whole path stays tight
         first = True
