@@ -23,10 +23,13 @@ with ``min_j <= f_j <= max_j``, which turns demand ranges into ordinary arcs j -
    over-full to under-full nodes. The arc a -> b costs the cheapest move of a user sitting at a; its
    candidates are kept in a heap per ordered pair ordered by the price-free key
    ``value(u, a) - value(u, b)`` and then by user index, so ties are broken lexicographically and the
-   result never depends on thread scheduling. Heaps are filled lazily: first with the users whose gap is
-   smallest, later, when a path needs arc a -> b beyond what is loaded, with a batch of a's remaining
-   users of smallest key towards b (a batch about twice the remaining imbalance, at most that many taken
-   among exactly tied keys); users not yet loaded give an exact lower bound ``kappa`` on the arc, so a
+   result never depends on thread scheduling. Heaps are filled lazily, arc by arc, through a load
+   threshold per arc (a never-moved user is in heap a -> b iff its (key, index) is below it, so a user
+   enters only the heaps of the arcs it is cheap for, not all k of them: the heaps are the memory on top
+   of the grid): first with the users whose gap is smallest, each in the arcs where it is within that
+   gap, later, when a path needs arc a -> b beyond what is loaded, with a batch of a's remaining users of
+   smallest key towards b (a batch about twice the remaining imbalance, at most that many taken among
+   exactly tied keys); users not yet loaded give an exact lower bound ``kappa`` on the arc, so a
    path through a not-yet-loaded arc still yields valid prices and triggers that refill. (The refill's scan
    of the node runs in parallel over fixed chunks; tied keys at a batch threshold are taken in index order.) After each price update the shortest path is tight, and it is reused to move a
    whole batch of tied users (one per arc per step) until an arc's next key differs, the source is
@@ -425,6 +428,7 @@ def solve_transport(etv, user_level, fund_level, demand_min, demand_max, holdout
         "refills": int(st[K.ST_REFILL]),
         "loaded": int(st[K.ST_LOADED]),
         "scanned": int(st[K.ST_SCANNED]),
+        "heap_entries": int(st[K.ST_ENTRIES]),
         "sample_s": top["sample_s"],
         "pass_s": top["pass_s"],
         "repair_s": top["repair_s"],

@@ -11,9 +11,12 @@ shortest paths of the fund graph until every imbalance is zero.
 
 Arc a -> b (move one user from a to b) costs ``min_u key_ab(u) - lam[a] + lam[b]`` with the price-free
 ``key_ab(u) = value(u, a) - value(u, b)``. Its candidate users live in a binary heap ordered by
-``(key, user index)`` (lazy deletion: an entry is live iff the user still sits at a). Users not yet in any
-heap ("unloaded") have never moved and satisfy ``key_ab(u) >= kappa[a, b]``; so ``kappa`` gives a lower
-bound on the part of an arc that is not loaded, and an arc whose heap top is ``<= kappa`` is known exactly.
+``(key, user index)`` (lazy deletion: an entry is live iff the user still sits at a). A user that has
+moved is in every heap of its node; a never-moved user u at a is in heap (a, b) iff ``(key_ab(u), u) <
+(TK, TU)[a, b]`` (a load threshold per arc, raised by refills), so a user enters only the heaps of the
+arcs it is cheap for, not all k of its node's heaps (the heaps are the memory on top of the grid). Users
+of a not in heap (a, b) satisfy ``key_ab(u) >= kappa[a, b]``; so ``kappa`` gives a lower bound on the part
+of an arc that is not loaded, and an arc whose heap top is ``<= kappa`` is known exactly.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ ST_MOVED = 2
 ST_REFILL = 3
 ST_LOADED = 4
 ST_SCANNED = 5
-NSTATS = 6
+ST_ENTRIES = 6
+NSTATS = 7
 
 STATUS_OPTIMAL = 0
 STATUS_TIME_LIMIT = 1
@@ -447,7 +451,7 @@ def _grow(PK, PU, hb, hc, hs, top, a, K):
     for z in range(K):
         p = a * K + z
         if hs[p] >= hc[p]:
-            PK, PU = _reserve(PK, PU, hb, hc, hs, top, p, 1)
+            PK, PU = _reserve(PK, PU, hb, hc, hs, top, p, np.int64(1))  # (one specialization)
     return PK, PU
 
 
@@ -543,16 +547,25 @@ def _build_members(assign, loaded, K, ulev, bnd):
     return start, mem
 
 
+@njit(cache=True)
+def _below(key, u, tk, tu):
+    """(key, u) < (tk, tu) lexicographically: whether a never-moved user is in the heap of threshold
+    (tk, tu)."""
+    return key < tk or (key == tk and u < tu)
+
+
 @njit(cache=True, parallel=True)
-def _refill_scan(etv, ulev, lo, hi, loaded, a, s0, s1, mem, theta, take_eq, flag):
-    """The scan of :func:`_refill` over the unloaded users of node a, in parallel over fixed chunks: flags
-    each user (see there) and returns, per chunk, the smallest key towards each node among the users
-    flagged 0."""
+def _refill_scan(etv, ulev, lo, hi, loaded, a, b, s0, s1, mem, TK, TU, theta, take_eq, flag):
+    """The scan of :func:`_refill` over the never-moved users of node a, in parallel over fixed chunks:
+    flags each user (1: some key below its new threshold, 2: its key towards b ties the new threshold,
+    decided afterwards in index order; 0: nothing new) and returns, per chunk, the smallest key towards each
+    node among the keys that stay out of the heaps, the new entries per node, and the ties towards b."""
     k = etv.shape[1]
     K = k + 1
     na = s1 - s0
     nch = max(1, min(64, na // 8192))
     kapc = np.full((nch, K), np.inf)
+    cntc = np.zeros((nch, K + 1), np.int64)
     for c in nb.prange(nch):
         for q in range(s0 + c * na // nch, s0 + (c + 1) * na // nch):
             u = mem[q]
@@ -564,37 +577,40 @@ def _refill_scan(etv, ulev, lo, hi, loaded, a, s0, s1, mem, theta, take_eq, flag
             fl = 0
             for z in range(K):
                 if z != a and lo[z] <= lv and lv < hi[z]:
+                    p = a * K + z
                     key = va - _val(etv, u, z, k)
+                    if _below(key, u, TK[p], TU[p]):
+                        continue
                     if key < theta[z]:
-                        fl = 1
-                    elif key == theta[z] and take_eq[z] > 0 and fl == 0:
-                        fl = 2
-            if fl == 0:
-                for z in range(K):
-                    if z != a and lo[z] <= lv and lv < hi[z]:
-                        key = va - _val(etv, u, z, k)
-                        if key < kapc[c, z]:
-                            kapc[c, z] = key
+                        fl |= 1
+                        cntc[c, z] += 1
+                    elif z == b and key == theta[z] and take_eq > 0:
+                        fl |= 2
+                        cntc[c, K] += 1
+                    elif key < kapc[c, z]:
+                        kapc[c, z] = key
             flag[q - s0] = fl
-    return kapc
+    return kapc, cntc
 
 
 @njit(cache=True)
-def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, bnd, kappa, PK, PU, hb, hc, hs, top, stats):
-    """Load the unloaded users of node a with the smallest price-free keys into every heap (a, z), and
-    recompute kappa[a, :] exactly over the users that stay unloaded.
+def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, bnd, kappa, TK, TU, PK, PU, hb, hc, hs, top,
+            stats):
+    """Raise the load threshold of arc (a, b), and with at most 15 funds of every arc (a, z), so that about
+    ``m`` more never-moved users of node a enter heap (a, b) (and about ``max(256, min(m // (K // 4 + 1),
+    na // 32))`` (na: users at a) enter each other heap (a, z)), and recompute kappa[a, :] exactly over
+    the keys that stay out.
 
-    One scan of the node serves every arc out of it: about ``m`` users of smallest key towards b (the arc
-    that needs them) and about ``max(256, min(m // (K // 4 + 1), na // 32))`` (na: users at a) of
-    smallest key towards each other node z (ties by user index; only with at most 15 funds), so a later
-    path through another arc out of a usually finds it loaded instead of scanning the node again. The thresholds are quantiles of a systematic sample of the keys (no array of
-    the node's size is allocated, and the node is read once more); at most the batch size of users exactly
-    at a threshold are taken, in index order, so a node of thousands of exactly tied users loads one
-    batch, not all of them.
+    A never-moved user u at a is in heap (a, z) iff ``(key_az(u), u) < (TK[a, z], TU[a, z])``
+    (lexicographically): a user enters only the heaps of the arcs it is cheap for, not every heap of its
+    node. The thresholds are quantiles of a systematic sample of the keys (no array of the node's size is
+    allocated, and the node is read once more); at most ``m`` users exactly at the new threshold of (a, b)
+    are taken, the smallest indices first, so a node of thousands of exactly tied users loads one batch,
+    not all of them.
 
     Only the users of a that may take b are scanned (the level codes of :func:`_build_members` that b
-    allows, a contiguous range); kappa[a, z] is recomputed only for the nodes z that no unscanned user
-    of a may take, and kept (still a lower bound) for the others.
+    allows, a contiguous range); the threshold and kappa[a, z] change only for the nodes z that no
+    unscanned user of a may take, and kappa is kept (still a lower bound) for the others.
     """
     k = etv.shape[1]
     K = k + 1
@@ -619,10 +635,16 @@ def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, bnd, kappa, 
     na = s1 - s0
     stats[ST_REFILL] += 1
     stats[ST_SCANNED] += na
+    # (with many funds the extra heap entries cost more than the scans they save)
+    m_other = max(256, min(m // (K // 4 + 1), na // 32)) if K <= 16 else 0
+    raise_ = np.zeros(K, np.bool_)
+    for z in range(K):
+        raise_[z] = z != a and exact[z] and (z == b or m_other > 0)
     stride = max(1, na // 16384)
     nsamp = (na + stride - 1) // stride  # users the sample below visits
     samp = np.empty((K, max(nsamp, 1)), np.float64)
     ns = np.zeros(K, np.int64)
+    nv = np.zeros(K, np.int64)
     for q in range(s0, s1, stride):
         u = mem[q]
         if loaded[u] != 0:
@@ -630,65 +652,92 @@ def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, bnd, kappa, 
         lv = ulev[u]
         va = _val(etv, u, a, k)
         for z in range(K):
-            if z != a and lo[z] <= lv and lv < hi[z]:
-                samp[z, ns[z]] = va - _val(etv, u, z, k)
-                ns[z] += 1
-    theta = np.full(K, np.inf)
-    take_eq = np.zeros(K, np.int64)
-    # (with many funds the extra heap entries cost more than the scans they save)
-    m_other = max(256, min(m // (K // 4 + 1), na // 32)) if K <= 16 else 0
+            if raise_[z] and lo[z] <= lv and lv < hi[z]:
+                nv[z] += 1
+                key = va - _val(etv, u, z, k)
+                if not _below(key, u, TK[a * K + z], TU[a * K + z]):
+                    samp[z, ns[z]] = key
+                    ns[z] += 1
+    theta = np.empty(K)
     for z in range(K):
-        if z == a or ns[z] == 0 or (z != b and m_other == 0):
-            continue
-        mz = m if z == b else m_other
-        qi = int(np.ceil(mz / na * ns[z]))
-        if qi < ns[z]:
-            theta[z] = _kth(samp[z, : ns[z]], qi)
-            take_eq[z] = mz
-        else:
+        theta[z] = TK[a * K + z]  # nothing new below it
+        if raise_[z] and ns[z] == 0:
             theta[z] = np.inf
+        elif raise_[z]:
+            mz = m if z == b else m_other
+            qi = int(np.ceil(mz / na * nv[z]))
+            if qi < ns[z]:
+                theta[z] = max(theta[z], _kth(samp[z, : ns[z]], qi))
+            else:
+                theta[z] = np.inf
     hs0 = np.empty(K, np.int64)
     for z in range(K):
         hs0[z] = hs[a * K + z]
-    # parallel scan (fixed chunks): 1 = some key below its threshold (taken), 2 = some key at a threshold
-    # (decided below, in index order), 0 = stays unloaded (its keys enter kappa)
     flag = np.empty(max(na, 1), np.uint8)
-    kapc = _refill_scan(etv, ulev, lo, hi, loaded, a, s0, s1, mem, theta, take_eq, flag)
+    kapc, cntc = _refill_scan(etv, ulev, lo, hi, loaded, a, b, s0, s1, mem, TK, TU, theta, m, flag)
     kap = np.full(K, np.inf)
+    cnt = np.zeros(K + 1, np.int64)
     for c in range(kapc.shape[0]):
         for z in range(K):
             if kapc[c, z] < kap[z]:
                 kap[z] = kapc[c, z]
+        for z in range(K + 1):
+            cnt[z] += cntc[c, z]
+    # new thresholds; ties towards b: the m smallest user indices
+    tk_new = np.empty(K)
+    tu_new = np.empty(K, np.int64)
+    for z in range(K):
+        p = a * K + z
+        if theta[z] > TK[p]:
+            tk_new[z] = theta[z]
+            tu_new[z] = -1
+        else:
+            tk_new[z] = TK[p]
+            tu_new[z] = TU[p]
+    nt = cnt[K]
+    if nt > 0:
+        tk_new[b] = theta[b]
+        if nt <= m:
+            tu_new[b] = 2147483647
+            cnt[b] += nt
+        else:
+            tie = np.empty(nt, np.float64)
+            t = 0
+            for q in range(s0, s1):
+                if flag[q - s0] & 2:
+                    tie[t] = mem[q]
+                    t += 1
+            tu_new[b] = np.int64(_kth(tie, m))
+            cnt[b] += m
+    for z in range(K):
+        if cnt[z] > 0:
+            PK, PU = _reserve(PK, PU, hb, hc, hs, top, a * K + z, cnt[z])
     for q in range(s0, s1):
-        fl = flag[q - s0]
-        if fl == 0:
+        if flag[q - s0] == 0:
             continue
         u = mem[q]
         lv = ulev[u]
         va = _val(etv, u, a, k)
-        take = fl == 1
-        if not take:
-            for z in range(K):
-                if z != a and lo[z] <= lv and lv < hi[z]:
-                    key = va - _val(etv, u, z, k)
-                    if key == theta[z] and take_eq[z] > 0:
-                        take = True
-                        take_eq[z] -= 1
-        if take:
-            loaded[u] = 1
+        new = 0
+        for z in range(K):
+            if z != a and lo[z] <= lv and lv < hi[z]:
+                p = a * K + z
+                key = va - _val(etv, u, z, k)
+                if _below(key, u, TK[p], TU[p]):
+                    continue
+                if _below(key, u, tk_new[z], tu_new[z]):
+                    _append(PK, PU, hb, hs, p, key, u)
+                    new += 1
+                elif key < kap[z]:
+                    kap[z] = key
+        if new > 0:
             stats[ST_LOADED] += 1
-            if _full(hc, hs, a, K):
-                PK, PU = _grow(PK, PU, hb, hc, hs, top, a, K)
-            _load_user(etv, ulev, lo, hi, u, a, PK, PU, hb, hs, False)
-        else:
-            for z in range(K):
-                if z != a and lo[z] <= lv and lv < hi[z]:
-                    key = va - _val(etv, u, z, k)
-                    if key < kap[z]:
-                        kap[z] = key
+            stats[ST_ENTRIES] += new
     for z in range(K):
         if z != a:
             p = a * K + z
+            TK[p] = tk_new[z]
+            TU[p] = tu_new[z]
             if exact[z]:
                 kappa[p] = kap[z]
             if (hs[p] - hs0[z]) * 16 < hs[p]:  # a few new entries: sift them up, else rebuild the heap
@@ -738,34 +787,49 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
     hc = np.zeros(K * K, np.int64)
     hs = np.zeros(K * K, np.int64)
     top = np.zeros(1, np.int64)
-    # exact room for the first load, plus slack for users that move
-    for q in range(cand.shape[0]):
-        u = cand[q]
-        a = assign[u]
-        lv = ulev[u]
-        for z in range(K):
-            if z != a and lo[z] <= lv and lv < hi[z]:
-                hc[a * K + z] += 1
-    for p in range(K * K):
-        hc[p] += 16 + hc[p] // 4
-        hb[p] = top[0]
-        top[0] += hc[p]
-    PK = np.empty(top[0] + top[0] // 2, np.float64)
-    PU = np.empty(top[0] + top[0] // 2, np.int32)
-    loaded = np.zeros(n, np.uint8)
-    batch = np.zeros(K * K, np.int64)  # last refill size per arc
+    # load thresholds: a never-moved user u at a is in heap (a, b) iff (key_ab(u), u) < (TK, TU)[a, b]
+    # lexicographically; the first one is the bound that every non-candidate is known to respect
     kappa = np.full(K * K, inf)
     if theta0 < inf:
         for a in range(K):
             for b in range(K):
                 if a != b:
                     kappa[a * K + b] = theta0 + lam[a] - lam[b] - tol
+    TK = kappa.copy()
+    TU = np.full(K * K, -1, np.int64)
+    # exact room for the first load, plus slack for users that move
     for q in range(cand.shape[0]):
         u = cand[q]
         a = assign[u]
-        loaded[u] = 1
-        _load_user(etv, ulev, lo, hi, u, a, PK, PU, hb, hs, False)
-    stats[ST_LOADED] += cand.shape[0]
+        lv = ulev[u]
+        va = _val(etv, u, a, k)
+        for z in range(K):
+            if z != a and lo[z] <= lv and lv < hi[z] and va - _val(etv, u, z, k) < TK[a * K + z]:
+                hc[a * K + z] += 1
+    for p in range(K * K):
+        hc[p] += 16 + hc[p] // 4
+        hb[p] = top[0]
+        top[0] += hc[p]
+    PK = np.empty(top[0] + top[0] // 4, np.float64)
+    PU = np.empty(top[0] + top[0] // 4, np.int32)
+    loaded = np.zeros(n, np.uint8)  # 1: moved at least once (then in every heap of its node)
+    batch = np.zeros(K * K, np.int64)  # last refill size per arc
+    for q in range(cand.shape[0]):
+        u = cand[q]
+        a = assign[u]
+        lv = ulev[u]
+        va = _val(etv, u, a, k)
+        new = 0
+        for z in range(K):
+            if z != a and lo[z] <= lv and lv < hi[z]:
+                p = a * K + z
+                key = va - _val(etv, u, z, k)
+                if key < TK[p]:
+                    _append(PK, PU, hb, hs, p, key, u)
+                    new += 1
+        if new > 0:
+            stats[ST_LOADED] += 1
+            stats[ST_ENTRIES] += new
     for p in range(K * K):
         _heapify(PK, PU, hb, hs, p)
     built = False
@@ -920,7 +984,7 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
                     m = max(4096, 2 * rem, 2 * batch[p])
                     batch[p] = m
                     PK, PU = _refill(etv, ulev, lo, hi, assign, loaded, path_x[q], path_y[q], m, start, mem,
-                                     bnd, kappa, PK, PU, hb, hc, hs, top, stats)
+                                     bnd, kappa, TK, TU, PK, PU, hb, hc, hs, top, stats)
             continue
         # ---- augment one unit at a time while the whole path stays tight
         first = True
@@ -959,12 +1023,14 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
                     u = PU[hb[p]]
                     _pop(PK, PU, hb, hs, p)
                     assign[u] = y
+                    loaded[u] = 1
                     c[x] -= 1
                     c[y] += 1
                     stats[ST_MOVED] += 1
                     if _full(hc, hs, y, K):
                         PK, PU = _grow(PK, PU, hb, hc, hs, top, y, K)
                     _load_user(etv, ulev, lo, hi, u, y, PK, PU, hb, hs, True)
+                    stats[ST_ENTRIES] += K - 1
                 elif t == 2:
                     f[x] += 1
                 else:
