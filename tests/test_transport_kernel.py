@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -311,27 +312,30 @@ def test_deterministic():
     np.testing.assert_array_equal(a.prices, b.prices)
 
 
+def assert_same_for_one_and_two_threads(solve, *args):
+    """The same assignment and prices with one numba thread as with two."""
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        a = solve(*args)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        b = solve(*args)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(a.assignment, b.assignment)
+    np.testing.assert_array_equal(a.prices, b.prices)
+
+
 @pytest.mark.parametrize("kind", ["gamma", "four_values", "ninety_percent_zeros"])
 def test_same_result_for_any_thread_count(kind):
     """The parallel pass and refill scan split users in fixed blocks: one or two threads, same output."""
-    import numba
-
     rng = np.random.default_rng(21)
     n, k = 400_000, 8
     etv = rng.gamma(1.0, 10.0, size=(n, k)) if kind == "gamma" else degenerate_grid(kind, n, k, rng)
     ul = rng.integers(0, 3, n).astype(np.int32)
     fl = np.array([0, 0, 0, 1, 1, 1, 2, 2], np.int32)
     d = exact_demands(n // 2, k, rng)
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        a = solve_transport(etv, ul, fl, d // 2, d, True)
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        b = solve_transport(etv, ul, fl, d // 2, d, True)
-    finally:
-        numba.set_num_threads(before)
-    np.testing.assert_array_equal(a.assignment, b.assignment)
-    np.testing.assert_array_equal(a.prices, b.prices)
+    assert_same_for_one_and_two_threads(solve_transport, etv, ul, fl, d // 2, d, True)
 
 
 def test_inputs_are_not_modified():
@@ -447,21 +451,10 @@ def test_many_funds_ties_and_levels(kind):
     # > 15 funds (only the arc that needs users is refilled), several level codes per node (the ties at a
     # refill threshold are taken by user index across the codes), holdout and ranges: certified, and the
     # same with one or two threads
-    import numba
-
     rng = np.random.default_rng(25)
     n, k = 120_000, 20
     etv = rng.gamma(1.0, 10.0, size=(n, k)) if kind == "gamma" else degenerate_grid(kind, n, k, rng)
     ul = rng.integers(0, 4, n).astype(np.int32)
     fl = (np.arange(k) % 4).astype(np.int32)
     d = exact_demands(n // 2, k, rng)
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        a = solve_and_check(etv, ul, fl, d // 2, d, True)
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        b = solve_and_check(etv, ul, fl, d // 2, d, True)
-    finally:
-        numba.set_num_threads(before)
-    np.testing.assert_array_equal(a.assignment, b.assignment)
-    np.testing.assert_array_equal(a.prices, b.prices)
+    assert_same_for_one_and_two_threads(solve_and_check, etv, ul, fl, d // 2, d, True)
