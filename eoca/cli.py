@@ -66,6 +66,11 @@ def format_result(result: Result) -> str:
     ]
     if result.message:
         lines.append(f"message    {result.message}")
+    if "repair_moved" in result.stats:
+        st = result.stats
+        lines.append(f"repair     Algorithm 1 placed {st['risk_breaches']:,} users above their risk tolerance and "
+                     f"stranded {st['stranded']:,}; the safety net re-allocated {st['repair_freed']:,} users "
+                     f"and moved {st['repair_moved']:,}")
     table = result.summary()
     cols = {"users": "users", "demand_min": "min", "demand_max": "max", "miss": "miss", "etv": "ETV", "risk": "risk"}
     shown = table.rename(columns=cols)

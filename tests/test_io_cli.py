@@ -1,6 +1,7 @@
 """Saving and loading problems and results, and the command line."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,14 @@ def test_cli_scenario_parameters_and_failure_exit_code(capsys):
     out = capsys.readouterr().out
     assert code == 1  # the faithful heuristic breaks the risk rule here
     assert "status     error" in out and "above their risk tolerance" in out
+    breaches = re.search(r"([\d,]+) users above their risk tolerance", out).group(1)
+    # the default safety net repairs the same allocation and says what it did
+    code = main(["solve", str(ROOT / "problems" / "tight_risk.py"), "--param", "n_users=3000",
+                 "--solver", "heuristic"])
+    out = capsys.readouterr().out
+    assert code == 0 and "all checks pass" in out
+    assert re.search(rf"repair     Algorithm 1 placed {breaches} users above their risk tolerance and stranded 0; "
+                     r"the safety net re-allocated [\d,]+ users and moved [\d,]+", out), out
 
 
 def test_cli_errors_are_one_line(capsys):

@@ -64,6 +64,23 @@ def test_solvers_against_brute_force(problem):
             assert result.checks.ok, result
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_problems())
+def test_both_safety_nets_meet_every_rule_whenever_that_is_possible(problem):
+    feasible = problem.diagnose().feasible
+    faithful = eoca.solve(problem, solver="heuristic", risk_safe=False)
+    for net in ("repair", "reroute"):
+        result = eoca.solve(problem, solver="heuristic", safety_net=net)
+        assert_valid_result(result)
+        assert result.checks.ok == feasible, (net, result)
+        if feasible and net == "repair":
+            # the repair changes exactly the users it reports, and nothing where Algorithm 1 broke no rule
+            changed = int((result.codes != faithful.codes).sum())
+            assert changed == result.stats["repair_moved"]
+            if faithful.checks.ok:
+                assert changed == 0
+
+
 @settings(max_examples=60, deadline=None)
 @given(small_problems())
 def test_faithful_heuristic_is_reported_honestly(problem):
