@@ -16,8 +16,11 @@ from eoca.solvers.base import available_solvers
 
 __all__ = ["run_allocation_benchmarks", "ALLOCATION_SOLVERS"]
 
-ALLOCATION_SOLVERS = ("exact", "heuristic", "heuristic-paper", "manual", "ip")
-_OPTIONS = {"heuristic-paper": ("heuristic", {"risk_safe": False})}
+ALLOCATION_SOLVERS = ("exact", "heuristic", "heuristic-reroute", "heuristic-paper", "manual", "ip")
+_OPTIONS = {
+    "heuristic-paper": ("heuristic", {"risk_safe": False}),
+    "heuristic-reroute": ("heuristic", {"safety_net": "reroute"}),
+}
 
 
 def _solver_call(label: str) -> tuple[str, dict]:

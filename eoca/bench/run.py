@@ -20,7 +20,9 @@ ALLOCATION_INTRO = (
     "`n_funds`. *objective / optimum* divides by the exact solver's proven optimum; *gap to bound* is each "
     "result's own gap to the Lagrangian bound the checker computes. An allocation that breaks a rule "
     "(status `error`) is not compared with the optimum: its violations are listed instead. "
-    "`heuristic` is the risk-safe Algorithm 1 (the default), `heuristic-paper` the algorithm as printed. "
+    "`heuristic` is the risk-safe Algorithm 1 (the default: the algorithm, then the exact repair of what it "
+    "breaks), `heuristic-reroute` the variant that checks feasibility before each placement, `heuristic-paper` "
+    "the algorithm as printed. "
     "Seconds are the solver's own time (for ip: building the Pyomo model, handing it to HiGHS, solving and "
     "reading back), not the shared checker and bound; warm (the one-off JIT compile is paid before timing)."
 )
