@@ -2,11 +2,13 @@
 agree with a recount, every bound is above the optimum, and the diagnosis agrees with enumeration."""
 
 import numpy as np
+import pytest
 import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import eoca
+from eoca.instances import FAMILIES, synthetic_problem
 from eoca.testing import assert_valid_result, brute_force
 
 
@@ -62,6 +64,22 @@ def test_solvers_against_brute_force(problem):
         if name == "heuristic":
             # risk-safe by default: whenever the problem is feasible, the heuristic meets every rule
             assert result.checks.ok, result
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(2, 7), k=st.integers(2, 3), seed=st.integers(0, 10_000), holdout=st.booleans())
+def test_exact_and_ip_equal_brute_force_on_every_family(family, n, k, seed, holdout):
+    problem = synthetic_problem(n, k, family=family, seed=seed, holdout=holdout)
+    optimum, _ = brute_force(problem)
+    assert not np.isnan(optimum)  # the families are feasible by construction
+    for name in ("exact", "ip"):
+        if name not in eoca.available_solvers():
+            continue
+        result = eoca.solve(problem, solver=name)
+        assert_valid_result(result)
+        assert result.status is eoca.Status.OPTIMAL, (name, result)
+        assert abs(result.objective - optimum) <= 1e-9 * max(1.0, abs(optimum)), (name, result.objective, optimum)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
