@@ -63,67 +63,120 @@ def _open_nodes(lo, hi, lam):
     return open_idx, nopen, lamabs
 
 
+@njit(cache=True)
+def _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1, b1, open_idx, nopen, lamabs,
+               smax):
+    """The users of one sweep of :func:`_pass_blocks` without any allowed node, or whose best nodes tie.
+    (A function of its own: inside the sweep's function it keeps the compiler from vectorising the
+    sweep, which then runs 2.5x slower.) Returns the updated max |best|."""
+    k = etv.shape[1]
+    K = k + 1
+    enc = K <= 25  # tied nodes and best node fit in the marker
+    for r in range(nrare):
+        t = rare[r]
+        i = s + t
+        best = j1[t]
+        if best < 0:
+            bc[blk, K + 1] += 1
+            assign[i] = k
+            gap[i] = np.inf
+            continue
+        v1 = b1[t]
+        ab = abs(v1)
+        smax = max(smax, ab)
+        ttol = 1e-12 * (ab + lamabs)
+        code = 0
+        if enc:
+            lv = ulev[i]
+            lim = v1 - ttol
+            for q in range(nopen):
+                x = open_idx[q]
+                if lo[x] <= lv and lv < hi[x]:
+                    if ((etv[i, x] if x < k else 0.0) - lam[x]) >= lim:
+                        code |= 1 << x
+            code |= best << K
+        assign[i] = TIED - code
+        gap[i] = 0.0
+        bc[blk, K] += 1
+    return smax
+
+
+PASS_SWEEP = 512  # users whose best and second-best values are swept column by column together
+
+
 @njit(cache=True, parallel=True)
 def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
     """Phase 1 of :func:`assign_pass`, in parallel over fixed blocks of users: every user whose best node
     is unique goes there; a tied user is marked ``TIED`` (gap 0). Returns per-block counts (nblk, K + 2):
-    users per node, then tied users, then users without any allowed node; and per-block max |best|."""
+    users per node, then tied users, then users without any allowed node; and per-block max |best|.
+
+    The best and second-best values of ``PASS_SWEEP`` users at a time are swept node by node, without
+    branches (a node a user may not take counts as -inf): the users are independent lanes that the
+    compiler vectorises, where a scan user by user would wait on each comparison and mispredict which
+    node wins. The tied nodes are found by a second read of the row, for tied users only."""
     n, k = etv.shape
     K = k + 1
     open_idx, nopen, lamabs = _open_nodes(lo, hi, lam)
     nblk = (n + PASS_BLOCK - 1) // PASS_BLOCK
     bc = np.zeros((nblk, K + 2), np.int64)
     bmax = np.zeros(nblk)
-    enc = K <= 25  # tied nodes and best node fit in the marker
     for blk in nb.prange(nblk):
-        s = blk * PASS_BLOCK
-        e = min(n, s + PASS_BLOCK)
+        s0 = blk * PASS_BLOCK
+        e0 = min(n, s0 + PASS_BLOCK)
         smax = 0.0
-        red = np.empty(K)
-        for i in range(s, e):
-            lv = ulev[i]
-            b1 = -np.inf
-            b2 = -np.inf
-            j1 = -1
-            for q in range(nopen):
+        b1 = np.empty(PASS_SWEEP)
+        b2 = np.empty(PASS_SWEEP)
+        j1 = np.empty(PASS_SWEEP, np.int64)
+        rare = np.empty(PASS_SWEEP, np.int64)
+        for s in range(s0, e0, PASS_SWEEP):
+            m = min(PASS_SWEEP, e0 - s)
+            for t in range(m):
+                b1[t] = -np.inf
+                b2[t] = -np.inf
+                j1[t] = -1
+            for q in range(nopen):  # increasing node order: the first best node wins, as in a scan
                 x = open_idx[q]
-                if lo[x] <= lv and lv < hi[x]:
-                    v = (etv[i, x] if x < k else 0.0) - lam[x]
-                    red[x] = v
-                    if v > b1:
-                        b2 = b1
-                        b1 = v
-                        j1 = x
-                    elif v > b2:
-                        b2 = v
-                else:
-                    red[x] = -np.inf
-            if j1 < 0:
-                bc[blk, K + 1] += 1
-                assign[i] = k
-                gap[i] = np.inf
-                continue
-            ab = abs(b1)
-            if ab > smax:
-                smax = ab
-            g = b1 - b2
-            ttol = 1e-12 * (ab + lamabs)
-            if g <= ttol:
-                code = 0
-                if enc:
-                    lim = b1 - ttol
-                    for q in range(nopen):
-                        x = open_idx[q]
-                        if red[x] >= lim:
-                            code |= 1 << x
-                    code |= j1 << K
-                assign[i] = TIED - code
-                gap[i] = 0.0
-                bc[blk, K] += 1
-            else:
-                assign[i] = j1
-                gap[i] = g
-                bc[blk, j1] += 1
+                lx = lo[x]
+                hx = hi[x]
+                lmx = lam[x]
+                if x < k:
+                    for t in range(m):
+                        lv = ulev[s + t]
+                        v = etv[s + t, x] - lmx
+                        v = v if (lx <= lv) & (lv < hx) else -np.inf
+                        c1 = b1[t]
+                        gt = v > c1
+                        j1[t] = x if gt else j1[t]
+                        lo2 = v if v < c1 else c1
+                        b2[t] = lo2 if lo2 > b2[t] else b2[t]
+                        b1[t] = v if gt else c1
+                else:  # T: value 0 for every user
+                    for t in range(m):
+                        lv = ulev[s + t]
+                        v = -lmx if (lx <= lv) & (lv < hx) else -np.inf
+                        c1 = b1[t]
+                        gt = v > c1
+                        j1[t] = x if gt else j1[t]
+                        lo2 = v if v < c1 else c1
+                        b2[t] = lo2 if lo2 > b2[t] else b2[t]
+                        b1[t] = v if gt else c1
+            nrare = 0
+            for t in range(m):  # the common case, kept simple so that it stays fast
+                best = j1[t]
+                v1 = b1[t]
+                g = v1 - b2[t]
+                ab = abs(v1)
+                if best < 0 or g <= 1e-12 * (ab + lamabs):
+                    rare[nrare] = t
+                    nrare += 1
+                    continue
+                smax = max(smax, ab)
+                assign[s + t] = best
+                gap[s + t] = g
+                bc[blk, best] += 1
+            if nrare > 0:
+                smax = _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1, b1, open_idx,
+                                  nopen, lamabs, smax)
         bmax[blk] = smax
     return bc, bmax
 
@@ -1071,23 +1124,22 @@ def to_output(assign, k):
                 assign[i] = -1
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def level_counts(ulev, levels):
-    """Users per code, code = number of entries of the sorted ``levels`` that are <= the user's level."""
+    """Users per code, code = number of entries of the sorted ``levels`` that are <= the user's level (a
+    table lookup, see :func:`_code_table`; a binary search where the levels span more than 2**16)."""
     n = ulev.shape[0]
     m = levels.shape[0]
+    tab, base = _code_table(levels)
+    T = tab.shape[0]
     cnt = np.zeros((NCHUNK, m + 1), np.int64)
-    for c in range(NCHUNK):
+    for c in nb.prange(NCHUNK):
         for i in range(c * n // NCHUNK, (c + 1) * n // NCHUNK):
             lv = ulev[i]
-            a = 0
-            b = m
-            while a < b:
-                h = (a + b) >> 1
-                if levels[h] <= lv:
-                    a = h + 1
-                else:
-                    b = h
+            if T == 0 or lv == 2147483647:
+                a = _code(levels, lv)
+            else:
+                a = tab[min(max(np.int64(lv) - base, 0), T - 1)]
             cnt[c, a] += 1
     out = np.zeros(m + 1, np.int64)
     for c in range(NCHUNK):
