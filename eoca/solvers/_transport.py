@@ -269,10 +269,13 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     assign, gap, counts, nbad, smax = K.assign_pass(etv, ul, lo, hi, lam0, target)
     if nbad:
         raise ValueError(f"{nbad} users may take no fund (their risk level is below every open fund's)")
-    # first heap load: a generous multiple of the imbalance under the warm prices
+    # first heap load: a generous multiple of the imbalance under the warm prices. A refill scans every
+    # user of a node, which costs more the more users there are, while the first load costs in proportion
+    # to itself: the multiple grows with sqrt(n), from 16 at 1M users to 48 from 9M users on
     f = np.where(lam0[:k] > 0, dmax, np.where(lam0[:k] < 0, dmin, np.clip(counts[:k], dmin, dmax)))
     excess = np.maximum(counts[:k] - f, 0).sum() + max(counts[k] + f.sum() - n, 0)
-    target = int(min(n, max(4096, 16 * excess)))
+    factor = min(48.0, max(16.0, 16.0 * math.sqrt(n / 1e6)))
+    target = int(min(n, max(4096, factor * excess)))
     theta0, cand = K.select_initial(gap, target)
     del gap
     # non-candidates have gap >= theta0 (float32): key_ab >= theta0 + lam_a - lam_b - tol, where tol covers
