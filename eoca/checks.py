@@ -22,45 +22,75 @@ if TYPE_CHECKING:
 __all__ = ["check_allocation", "dual_bound", "codes_from_assignment"]
 
 
-@numba.njit(cache=True, nogil=True)
+_CHUNKS = 64  # fixed split of the users: sums never depend on the number of threads
+_SWEEP = 512  # users whose best values are swept fund by fund together (vectorised across users)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _tally(etv, user_level, fund_level, codes):  # pragma: no cover - compiled
     n, k = etv.shape
+    counts_c = np.zeros((_CHUNKS, k), dtype=np.int64)
+    objective_c = np.zeros(_CHUNKS)
+    other_c = np.zeros((_CHUNKS, 3), dtype=np.int64)  # unplaced, invalid, risk
+    for c in numba.prange(_CHUNKS):
+        obj = 0.0
+        for i in range(c * n // _CHUNKS, (c + 1) * n // _CHUNKS):
+            j = codes[i]
+            if j < 0:
+                if j == -1:
+                    other_c[c, 0] += 1
+                else:
+                    other_c[c, 1] += 1
+                continue
+            if j >= k:
+                other_c[c, 1] += 1
+                continue
+            counts_c[c, j] += 1
+            obj += etv[i, j]
+            if user_level[i] < fund_level[j]:
+                other_c[c, 2] += 1
+        objective_c[c] = obj
     counts = np.zeros(k, dtype=np.int64)
     objective = 0.0
     unplaced = 0
     invalid = 0
     risk = 0
-    for i in range(n):
-        j = codes[i]
-        if j < 0:
-            if j == -1:
-                unplaced += 1
-            else:
-                invalid += 1
-            continue
-        if j >= k:
-            invalid += 1
-            continue
-        counts[j] += 1
-        objective += etv[i, j]
-        if user_level[i] < fund_level[j]:
-            risk += 1
+    for c in range(_CHUNKS):
+        counts += counts_c[c]
+        objective += objective_c[c]
+        unplaced += other_c[c, 0]
+        invalid += other_c[c, 1]
+        risk += other_c[c, 2]
     return counts, objective, unplaced, invalid, risk
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _best_reduced(etv, user_level, fund_level, prices, holdout):  # pragma: no cover - compiled
     n, k = etv.shape
-    total = 0.0
-    for i in range(n):
-        best = 0.0 if holdout else -np.inf
-        for j in range(k):
-            if user_level[i] >= fund_level[j]:
-                v = etv[i, j] - prices[j]
-                if v > best:
-                    best = v
-        total += best
-    return total
+    floor = 0.0 if holdout else -np.inf
+    part = np.zeros(_CHUNKS)
+    for c in numba.prange(_CHUNKS):
+        best = np.empty(_SWEEP)
+        e = (c + 1) * n // _CHUNKS
+        total = 0.0
+        for s in range(c * n // _CHUNKS, e, _SWEEP):
+            m = min(_SWEEP, e - s)
+            for t in range(m):
+                best[t] = floor
+            for j in range(k):
+                fj = fund_level[j]
+                pj = prices[j]
+                for t in range(m):
+                    v = etv[s + t, j] - pj
+                    v = v if user_level[s + t] >= fj else -np.inf
+                    best[t] = v if v > best[t] else best[t]
+            for t in range(m):
+                total += best[t]
+        part[c] = total
+    out = 0.0
+    for c in range(_CHUNKS):
+        out += part[c]
+    return out
 
 
 def _tally_block(etv, user_level, codes, fund_level):
