@@ -1148,30 +1148,38 @@ def level_counts(ulev, levels):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def block_violations(etv, ulev, tight, node_block, node_lo, assign, prices):
     """For the blocks of users split by the sorted ``tight`` risk levels (block b: tight[b-1] <= level <
     tight[b]), M[b, b'] = max over users u of block b and nodes x of a lower block b' that u may take under
     the original risk rule (``node_lo[x] <= level``) of ``(value(u, x) - prices[x]) - (value(u, a_u) -
     prices[a_u])``: how much the prices must drop for block b (relative to b') so that no user would rather
-    take a node that the tight levels forbid. Node k (held out) has value 0 and price ``prices[k]``."""
+    take a node that the tight levels forbid. Node k (held out) has value 0 and price ``prices[k]``.
+    (In parallel over fixed chunks; a maximum does not depend on the order.)"""
     n, k = etv.shape
     K = k + 1
     nb_ = tight.shape[0] + 1
+    Mc = np.full((NCHUNK, nb_, nb_), -np.inf)
+    for c in nb.prange(NCHUNK):
+        for i in range(c * n // NCHUNK, (c + 1) * n // NCHUNK):
+            lv = ulev[i]
+            b = 0
+            while b < nb_ - 1 and tight[b] <= lv:
+                b += 1
+            if b == 0:
+                continue
+            a = assign[i]
+            cur = _val(etv, i, a, k) - prices[a]
+            for x in range(K):
+                bx = node_block[x]
+                if 0 <= bx < b and node_lo[x] <= lv:
+                    d = (_val(etv, i, x, k) - prices[x]) - cur
+                    if d > Mc[c, b, bx]:
+                        Mc[c, b, bx] = d
     M = np.full((nb_, nb_), -np.inf)
-    for i in range(n):
-        lv = ulev[i]
-        b = 0
-        while b < nb_ - 1 and tight[b] <= lv:
-            b += 1
-        if b == 0:
-            continue
-        a = assign[i]
-        cur = _val(etv, i, a, k) - prices[a]
-        for x in range(K):
-            bx = node_block[x]
-            if 0 <= bx < b and node_lo[x] <= lv:
-                d = (_val(etv, i, x, k) - prices[x]) - cur
-                if d > M[b, bx]:
-                    M[b, bx] = d
+    for c in range(NCHUNK):
+        for b in range(nb_):
+            for b2 in range(nb_):
+                if Mc[c, b, b2] > M[b, b2]:
+                    M[b, b2] = Mc[c, b, b2]
     return M
