@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit
 
 NCHUNK = 64  # fixed work split: results never depend on the number of threads
+_TOUCH = 32  # rows read ahead at a time in the scans of scattered users
 
 # statistics counters (indices into the int64 stats vector returned by ``repair``)
 ST_DIJKSTRA = 0
@@ -565,38 +566,47 @@ def _code_table(bnd):
     return tab, base
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _member_group(lv, assign_i, C, bnd, tab, base, T):
+    if T == 0 or lv == 2147483647:
+        c = _code(bnd, lv)
+    else:
+        c = tab[min(max(np.int64(lv) - base, 0), T - 1)]
+    return assign_i * C + c
+
+
+@njit(cache=True, parallel=True)
 def _build_members(assign, loaded, K, ulev, bnd):
     """Unloaded users grouped by node and, inside a node, by level code (see :func:`_code`; every node
     is allowed to all or none of a code's users), increasing user index inside a group (CSR: group
-    ``a * C + c`` with C = len(bnd) + 1). A user's code is one lookup in :func:`_code_table`."""
+    ``a * C + c`` with C = len(bnd) + 1). A user's code is one lookup in :func:`_code_table`. Built in
+    parallel over fixed chunks of users (counted, then placed at offsets in chunk order), so the order is
+    the same for any number of threads."""
     n = assign.shape[0]
     C = bnd.shape[0] + 1
+    G = K * C
     tab, base = _code_table(bnd)
     T = tab.shape[0]
-    start = np.zeros(K * C + 1, np.int64)
-    for i in range(n):
-        if loaded[i] == 0:
-            lv = ulev[i]
-            if T == 0 or lv == 2147483647:
-                c = _code(bnd, lv)
-            else:
-                c = tab[min(max(np.int64(lv) - base, 0), T - 1)]
-            start[assign[i] * C + c + 1] += 1
-    for x in range(K * C):
-        start[x + 1] += start[x]
-    fill = start[: K * C].copy()
-    mem = np.empty(start[K * C], np.int32)
-    for i in range(n):
-        if loaded[i] == 0:
-            lv = ulev[i]
-            if T == 0 or lv == 2147483647:
-                c = _code(bnd, lv)
-            else:
-                c = tab[min(max(np.int64(lv) - base, 0), T - 1)]
-            g = assign[i] * C + c
-            mem[fill[g]] = i
-            fill[g] += 1
+    cc = np.zeros((NCHUNK, G), np.int64)
+    for ch in nb.prange(NCHUNK):
+        for i in range(ch * n // NCHUNK, (ch + 1) * n // NCHUNK):
+            if loaded[i] == 0:
+                cc[ch, _member_group(ulev[i], assign[i], C, bnd, tab, base, T)] += 1
+    start = np.zeros(G + 1, np.int64)
+    off = np.empty((NCHUNK, G), np.int64)
+    for g in range(G):
+        run = start[g]
+        for ch in range(NCHUNK):
+            off[ch, g] = run
+            run += cc[ch, g]
+        start[g + 1] = run
+    mem = np.empty(start[G], np.int32)
+    for ch in nb.prange(NCHUNK):
+        for i in range(ch * n // NCHUNK, (ch + 1) * n // NCHUNK):
+            if loaded[i] == 0:
+                g = _member_group(ulev[i], assign[i], C, bnd, tab, base, T)
+                mem[off[ch, g]] = i
+                off[ch, g] += 1
     return start, mem
 
 
@@ -620,7 +630,15 @@ def _refill_scan(etv, ulev, lo, hi, loaded, a, b, s0, s1, mem, TK, TU, theta, ta
     kapc = np.full((nch, K), np.inf)
     cntc = np.zeros((nch, K + 1), np.int64)
     for c in nb.prange(nch):
-        for q in range(s0 + c * na // nch, s0 + (c + 1) * na // nch):
+        q0 = s0 + c * na // nch
+        q1 = s0 + (c + 1) * na // nch
+        touch = 0.0
+        for q in range(q0, q1):
+            if (q - q0) % _TOUCH == 0:
+                # read ahead the rows of the next _TOUCH users in a loop with nothing else to do, so that
+                # their cache misses overlap; the loop below, long per user, would wait on them one by one
+                for r in range(q, min(q + _TOUCH, q1)):
+                    touch += etv[mem[r], 0]
             u = mem[q]
             if loaded[u] != 0:
                 flag[q - s0] = 0
@@ -643,6 +661,8 @@ def _refill_scan(etv, ulev, lo, hi, loaded, a, b, s0, s1, mem, TK, TU, theta, ta
                     elif key < kapc[c, z]:
                         kapc[c, z] = key
             flag[q - s0] = fl
+        if touch == -1.0:  # never (values are >= 0): keeps the read-ahead from being optimised away
+            cntc[c, K] += 1
     return kapc, cntc
 
 
@@ -811,6 +831,56 @@ def _excess(c, f, x, k, n):
     return c[k] + tot - n
 
 
+@njit(cache=True, parallel=True)
+def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats):
+    """The first load of the repair's heaps, in parallel over fixed chunks of the candidates ``cand``:
+    user u at node a goes into heap (a, z) iff its key is below ``TK[a, z]``. Without ``off`` (an empty
+    array) it counts the entries per chunk and heap and returns the counts; with ``off`` (the pool
+    position of each chunk's first entry per heap) it writes them there, in candidate order (the same
+    pool as a sequential load), and adds the loaded users and entries to ``stats``. The rows are read
+    ahead ``_TOUCH`` at a time (they are scattered over the grid)."""
+    k = etv.shape[1]
+    K = k + 1
+    m = cand.shape[0]
+    fill = off.shape[0] > 0
+    cc = np.zeros((NCHUNK, K * K), np.int64)
+    users = np.zeros(NCHUNK, np.int64)
+    for ch in nb.prange(NCHUNK):
+        q0 = ch * m // NCHUNK
+        q1 = (ch + 1) * m // NCHUNK
+        touch = 0.0
+        for q in range(q0, q1):
+            if (q - q0) % _TOUCH == 0:
+                for r in range(q, min(q + _TOUCH, q1)):
+                    touch += etv[cand[r], 0]
+            u = cand[q]
+            a = assign[u]
+            lv = ulev[u]
+            va = _val(etv, u, a, k)
+            new = 0
+            for z in range(K):
+                if z != a and lo[z] <= lv and lv < hi[z]:
+                    p = a * K + z
+                    key = va - _val(etv, u, z, k)
+                    if key < TK[p]:
+                        if fill:
+                            w = off[ch, p] + cc[ch, p]
+                            PK[w] = key
+                            PU[w] = u
+                        cc[ch, p] += 1
+                        new += 1
+            if new > 0:
+                users[ch] += 1
+        if touch == -1.0:  # never (values are >= 0): keeps the read-ahead from being optimised away
+            users[ch] += 1
+    if fill:
+        for ch in range(NCHUNK):
+            stats[ST_LOADED] += users[ch]
+            for p in range(K * K):
+                stats[ST_ENTRIES] += cc[ch, p]
+    return cc
+
+
 @njit(cache=True)
 def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol, deadline):
     """Successive shortest paths on the node graph until every node is balanced.
@@ -850,16 +920,13 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
                     kappa[a * K + b] = theta0 + lam[a] - lam[b] - tol
     TK = kappa.copy()
     TU = np.full(K * K, -1, np.int64)
+    PK0 = np.empty(0, np.float64)
+    PU0 = np.empty(0, np.int32)
     # exact room for the first load, plus slack for users that move
-    for q in range(cand.shape[0]):
-        u = cand[q]
-        a = assign[u]
-        lv = ulev[u]
-        va = _val(etv, u, a, k)
-        for z in range(K):
-            if z != a and lo[z] <= lv and lv < hi[z] and va - _val(etv, u, z, k) < TK[a * K + z]:
-                hc[a * K + z] += 1
+    cc = _first_load(etv, ulev, lo, hi, assign, cand, TK, np.empty((0, 0), np.int64), PK0, PU0, stats)
     for p in range(K * K):
+        for ch in range(NCHUNK):
+            hc[p] += cc[ch, p]
         hc[p] += 16 + hc[p] // 4
         hb[p] = top[0]
         top[0] += hc[p]
@@ -867,22 +934,14 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
     PU = np.empty(top[0] + top[0] // 4, np.int32)
     loaded = np.zeros(n, np.uint8)  # 1: moved at least once (then in every heap of its node)
     batch = np.zeros(K * K, np.int64)  # last refill size per arc
-    for q in range(cand.shape[0]):
-        u = cand[q]
-        a = assign[u]
-        lv = ulev[u]
-        va = _val(etv, u, a, k)
-        new = 0
-        for z in range(K):
-            if z != a and lo[z] <= lv and lv < hi[z]:
-                p = a * K + z
-                key = va - _val(etv, u, z, k)
-                if key < TK[p]:
-                    _append(PK, PU, hb, hs, p, key, u)
-                    new += 1
-        if new > 0:
-            stats[ST_LOADED] += 1
-            stats[ST_ENTRIES] += new
+    off = np.empty((NCHUNK, K * K), np.int64)
+    for p in range(K * K):
+        run = hb[p]
+        for ch in range(NCHUNK):
+            off[ch, p] = run
+            run += cc[ch, p]
+        hs[p] = run - hb[p]
+    _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats)
     for p in range(K * K):
         _heapify(PK, PU, hb, hs, p)
     built = False
