@@ -302,12 +302,13 @@ def _kth(a, q):
     return a[q]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def select_initial(gap, target):
     """Users to load into the arc heaps first: the ``target`` smallest gaps, ties by user index.
 
     The threshold is a quantile of a systematic sample of the gaps, so the count is approximate.
     Returns (threshold, candidate user indices in increasing order); every other user has gap >= threshold.
+    (The users are counted and collected in parallel over fixed chunks, in chunk order.)
     """
     n = gap.shape[0]
     stride = max(1, n // 65536)
@@ -328,23 +329,41 @@ def select_initial(gap, target):
         theta = np.inf
     else:
         theta = _kth(samp, q)
-    nless = 0
-    for i in range(n):
-        if gap[i] < theta:
-            nless += 1
+    less = np.zeros(NCHUNK, np.int64)
+    eq = np.zeros(NCHUNK, np.int64)
+    for c in nb.prange(NCHUNK):
+        for i in range(c * n // NCHUNK, (c + 1) * n // NCHUNK):
+            g = gap[i]
+            if g < theta:
+                less[c] += 1
+            elif g == theta and g < np.inf:
+                eq[c] += 1
+    nless = less.sum()
     take_eq = max(0, target - nless)
-    cand = np.empty(nless + take_eq, np.int32)
-    c = 0
-    for i in range(n):
-        g = gap[i]
-        if g < theta:
-            cand[c] = i
-            c += 1
-        elif g == theta and take_eq > 0 and g < np.inf:
-            cand[c] = i
-            c += 1
-            take_eq -= 1
-    return theta, cand[:c]
+    # chunk c takes its ties up to what the chunks before it left of take_eq
+    off = np.empty(NCHUNK, np.int64)
+    teq = np.empty(NCHUNK, np.int64)
+    run = 0
+    left = take_eq
+    for c in range(NCHUNK):
+        teq[c] = min(eq[c], left)
+        left -= teq[c]
+        off[c] = run
+        run += less[c] + teq[c]
+    cand = np.empty(run, np.int32)
+    for c in nb.prange(NCHUNK):
+        w = off[c]
+        te = teq[c]
+        for i in range(c * n // NCHUNK, (c + 1) * n // NCHUNK):
+            g = gap[i]
+            if g < theta:
+                cand[w] = i
+                w += 1
+            elif g == theta and te > 0 and g < np.inf:
+                cand[w] = i
+                w += 1
+                te -= 1
+    return theta, cand
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1152,13 +1171,14 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
     return status, stats
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def best_values(etv, ulev, fund_lo, lam_t, assign, lam, j):
     """max over users allowed fund j of etv[i, j] - (value of i at its node): the price at which no user
-    prefers a fund that must stay empty."""
+    prefers a fund that must stay empty. (In parallel over fixed chunks; a maximum does not depend on
+    the order.)"""
     n, k = etv.shape
     out = np.full(NCHUNK, -np.inf)
-    for c in range(NCHUNK):
+    for c in nb.prange(NCHUNK):
         s = c * n // NCHUNK
         e = (c + 1) * n // NCHUNK
         m = -np.inf
@@ -1173,14 +1193,28 @@ def best_values(etv, ulev, fund_lo, lam_t, assign, lam, j):
     return out.max()
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def to_output(assign, k):
     """Node T becomes -1 in place."""
     n = assign.shape[0]
-    for c in range(NCHUNK):
+    for c in nb.prange(NCHUNK):
         for i in range(c * n // NCHUNK, (c + 1) * n // NCHUNK):
             if assign[i] == k:
                 assign[i] = -1
+
+
+@njit(cache=True, parallel=True)
+def every_nth_row(etv, step):
+    """Rows 0, step, 2 * step, ... of ``etv`` as a new C-contiguous array (a parallel gather: numpy's
+    strided copy of a sample of a large grid runs in one thread)."""
+    n, k = etv.shape
+    m = (n + step - 1) // step
+    out = np.empty((m, k))
+    for c in nb.prange(NCHUNK):
+        for i in range(c * m // NCHUNK, (c + 1) * m // NCHUNK):
+            for j in range(k):
+                out[i, j] = etv[i * step, j]
+    return out
 
 
 @njit(cache=True, parallel=True)
