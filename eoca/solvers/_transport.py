@@ -304,7 +304,13 @@ def _tight_price_correction(etv, ul, fl, holdout, levels, node_block, dmin, dmax
     node_lo[:k] = np.where(levels.open, fl, _INT32_MAX)
     node_lo[k] = _INT32_MIN if holdout else _INT32_MAX
     tight_lv = levels.levels[levels.tight - 1].astype(np.int32)
-    M = K.block_violations(etv, ul, tight_lv, node_block, node_lo, assign, p)
+    nb_ = len(levels.tight) + 1
+    if ((node_block >= 0) & (node_block < nb_ - 1) & (node_lo < _INT32_MAX)).any():
+        M = K.block_violations(etv, ul, tight_lv, node_block, node_lo, assign, p)
+    else:
+        # no node below the top block is open to anyone (e.g. the lowest level is tight only because
+        # every user must be placed): no user can prefer one, and the scan of every user is saved
+        M = np.full((nb_, nb_), -np.inf)
     return _tight_shift(M, levels, node_block, dmin, dmax, prices)
 
 
