@@ -26,7 +26,8 @@ with ``min_j <= f_j <= max_j``, which turns demand ranges into ordinary arcs j -
    result never depends on thread scheduling. Heaps are filled lazily, arc by arc, through a load
    threshold per arc (a never-moved user is in heap a -> b iff its (key, index) is below it, so a user
    enters only the heaps of the arcs it is cheap for, not all k of them: the heaps are the memory on top
-   of the grid): first with the users whose gap is smallest, each in the arcs where it is within that
+   of the grid): first with the users whose gap is smallest (16 to 48 times the warm prices' imbalance,
+   more for more users, since a refill scans a whole node), each in the arcs where it is within that
    gap, later, when a path needs arc a -> b beyond what is loaded, with a batch of a's remaining users of
    smallest key towards b (a batch about twice the remaining imbalance, at most that many taken among
    exactly tied keys); users not yet loaded give an exact lower bound ``kappa`` on the arc, so a
