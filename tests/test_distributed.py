@@ -26,9 +26,14 @@ from eoca.distributed import (  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client():
-    """Two worker processes, one thread each, as on a small deployment."""
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=None
+    """Two worker processes, one thread each, as on a small deployment.
+
+    Workers do not pause at 80% of their memory limit: on a fresh machine each worker compiles the
+    kernels it runs (numba's disk cache is empty) and then loads PyTorch for the prediction tests, which
+    briefly takes ~0.8 GiB of unmanaged memory, and a paused worker would leave the test waiting forever.
+    """
+    with dask.config.set({"distributed.worker.memory.pause": False}), distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GiB", dashboard_address=None
     ) as cluster, distributed.Client(cluster) as c:
         yield c
 
