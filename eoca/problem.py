@@ -66,24 +66,10 @@ class CompiledProblem:
         return bool(np.array_equal(self.demand_min, self.demand_max))
 
     def level_counts(self) -> dict[str, np.ndarray]:
-        """Per risk level L (arrays of length ``n_levels``): the counts behind feasibility.
-
-        ``users_ge``: users with tolerance >= L; ``min_ge``: minimum demand of funds with risk >= L;
-        ``users_lt``: users with tolerance < L; ``max_lt``: maximum demand of funds with risk < L.
-        Because levels are ordered, the problem is feasible iff ``users_ge >= min_ge`` at every level and,
-        unless holdout, ``users_lt <= max_lt`` at every level.
-        """
-        n_levels = self.n_levels
-        users_at = np.bincount(self.user_level, minlength=n_levels)
-        lo_at = np.bincount(self.fund_level, weights=self.demand_min, minlength=n_levels).astype(np.int64)
-        hi_at = np.bincount(self.fund_level, weights=self.demand_max, minlength=n_levels).astype(np.int64)
-        users_ge = np.cumsum(users_at[::-1])[::-1].astype(np.int64)
-        return {
-            "users_ge": users_ge,
-            "min_ge": np.cumsum(lo_at[::-1])[::-1],
-            "users_lt": self.n_users - users_ge,
-            "max_lt": np.cumsum(hi_at) - hi_at,
-        }
+        """Per risk level L (arrays of length ``n_levels``): the counts behind feasibility, see
+        :func:`level_counts`."""
+        return level_counts(np.bincount(self.user_level, minlength=self.n_levels), self.fund_level,
+                            self.demand_min, self.demand_max)
 
     def eligible(self, users: slice | np.ndarray = slice(None)) -> np.ndarray:
         """Boolean (users, funds) mask of the pairs the risk rule allows; built on demand, never stored."""
@@ -134,6 +120,28 @@ class Diagnosis:
 
     def __str__(self) -> str:
         return self.message
+
+
+def level_counts(users_at: np.ndarray, fund_level: np.ndarray, demand_min: np.ndarray,
+                 demand_max: np.ndarray) -> dict[str, np.ndarray]:
+    """Per risk level L (arrays of length ``len(users_at)``): the counts behind feasibility.
+
+    ``users_at[L]`` is the number of users with tolerance exactly L (a subset of a problem's users works
+    too, e.g. the users a repair re-allocates). ``users_ge``: users with tolerance >= L; ``min_ge``: minimum
+    demand of funds with risk >= L; ``users_lt``: users with tolerance < L; ``max_lt``: maximum demand of
+    funds with risk < L. Because levels are ordered, the users can be placed iff ``users_ge >= min_ge`` at
+    every level and, unless holdout, ``users_lt <= max_lt`` at every level.
+    """
+    n_levels = len(users_at)
+    lo_at = np.bincount(fund_level, weights=demand_min, minlength=n_levels).astype(np.int64)
+    hi_at = np.bincount(fund_level, weights=demand_max, minlength=n_levels).astype(np.int64)
+    users_ge = np.cumsum(users_at[::-1])[::-1].astype(np.int64)
+    return {
+        "users_ge": users_ge,
+        "min_ge": np.cumsum(lo_at[::-1])[::-1],
+        "users_lt": int(np.sum(users_at)) - users_ge,
+        "max_lt": np.cumsum(hi_at) - hi_at,
+    }
 
 
 def _scalar(v: Any) -> Any:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from eoca.problem import level_counts
+
 __all__ = ["repair_allocation"]
 
 _SLACK = 2  # free this many times the shortfall (plus a few): the exact re-allocation then has a choice
@@ -51,35 +53,30 @@ def _move_up_loss(etv, user_level, fund_level, codes, free, level):
 
 
 class _Tally:
-    """Users kept per fund and freed users per tolerance class, updated as users are freed (the class of
-    a user is the number of open fund levels its tolerance reaches)."""
+    """Users kept per fund and freed users per risk level, updated as users are freed."""
 
-    def __init__(self, codes, free, user_level, levels, k):
-        self.codes, self.user_level, self.levels = codes, user_level, levels
+    def __init__(self, codes, free, user_level, n_levels, k):
+        self.codes, self.user_level = codes, user_level
         kept = codes[~free]
         self.kept = np.bincount(kept[kept >= 0], minlength=k).astype(np.int64)
-        self.freed = np.bincount(self._cls(np.flatnonzero(free)), minlength=len(levels) + 1).astype(np.int64)
-
-    def _cls(self, idx):
-        return np.searchsorted(self.levels, self.user_level[idx], side="right")
+        self.freed = np.bincount(user_level[free], minlength=n_levels).astype(np.int64)
 
     def free(self, idx):
         c = self.codes[idx]
         self.kept -= np.bincount(c[c >= 0], minlength=len(self.kept))
-        self.freed += np.bincount(self._cls(idx), minlength=len(self.freed))
+        self.freed += np.bincount(self.user_level[idx], minlength=len(self.freed))
 
     def left_over(self, demand_min, demand_max):
         """Demands left for the freed users once the others keep their places."""
         return np.maximum(demand_min - self.kept, 0), demand_max - self.kept
 
-    def shortfall(self, t, fund_level, demand_min, demand_max, holdout):
-        """Freed users missing at the t-th open fund level (see the module docstring)."""
-        level = self.levels[t]
-        dmin_left, dmax_left = self.left_over(demand_min, demand_max)
-        need = int(dmin_left[fund_level >= level].sum()) - int(self.freed[t + 1:].sum())
+    def shortfall(self, fund_level, demand_min, demand_max, holdout):
+        """Freed users missing at each risk level (see the module docstring)."""
+        c = level_counts(self.freed, fund_level, *self.left_over(demand_min, demand_max))
+        need = c["min_ge"] - c["users_ge"]
         if not holdout:
-            need = max(need, int(self.freed[: t + 1].sum()) - int(dmax_left[fund_level < level].sum()))
-        return max(need, 0)
+            need = np.maximum(need, c["users_lt"] - c["max_lt"])
+        return np.maximum(need, 0)
 
 
 def _cheapest(loss, m):
@@ -123,17 +120,16 @@ def repair_allocation(compiled, codes):
     breach[placed] = user_level[placed] < fund_level[codes[placed]]
     stranded = ~placed if not holdout else np.zeros(len(codes), dtype=bool)
     free = breach | stranded
-    levels = np.unique(fund_level[demand_max > 0])
     # a fund that takes nobody is nobody's way up
     open_level = np.where(demand_max > 0, fund_level, np.iinfo(np.int32).max).astype(fund_level.dtype)
-    tally = _Tally(codes, free, user_level, levels, len(demand_min))
+    tally = _Tally(codes, free, user_level, compiled.n_levels, len(demand_min))
     for _round in range(4):
         short_any = False
-        for t in range(len(levels) - 1, -1, -1):  # highest first: freeing there helps below too
-            short = tally.shortfall(t, fund_level, demand_min, demand_max, holdout)
+        for level in range(compiled.n_levels - 1, -1, -1):  # highest first: freeing there helps below too
+            short = int(tally.shortfall(fund_level, demand_min, demand_max, holdout)[level])
             if short:
                 short_any = True
-                loss = _move_up_loss(etv, user_level, open_level, codes, free, int(levels[t]))
+                loss = _move_up_loss(etv, user_level, open_level, codes, free, level)
                 pick = _cheapest(loss, _SLACK * short + 16)
                 free[pick] = True
                 tally.free(pick)
