@@ -76,7 +76,7 @@ def _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1,
     for r in range(nrare):
         t = rare[r]
         i = s + t
-        best = j1[t]
+        best = np.int64(j1[t])
         if best < 0:
             bc[blk, K + 1] += 1
             assign[i] = k
@@ -127,43 +127,51 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
         smax = 0.0
         b1 = np.empty(PASS_SWEEP)
         b2 = np.empty(PASS_SWEEP)
-        j1 = np.empty(PASS_SWEEP, np.int64)
+        j1 = np.empty(PASS_SWEEP)  # best node, as a float: lanes as wide as the values' vectorise better
+        lvf = np.empty(PASS_SWEEP)  # levels as floats (every int32 is exact), for the same reason
+        cols = np.empty((k, PASS_SWEEP))  # the sweep's rows, transposed: each node's values contiguous
         rare = np.empty(PASS_SWEEP, np.int64)
         for s in range(s0, e0, PASS_SWEEP):
             m = min(PASS_SWEEP, e0 - s)
             for t in range(m):
+                for x in range(k):
+                    cols[x, t] = etv[s + t, x]
+            for t in range(m):
                 b1[t] = -np.inf
                 b2[t] = -np.inf
-                j1[t] = -1
+                j1[t] = -1.0
+                lvf[t] = ulev[s + t]
             for q in range(nopen):  # increasing node order: the first best node wins, as in a scan
                 x = open_idx[q]
-                lx = lo[x]
-                hx = hi[x]
+                lx = float(lo[x])
+                hx = float(hi[x])
                 lmx = lam[x]
+                fx = float(x)
                 if x < k:
+                    col = cols[x]
                     for t in range(m):
-                        lv = ulev[s + t]
-                        v = etv[s + t, x] - lmx
+                        lv = lvf[t]
+                        v = col[t] - lmx
                         v = v if (lx <= lv) & (lv < hx) else -np.inf
                         c1 = b1[t]
                         gt = v > c1
-                        j1[t] = x if gt else j1[t]
+                        j1[t] = fx if gt else j1[t]
                         lo2 = v if v < c1 else c1
                         b2[t] = lo2 if lo2 > b2[t] else b2[t]
                         b1[t] = v if gt else c1
                 else:  # T: value 0 for every user
                     for t in range(m):
-                        lv = ulev[s + t]
+                        lv = lvf[t]
                         v = -lmx if (lx <= lv) & (lv < hx) else -np.inf
                         c1 = b1[t]
                         gt = v > c1
-                        j1[t] = x if gt else j1[t]
+                        j1[t] = fx if gt else j1[t]
                         lo2 = v if v < c1 else c1
                         b2[t] = lo2 if lo2 > b2[t] else b2[t]
                         b1[t] = v if gt else c1
             nrare = 0
             for t in range(m):  # the common case, kept simple so that it stays fast
-                best = j1[t]
+                best = np.int64(j1[t])
                 v1 = b1[t]
                 g = v1 - b2[t]
                 ab = abs(v1)
