@@ -339,14 +339,14 @@ def _closed_best(etv, ulev, closed, closed_lv, node_block, nb, assign, p):  # pr
 def _pass_a(block, ul, lo, hi, lam0, target, stride):
     from eoca.solvers import _transport_kernels as K
 
-    assign, gap, counts, nbad, _smax = K.assign_pass(block, ul, lo, hi, lam0, target)
+    assign, gap, counts, nbad, _smax, _hist = K.assign_pass(block, ul, lo, hi, lam0, target)
     return counts, int(nbad), gap[::stride].copy(), assign[::stride].copy()
 
 
 def _pass_b(block, ul, extra, lo, hi, lam0, target, theta):
     from eoca.solvers import _transport_kernels as K
 
-    assign, gap, _counts, _nbad, _smax = K.assign_pass(block, ul, lo, hi, lam0, target)
+    assign, gap, _counts, _nbad, _smax, _hist = K.assign_pass(block, ul, lo, hi, lam0, target)
     take = gap <= theta[assign]
     if len(extra):
         take[extra] = True

@@ -458,3 +458,35 @@ def test_many_funds_ties_and_levels(kind):
     fl = (np.arange(k) % 4).astype(np.int32)
     d = exact_demands(n // 2, k, rng)
     assert_same_for_one_and_two_threads(solve_and_check, etv, ul, fl, d // 2, d, True)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "spike"])
+def test_first_candidates_are_the_smallest_gaps(kind):
+    """The repair's first load: at least the requested number of users, every user left out has a gap at
+    least the threshold (the bound the repair's arc costs rely on), and not many more than asked. A spike of
+    equal gaps (tied users have gap 0) is cut to the requested number, smallest indices first."""
+    from eoca.solvers import _transport_kernels as K
+
+    rng = np.random.default_rng(3)
+    n, k = 200_000, 4
+    etv = rng.random((n, k)) * 100
+    if kind == "spike":
+        etv[: n // 2] = 5.0  # half the users value every fund the same: gap 0
+    ul = np.zeros(n, np.int32)
+    lo = np.array([0, 0, 0, 0, np.iinfo(np.int32).max], np.int32)
+    hi = np.full(k + 1, np.iinfo(np.int32).max, np.int32)
+    lam = np.zeros(k + 1)
+    target_counts = np.full(k + 1, n // k, np.int64)
+    _a, gap, _c, nbad, _s, hist = K.assign_pass(etv, ul, lo, hi, lam, target_counts)
+    assert nbad == 0 and hist.sum() == n
+    want = 5_000
+    theta, cand = K.select_initial(gap, want, hist)
+    assert np.all(np.diff(cand) > 0)
+    out = np.ones(n, bool)
+    out[cand] = False
+    assert (gap[out] >= theta).all()
+    if kind == "continuous":
+        assert want <= len(cand) <= 2 * want
+        assert (gap[cand] < theta).all()
+    else:
+        assert len(cand) == want and (cand == np.arange(want)).all() and theta == 0.0

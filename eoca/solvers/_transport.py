@@ -267,7 +267,7 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     target = np.empty(k + 1, np.int64)
     target[:k] = np.where(lam0[:k] < 0, dmin, dmax)
     target[k] = max(0, n - int(target[:k].sum())) if holdout else 0
-    assign, gap, counts, nbad, smax = K.assign_pass(etv, ul, lo, hi, lam0, target)
+    assign, gap, counts, nbad, smax, hist = K.assign_pass(etv, ul, lo, hi, lam0, target)
     if nbad:
         raise ValueError(f"{nbad} users may take no fund (their risk level is below every open fund's)")
     # first heap load: a generous multiple of the imbalance under the warm prices. A refill scans every
@@ -277,7 +277,8 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     excess = np.maximum(counts[:k] - f, 0).sum() + max(counts[k] + f.sum() - n, 0)
     factor = min(48.0, max(16.0, 16.0 * math.sqrt(n / 1e6)))
     target = int(min(n, max(4096, factor * excess)))
-    theta0, cand = K.select_initial(gap, target)
+    theta0, cand = K.select_initial(gap, target, hist)
+    del hist
     del gap
     # non-candidates have gap >= theta0 (float32): key_ab >= theta0 + lam_a - lam_b - tol, where tol covers
     # the rounding of the pass; every allowed etv is at most smax + max|lam|

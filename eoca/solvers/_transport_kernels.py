@@ -21,6 +21,7 @@ of an arc that is not loaded, and an arc whose heap top is ``<= kappa`` is known
 
 from __future__ import annotations
 
+import math
 import time
 
 import numba as nb
@@ -103,6 +104,14 @@ def _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1,
 
 
 PASS_SWEEP = 512  # users whose best and second-best values are swept column by column together
+GAP_BINS = 2048  # histogram of the gaps by their float32 exponent and 3 leading mantissa bits
+
+
+@njit(cache=True, inline="always")
+def _gap_bin(bits):
+    """Bin of a gap >= 0 given its float32 bits: increasing with the gap, each bin spans 1/8 of an octave
+    (all of [0, smallest normal) is bin 0, +inf is bin 2040)."""
+    return (bits & np.uint32(0x7FFFFFFF)) >> np.uint32(20)
 
 
 @njit(cache=True, parallel=True)
@@ -121,6 +130,7 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
     nblk = (n + PASS_BLOCK - 1) // PASS_BLOCK
     bc = np.zeros((nblk, K + 2), np.int64)
     bmax = np.zeros(nblk)
+    hist = np.zeros((nblk, GAP_BINS), np.int32)
     for blk in nb.prange(nblk):
         s0 = blk * PASS_BLOCK
         e0 = min(n, s0 + PASS_BLOCK)
@@ -187,7 +197,10 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
                 smax = _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1, b1, open_idx,
                                   nopen, lamabs, smax)
         bmax[blk] = smax
-    return bc, bmax
+        bits = gap[s0:e0].view(np.uint32)
+        for i in range(e0 - s0):
+            hist[blk, _gap_bin(bits[i])] += 1
+    return bc, bmax, hist
 
 
 @njit(cache=True)
@@ -257,19 +270,19 @@ def assign_pass(etv, ulev, lo, hi, lam, target):
     starting from the untied users, so that on degenerate grids the imbalance left to the repair is small
     instead of piling every tied user on one node. A tied user's gap is 0. The output does not depend on
     the number of threads. Returns (assign, gap (float32), counts, number of users without any allowed
-    node, max |best reduced value|).
+    node, max |best reduced value|, per-block histogram of the gaps for :func:`select_initial`).
     """
     n = etv.shape[0]
     K = lo.shape[0]
     assign = np.empty(n, np.int32)
     gap = np.empty(n, np.float32)
-    bc, bmax = _pass_blocks(etv, ulev, lo, hi, lam, assign, gap)
+    bc, bmax, hist = _pass_blocks(etv, ulev, lo, hi, lam, assign, gap)
     tot = bc.sum(axis=0)
     counts = np.ascontiguousarray(tot[:K])
     if tot[K] > 0:
         _spread_ties(etv, ulev, lo, hi, lam, target, assign, counts, bc)
     smax = float(bmax.max()) if bmax.shape[0] else 0.0
-    return assign, gap, counts, int(tot[K + 1]), smax
+    return assign, gap, counts, int(tot[K + 1]), smax, hist
 
 
 @njit(cache=True)
@@ -311,8 +324,54 @@ def _kth(a, q):
 
 
 @njit(cache=True, parallel=True)
-def select_initial(gap, target):
-    """Users to load into the arc heaps first: the ``target`` smallest gaps, ties by user index.
+def _select_by_bins(gap, hist, nbin, target):
+    """Users with gap in bins < ``nbin`` (see :func:`_gap_bin`), in increasing order, collected in parallel
+    over the pass's blocks at offsets from their histograms."""
+    n = gap.shape[0]
+    nblk = hist.shape[0]
+    off = np.zeros(nblk + 1, np.int64)
+    for b in range(nblk):
+        c = 0
+        for x in range(nbin):
+            c += hist[b, x]
+        off[b + 1] = off[b] + c
+    cand = np.empty(off[nblk], np.int32)
+    for b in nb.prange(nblk):
+        w = off[b]
+        s0 = b * PASS_BLOCK
+        e0 = min(n, s0 + PASS_BLOCK)
+        bits = gap[s0:e0].view(np.uint32)
+        for i in range(e0 - s0):
+            if _gap_bin(bits[i]) < nbin:
+                cand[w] = s0 + i
+                w += 1
+    return cand
+
+
+def select_initial(gap, target, hist=None):
+    """Users to load into the arc heaps first: about the ``target`` smallest gaps.
+
+    With the pass's gap histogram ``hist``, the users of the smallest bins that hold at least ``target``
+    users, where those are at most twice ``target`` (one scan, no sample); otherwise (or without ``hist``)
+    see :func:`_select_sampled`. Returns (threshold, candidate user indices in increasing order); every
+    other user has gap >= threshold.
+    """
+    if hist is not None and hist.shape[0] > 0:
+        cum = np.cumsum(hist.sum(axis=0, dtype=np.int64))
+        nbin = int(np.searchsorted(cum, target)) + 1  # bins 0 .. nbin - 1 hold >= target users
+        inf_bin = int(np.float32(np.inf).view(np.uint32)) >> 20
+        if nbin >= inf_bin:
+            return math.inf, _select_by_bins(gap, hist, inf_bin, target)
+        if cum[nbin - 1] <= 2 * max(target, 1):
+            theta = float(np.array([nbin << 20], np.uint32).view(np.float32)[0])
+            return theta, _select_by_bins(gap, hist, nbin, target)
+    return _select_sampled(gap, target)
+
+
+@njit(cache=True, parallel=True)
+def _select_sampled(gap, target):
+    """The ``target`` smallest gaps, ties by user index (a spike of equal gaps, e.g. 0 for tied users,
+    is taken only up to ``target``).
 
     The threshold is a quantile of a systematic sample of the gaps, so the count is approximate.
     Returns (threshold, candidate user indices in increasing order); every other user has gap >= threshold.
@@ -859,17 +918,20 @@ def _excess(c, f, x, k, n):
 
 
 @njit(cache=True, parallel=True)
-def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats):
+def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats, keys):
     """The first load of the repair's heaps, in parallel over fixed chunks of the candidates ``cand``:
     user u at node a goes into heap (a, z) iff its key is below ``TK[a, z]``. Without ``off`` (an empty
     array) it counts the entries per chunk and heap and returns the counts; with ``off`` (the pool
     position of each chunk's first entry per heap) it writes them there, in candidate order (the same
     pool as a sequential load), and adds the loaded users and entries to ``stats``. The rows are read
-    ahead ``_TOUCH`` at a time (they are scattered over the grid)."""
+    ahead ``_TOUCH`` at a time (they are scattered over the grid). With ``keys`` (candidates x K, else
+    empty) the counting run stores each candidate's keys there (+inf where it enters no heap) and the
+    writing run reads them instead of the scattered rows."""
     k = etv.shape[1]
     K = k + 1
     m = cand.shape[0]
     fill = off.shape[0] > 0
+    cached = keys.shape[0] > 0
     cc = np.zeros((NCHUNK, K * K), np.int64)
     users = np.zeros(NCHUNK, np.int64)
     for ch in nb.prange(NCHUNK):
@@ -877,25 +939,40 @@ def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats):
         q1 = (ch + 1) * m // NCHUNK
         touch = 0.0
         for q in range(q0, q1):
-            if (q - q0) % _TOUCH == 0:
-                for r in range(q, min(q + _TOUCH, q1)):
-                    touch += etv[cand[r], 0]
             u = cand[q]
             a = assign[u]
-            lv = ulev[u]
-            va = _val(etv, u, a, k)
             new = 0
-            for z in range(K):
-                if z != a and lo[z] <= lv and lv < hi[z]:
-                    p = a * K + z
-                    key = va - _val(etv, u, z, k)
-                    if key < TK[p]:
-                        if fill:
-                            w = off[ch, p] + cc[ch, p]
-                            PK[w] = key
-                            PU[w] = u
+            if fill and cached:
+                for z in range(K):
+                    key = keys[q, z]
+                    if key < np.inf:
+                        p = a * K + z
+                        w = off[ch, p] + cc[ch, p]
+                        PK[w] = key
+                        PU[w] = u
                         cc[ch, p] += 1
                         new += 1
+            else:
+                if (q - q0) % _TOUCH == 0:
+                    for r in range(q, min(q + _TOUCH, q1)):
+                        touch += etv[cand[r], 0]
+                lv = ulev[u]
+                va = _val(etv, u, a, k)
+                for z in range(K):
+                    if cached:
+                        keys[q, z] = np.inf
+                    if z != a and lo[z] <= lv and lv < hi[z]:
+                        p = a * K + z
+                        key = va - _val(etv, u, z, k)
+                        if key < TK[p]:
+                            if fill:
+                                w = off[ch, p] + cc[ch, p]
+                                PK[w] = key
+                                PU[w] = u
+                            elif cached:
+                                keys[q, z] = key
+                            cc[ch, p] += 1
+                            new += 1
             if new > 0:
                 users[ch] += 1
         if touch == -1.0:  # never (values are >= 0): keeps the read-ahead from being optimised away
@@ -950,7 +1027,10 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
     PK0 = np.empty(0, np.float64)
     PU0 = np.empty(0, np.int32)
     # exact room for the first load, plus slack for users that move
-    cc = _first_load(etv, ulev, lo, hi, assign, cand, TK, np.empty((0, 0), np.int64), PK0, PU0, stats)
+    # the counting run keeps the candidates' keys for the writing run (their rows are scattered cache
+    # misses) where that costs at most 16 keys per candidate
+    keys = np.empty((cand.shape[0] if K <= 16 else 0, K))
+    cc = _first_load(etv, ulev, lo, hi, assign, cand, TK, np.empty((0, 0), np.int64), PK0, PU0, stats, keys)
     for p in range(K * K):
         for ch in range(NCHUNK):
             hc[p] += cc[ch, p]
@@ -968,7 +1048,8 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
             off[ch, p] = run
             run += cc[ch, p]
         hs[p] = run - hb[p]
-    _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats)
+    _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats, keys)
+    keys = np.empty((0, 0))  # freed
     for p in range(K * K):
         _heapify(PK, PU, hb, hs, p)
     built = False
