@@ -204,6 +204,14 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
 
 
 @njit(cache=True)
+def _prefault(buf):
+    """Write one byte per 4 KiB page of a new array, in one thread: the kernel then maps its pages here,
+    where a parallel first write from several threads at once was measured to stall (by up to 20x)."""
+    for i in range(0, buf.shape[0], 4096):
+        buf[i] = 0
+
+
+@njit(cache=True)
 def _spread_ties(etv, ulev, lo, hi, lam, target, assign, counts, bc):
     """Phase 2 of :func:`assign_pass`, sequential over the tied users only, in index order."""
     n, k = etv.shape
@@ -276,6 +284,8 @@ def assign_pass(etv, ulev, lo, hi, lam, target):
     K = lo.shape[0]
     assign = np.empty(n, np.int32)
     gap = np.empty(n, np.float32)
+    _prefault(assign.view(np.uint8))
+    _prefault(gap.view(np.uint8))
     bc, bmax, hist = _pass_blocks(etv, ulev, lo, hi, lam, assign, gap)
     tot = bc.sum(axis=0)
     counts = np.ascontiguousarray(tot[:K])
@@ -918,20 +928,17 @@ def _excess(c, f, x, k, n):
 
 
 @njit(cache=True, parallel=True)
-def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats, keys):
+def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats):
     """The first load of the repair's heaps, in parallel over fixed chunks of the candidates ``cand``:
     user u at node a goes into heap (a, z) iff its key is below ``TK[a, z]``. Without ``off`` (an empty
     array) it counts the entries per chunk and heap and returns the counts; with ``off`` (the pool
     position of each chunk's first entry per heap) it writes them there, in candidate order (the same
     pool as a sequential load), and adds the loaded users and entries to ``stats``. The rows are read
-    ahead ``_TOUCH`` at a time (they are scattered over the grid). With ``keys`` (candidates x K, else
-    empty) the counting run stores each candidate's keys there (+inf where it enters no heap) and the
-    writing run reads them instead of the scattered rows."""
+    ahead ``_TOUCH`` at a time (they are scattered over the grid)."""
     k = etv.shape[1]
     K = k + 1
     m = cand.shape[0]
     fill = off.shape[0] > 0
-    cached = keys.shape[0] > 0
     cc = np.zeros((NCHUNK, K * K), np.int64)
     users = np.zeros(NCHUNK, np.int64)
     for ch in nb.prange(NCHUNK):
@@ -939,40 +946,25 @@ def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats, keys):
         q1 = (ch + 1) * m // NCHUNK
         touch = 0.0
         for q in range(q0, q1):
+            if (q - q0) % _TOUCH == 0:
+                for r in range(q, min(q + _TOUCH, q1)):
+                    touch += etv[cand[r], 0]
             u = cand[q]
             a = assign[u]
+            lv = ulev[u]
+            va = _val(etv, u, a, k)
             new = 0
-            if fill and cached:
-                for z in range(K):
-                    key = keys[q, z]
-                    if key < np.inf:
-                        p = a * K + z
-                        w = off[ch, p] + cc[ch, p]
-                        PK[w] = key
-                        PU[w] = u
+            for z in range(K):
+                if z != a and lo[z] <= lv and lv < hi[z]:
+                    p = a * K + z
+                    key = va - _val(etv, u, z, k)
+                    if key < TK[p]:
+                        if fill:
+                            w = off[ch, p] + cc[ch, p]
+                            PK[w] = key
+                            PU[w] = u
                         cc[ch, p] += 1
                         new += 1
-            else:
-                if (q - q0) % _TOUCH == 0:
-                    for r in range(q, min(q + _TOUCH, q1)):
-                        touch += etv[cand[r], 0]
-                lv = ulev[u]
-                va = _val(etv, u, a, k)
-                for z in range(K):
-                    if cached:
-                        keys[q, z] = np.inf
-                    if z != a and lo[z] <= lv and lv < hi[z]:
-                        p = a * K + z
-                        key = va - _val(etv, u, z, k)
-                        if key < TK[p]:
-                            if fill:
-                                w = off[ch, p] + cc[ch, p]
-                                PK[w] = key
-                                PU[w] = u
-                            elif cached:
-                                keys[q, z] = key
-                            cc[ch, p] += 1
-                            new += 1
             if new > 0:
                 users[ch] += 1
         if touch == -1.0:  # never (values are >= 0): keeps the read-ahead from being optimised away
@@ -1027,10 +1019,7 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
     PK0 = np.empty(0, np.float64)
     PU0 = np.empty(0, np.int32)
     # exact room for the first load, plus slack for users that move
-    # the counting run keeps the candidates' keys for the writing run (their rows are scattered cache
-    # misses) where that costs at most 16 keys per candidate
-    keys = np.empty((cand.shape[0] if K <= 16 else 0, K))
-    cc = _first_load(etv, ulev, lo, hi, assign, cand, TK, np.empty((0, 0), np.int64), PK0, PU0, stats, keys)
+    cc = _first_load(etv, ulev, lo, hi, assign, cand, TK, np.empty((0, 0), np.int64), PK0, PU0, stats)
     for p in range(K * K):
         for ch in range(NCHUNK):
             hc[p] += cc[ch, p]
@@ -1048,8 +1037,7 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
             off[ch, p] = run
             run += cc[ch, p]
         hs[p] = run - hb[p]
-    _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats, keys)
-    keys = np.empty((0, 0))  # freed
+    _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats)
     for p in range(K * K):
         _heapify(PK, PU, hb, hs, p)
     built = False
@@ -1292,18 +1280,24 @@ def to_output(assign, k):
                 assign[i] = -1
 
 
-@njit(cache=True, parallel=True)
 def every_nth_row(etv, step):
     """Rows 0, step, 2 * step, ... of ``etv`` as a new C-contiguous array (a parallel gather: numpy's
-    strided copy of a sample of a large grid runs in one thread)."""
+    strided copy of a sample of a large grid runs in one thread). Its pages are mapped first, in one
+    thread (:func:`_prefault`)."""
     n, k = etv.shape
-    m = (n + step - 1) // step
-    out = np.empty((m, k))
+    out = np.empty(((n + step - 1) // step, k))
+    _prefault(out.reshape(-1).view(np.uint8))
+    _gather_every_nth(etv, step, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _gather_every_nth(etv, step, out):
+    m, k = out.shape
     for c in nb.prange(NCHUNK):
         for i in range(c * m // NCHUNK, (c + 1) * m // NCHUNK):
             for j in range(k):
                 out[i, j] = etv[i * step, j]
-    return out
 
 
 @njit(cache=True, parallel=True)
