@@ -67,10 +67,12 @@ def _open_nodes(lo, hi, lam):
 
 @njit(cache=True)
 def _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1, b1, open_idx, nopen, lamabs,
-               smax):
+               smax, tied):
     """The users of one sweep of :func:`_pass_blocks` without any allowed node, or whose best nodes tie.
     (A function of its own: inside the sweep's function it keeps the compiler from vectorising the
-    sweep, which then runs 2.5x slower.) Returns the updated max |best|."""
+    sweep, which then runs 2.5x slower.) ``tied`` holds the tied nodes' bitmask of every user of the
+    sweep where the sweep computed them (many tied users), else it is empty and each rare user's row is
+    read again here. Returns the updated max |best|."""
     k = etv.shape[1]
     K = k + 1
     enc = K <= 25  # tied nodes and best node fit in the marker
@@ -88,7 +90,9 @@ def _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1,
         smax = max(smax, ab)
         ttol = 1e-12 * (ab + lamabs)
         code = 0
-        if enc:
+        if enc and tied.shape[0] > 0:
+            code = tied[t] | (best << K)
+        elif enc:
             lv = ulev[i]
             lim = v1 - ttol
             for q in range(nopen):
@@ -123,7 +127,8 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
     The best and second-best values of ``PASS_SWEEP`` users at a time are swept node by node, without
     branches (a node a user may not take counts as -inf): the users are independent lanes that the
     compiler vectorises, where a scan user by user would wait on each comparison and mispredict which
-    node wins. The tied nodes are found by a second read of the row, for tied users only."""
+    node wins. The tied nodes are found by a second read of the row, for tied users only, or, where a
+    sweep holds many tied users (a degenerate grid), by one more branch-free sweep over its columns."""
     n, k = etv.shape
     K = k + 1
     open_idx, nopen, lamabs = _open_nodes(lo, hi, lam)
@@ -141,6 +146,8 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
         lvf = np.empty(PASS_SWEEP)  # levels as floats (every int32 is exact), for the same reason
         cols = np.empty((k, PASS_SWEEP))  # the sweep's rows, transposed: each node's values contiguous
         rare = np.empty(PASS_SWEEP, np.int64)
+        tied = np.empty(PASS_SWEEP, np.int64)
+        lim = np.empty(PASS_SWEEP)
         for s in range(s0, e0, PASS_SWEEP):
             m = min(PASS_SWEEP, e0 - s)
             for t in range(m):
@@ -193,9 +200,34 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
                 assign[s + t] = best
                 gap[s + t] = g
                 bc[blk, best] += 1
-            if nrare > 0:
+            if nrare * 8 > m and K <= 25:
+                # many tied users (a degenerate grid): their tied nodes in one more branch-free sweep, as a
+                # bitmask per user (the same comparisons as the per-user loop of _pass_rare)
+                for t in range(m):
+                    lim[t] = b1[t] - 1e-12 * (abs(b1[t]) + lamabs)
+                    tied[t] = 0
+                for q in range(nopen):
+                    x = open_idx[q]
+                    lx = float(lo[x])
+                    hx = float(hi[x])
+                    lmx = lam[x]
+                    bit = np.int64(1) << x
+                    if x < k:
+                        col = cols[x]
+                        for t in range(m):
+                            lv = lvf[t]
+                            hit = (lx <= lv) & (lv < hx) & (col[t] - lmx >= lim[t])
+                            tied[t] |= bit if hit else 0
+                    else:
+                        for t in range(m):
+                            lv = lvf[t]
+                            hit = (lx <= lv) & (lv < hx) & (-lmx >= lim[t])
+                            tied[t] |= bit if hit else 0
                 smax = _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1, b1, open_idx,
-                                  nopen, lamabs, smax)
+                                  nopen, lamabs, smax, tied)
+            elif nrare > 0:
+                smax = _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1, b1, open_idx,
+                                  nopen, lamabs, smax, tied[:0])
         bmax[blk] = smax
         bits = gap[s0:e0].view(np.uint32)
         for i in range(e0 - s0):
@@ -375,7 +407,26 @@ def select_initial(gap, target, hist=None):
         if cum[nbin - 1] <= 2 * max(target, 1):
             theta = float(np.array([nbin << 20], np.uint32).view(np.float32)[0])
             return theta, _select_by_bins(gap, hist, nbin, target)
+        if nbin == 1:  # a spike of tied users (gap 0): the first ``target`` of them, in index order
+            cand = _first_zero_gaps(gap, target)
+            if cand.shape[0] == target:  # else bin 0 holds tiny positive gaps too: the general way below
+                return 0.0, cand
     return _select_sampled(gap, target)
+
+
+@njit(cache=True)
+def _first_zero_gaps(gap, target):
+    """The first ``target`` users (all, if fewer) with gap exactly 0, in index order: what
+    :func:`_select_sampled` takes when its threshold is 0, found without scanning past them."""
+    cand = np.empty(target, np.int32)
+    w = 0
+    for i in range(gap.shape[0]):
+        if w == target:
+            break
+        if gap[i] == 0.0:
+            cand[w] = i
+            w += 1
+    return cand[:w].copy()
 
 
 @njit(cache=True, parallel=True)
