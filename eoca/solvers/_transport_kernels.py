@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit
 
 NCHUNK = 64  # fixed work split: results never depend on the number of threads
-_TOUCH = 32  # rows read ahead at a time in the scans of scattered users
+_TOUCH = 32  # users read ahead at a time (row, level, flags) in the scans of scattered users
 
 # statistics counters (indices into the int64 stats vector returned by ``repair``)
 ST_DIJKSTRA = 0
@@ -782,10 +782,12 @@ def _refill_scan(etv, ulev, lo, hi, loaded, a, b, s0, s1, mem, TK, TU, theta, ta
         touch = 0.0
         for q in range(q0, q1):
             if (q - q0) % _TOUCH == 0:
-                # read ahead the rows of the next _TOUCH users in a loop with nothing else to do, so that
-                # their cache misses overlap; the loop below, long per user, would wait on them one by one
+                # read ahead the rows, levels and flags of the next _TOUCH users in a loop with nothing else
+                # to do, so that their cache misses overlap; the loop below, long per user, would wait on
+                # them one by one
                 for r in range(q, min(q + _TOUCH, q1)):
-                    touch += etv[mem[r], 0]
+                    ur = mem[r]
+                    touch += etv[ur, 0] + loaded[ur] + (ulev[ur] != 0)
             u = mem[q]
             if loaded[u] != 0:
                 flag[q - s0] = 0
@@ -811,6 +813,9 @@ def _refill_scan(etv, ulev, lo, hi, loaded, a, b, s0, s1, mem, TK, TU, theta, ta
         if touch == -1.0:  # never (values are >= 0): keeps the read-ahead from being optimised away
             cntc[c, K] += 1
     return kapc, cntc
+
+
+REFILL_SAMPLE = 4096  # users of a node whose keys set a refill's thresholds
 
 
 @njit(cache=True)
@@ -860,12 +865,17 @@ def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, bnd, kappa, 
     raise_ = np.zeros(K, np.bool_)
     for z in range(K):
         raise_[z] = z != a and exact[z] and (z == b or m_other > 0)
-    stride = max(1, na // 16384)
+    stride = max(1, na // REFILL_SAMPLE)
     nsamp = (na + stride - 1) // stride  # users the sample below visits
     samp = np.empty((K, max(nsamp, 1)), np.float64)
     ns = np.zeros(K, np.int64)
     nv = np.zeros(K, np.int64)
+    touch = 0.0
     for q in range(s0, s1, stride):
+        if (q - s0) % (_TOUCH * stride) == 0:  # read ahead, as in _refill_scan
+            for r in range(q, min(q + _TOUCH * stride, s1), stride):
+                ur = mem[r]
+                touch += etv[ur, 0] + loaded[ur] + (ulev[ur] != 0)
         u = mem[q]
         if loaded[u] != 0:
             continue
@@ -878,6 +888,8 @@ def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, bnd, kappa, 
                 if not _below(key, u, TK[a * K + z], TU[a * K + z]):
                     samp[z, ns[z]] = key
                     ns[z] += 1
+    if touch == -1.0:  # never (values are >= 0): keeps the read-ahead from being optimised away
+        nv[a] += 1
     theta = np.empty(K)
     for z in range(K):
         theta[z] = TK[a * K + z]  # nothing new below it
@@ -932,10 +944,21 @@ def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, bnd, kappa, 
     for z in range(K):
         if cnt[z] > 0:
             PK, PU = _reserve(PK, PU, hb, hc, hs, top, a * K + z, cnt[z])
-    for q in range(s0, s1):
-        if flag[q - s0] == 0:
-            continue
-        u = mem[q]
+    nf = 0
+    for q in range(na):
+        nf += flag[q] != 0
+    sel = np.empty(nf, np.int32)  # the flagged users, listed first so that their rows can be read ahead
+    nf = 0
+    for q in range(na):
+        if flag[q] != 0:
+            sel[nf] = mem[s0 + q]
+            nf += 1
+    touch = 0.0
+    for t in range(nf):
+        if t % _TOUCH == 0:
+            for r in range(t, min(t + _TOUCH, nf)):
+                touch += etv[sel[r], 0] + (ulev[sel[r]] != 0)
+        u = sel[t]
         lv = ulev[u]
         va = _val(etv, u, a, k)
         new = 0
@@ -953,6 +976,8 @@ def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, bnd, kappa, 
         if new > 0:
             stats[ST_LOADED] += 1
             stats[ST_ENTRIES] += new
+    if touch == -1.0:  # never (values are >= 0): keeps the read-ahead from being optimised away
+        stats[ST_LOADED] += 1
     for z in range(K):
         if z != a:
             p = a * K + z
@@ -999,7 +1024,8 @@ def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats):
         for q in range(q0, q1):
             if (q - q0) % _TOUCH == 0:
                 for r in range(q, min(q + _TOUCH, q1)):
-                    touch += etv[cand[r], 0]
+                    ur = cand[r]
+                    touch += etv[ur, 0] + assign[ur] + (ulev[ur] != 0)
             u = cand[q]
             a = assign[u]
             lv = ulev[u]
