@@ -85,12 +85,27 @@ def _prefetch(typingctx, arr, i, j):
 
 
 @njit(cache=True, inline="always")
-def _fetch_user(etv, ulev, flags, u):
-    """:func:`_prefetch` user u's row (both ends: a row may straddle two cache lines), level and flag."""
-    _prefetch(etv, u, 0)
+def _fetch_row(etv, flags, u):
+    """:func:`_prefetch` user u's row (every 64 bytes and its end: a row may straddle cache lines) and
+    flag."""
+    for j in range(0, etv.shape[1], 8):
+        _prefetch(etv, u, j)
     _prefetch(etv, u, etv.shape[1] - 1)
-    _prefetch(ulev, u, 0)
     _prefetch(flags, u, 0)
+
+
+@njit(cache=True, inline="always")
+def _fetch_user(etv, ulev, flags, u):
+    """:func:`_fetch_row`, and user u's level."""
+    _fetch_row(etv, flags, u)
+    _prefetch(ulev, u, 0)
+
+
+@njit(cache=True, inline="always")
+def _code_level(bnd, c):
+    """A level of code c (:func:`_code`): every level of a code may take the same nodes, as the codes'
+    bounds ``bnd`` hold every node's ``lo`` and ``hi``."""
+    return np.int64(bnd[c - 1]) if c > 0 else np.int64(bnd[0]) - 1
 
 
 @njit(cache=True, inline="always")
@@ -781,21 +796,25 @@ def _build_members(assign, loaded, K, ulev, bnd):
     """Unloaded users grouped by node and, inside a node, by level code (see :func:`_code`; every node
     is allowed to all or none of a code's users), increasing user index inside a group (CSR: group
     ``a * C + c`` with C = len(bnd) + 1). A user's code is one lookup in :func:`_code_table`. Built in
-    parallel over fixed chunks of users (counted, then placed at offsets in chunk order), so the order is
-    the same for any number of threads."""
+    parallel over fixed chunks of users (each user's group noted and counted, then the users placed at
+    offsets in chunk order), so the order is the same for any number of threads."""
     n = assign.shape[0]
     C = bnd.shape[0] + 1
-    G = K * C
+    G = K * C  # < 2**16: K <= 52 nodes, at most 2 * K bounds
     tab, base = _code_table(bnd)
     T = tab.shape[0]
-    cc = np.zeros((NCHUNK, G), np.int64)
+    gid = np.empty(n, np.uint16)  # group of each user (G: moved, in no group)
+    cc = np.zeros((NCHUNK, G + 1), np.int64)
     for ch in nb.prange(NCHUNK):
         i0 = ch * n // NCHUNK
         i1 = (ch + 1) * n // NCHUNK
-        L, U, A = loaded[i0:i1], ulev[i0:i1], assign[i0:i1]  # (slices: see _pass_blocks)
+        L, U, A, GI = loaded[i0:i1], ulev[i0:i1], assign[i0:i1], gid[i0:i1]  # (slices: see _pass_blocks)
         for t in range(i1 - i0):
-            if L[t] == 0:
-                cc[ch, _member_group(U[t], A[t], C, bnd, tab, base, T)] += 1
+            GI[t] = _member_group(U[t], A[t], C, bnd, tab, base, T) if L[t] == 0 else G
+        loc = np.zeros(G + 1, np.int64)
+        for t in range(i1 - i0):
+            loc[GI[t]] += 1
+        cc[ch] = loc
     start = np.zeros(G + 1, np.int64)
     off = np.empty((NCHUNK, G), np.int64)
     for g in range(G):
@@ -808,12 +827,13 @@ def _build_members(assign, loaded, K, ulev, bnd):
     for ch in nb.prange(NCHUNK):
         i0 = ch * n // NCHUNK
         i1 = (ch + 1) * n // NCHUNK
-        L, U, A = loaded[i0:i1], ulev[i0:i1], assign[i0:i1]
+        GI = gid[i0:i1]
+        w = off[ch].copy()
         for t in range(i1 - i0):
-            if L[t] == 0:
-                g = _member_group(U[t], A[t], C, bnd, tab, base, T)
-                mem[off[ch, g]] = i0 + t
-                off[ch, g] += 1
+            g = GI[t]
+            if g < G:
+                mem[w[g]] = i0 + t
+                w[g] += 1
     return start, mem
 
 
@@ -825,13 +845,15 @@ def _below(key, u, tk, tu):
 
 
 @njit(cache=True, parallel=True)
-def _refill_scan(etv, ulev, lo, hi, loaded, a, b, s0, s1, mem, TK, TU, theta, take_eq, flag):
+def _refill_scan(etv, lo, hi, loaded, a, b, s0, s1, mem, start, bnd, TK, TU, theta, take_eq, flag):
     """The scan of :func:`_refill` over the never-moved users of node a, in parallel over fixed chunks:
     flags each user (1: some key below its new threshold, 2: its key towards b ties the new threshold,
     decided afterwards in index order; 0: nothing new) and returns, per chunk, the smallest key towards each
-    node among the keys that stay out of the heaps, the new entries per node, and the ties towards b."""
+    node among the keys that stay out of the heaps, the new entries per node, and the ties towards b. A
+    user's allowed nodes come from its group's level code (:func:`_build_members`): its level is not read."""
     k = etv.shape[1]
     K = k + 1
+    C = bnd.shape[0] + 1
     na = s1 - s0
     nch = max(1, min(64, na // 8192))
     kapc = np.full((nch, K), np.inf)
@@ -839,14 +861,22 @@ def _refill_scan(etv, ulev, lo, hi, loaded, a, b, s0, s1, mem, TK, TU, theta, ta
     for c in nb.prange(nch):
         q0 = s0 + c * na // nch
         q1 = s0 + (c + 1) * na // nch
+        g = 0  # level code of the group that holds position q
+        while start[a * C + g + 1] <= q0 and g < C - 1:
+            g += 1
+        nxt = start[a * C + g + 1]
+        lv = _code_level(bnd, g)
         for q in range(q0, q1):
+            while q >= nxt:
+                g += 1
+                nxt = start[a * C + g + 1]
+                lv = _code_level(bnd, g)
             if q + _AHEAD < q1:
-                _fetch_user(etv, ulev, loaded, mem[q + _AHEAD])
+                _fetch_row(etv, loaded, mem[q + _AHEAD])
             u = mem[q]
             if loaded[u] != 0:
                 flag[q - s0] = 0
                 continue
-            lv = ulev[u]
             va = _val(etv, u, a, k)
             fl = 0
             for z in range(K):
@@ -953,7 +983,7 @@ def _refill(etv, ulev, lo, hi, assign, loaded, a, b, m, start, mem, bnd, kappa, 
     for z in range(K):
         hs0[z] = hs[a * K + z]
     flag = np.empty(max(na, 1), np.uint8)
-    kapc, cntc = _refill_scan(etv, ulev, lo, hi, loaded, a, b, s0, s1, mem, TK, TU, theta, m, flag)
+    kapc, cntc = _refill_scan(etv, lo, hi, loaded, a, b, s0, s1, mem, start, bnd, TK, TU, theta, m, flag)
     kap = np.full(K, np.inf)
     cnt = np.zeros(K + 1, np.int64)
     for c in range(kapc.shape[0]):
