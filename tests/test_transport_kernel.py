@@ -299,6 +299,23 @@ def test_fund_with_zero_demand_takes_nobody():
     assert not np.isin(sol.assignment, [2, 3]).any()
 
 
+def test_empty_funds_are_priced_at_what_one_user_would_gain():
+    """A fund that must stay empty gets the smallest price at which no user it allows would rather take
+    it: the ETV its first contracted user would add. Two such funds at different risk levels."""
+    rng = np.random.default_rng(16)
+    n, k = 200_000, 5
+    etv = rng.random((n, k)) * 100
+    ul = rng.integers(0, 3, n).astype(np.int32)
+    fl = np.array([0, 0, 0, 1, 2], np.int32)
+    d = np.array([n // 3, n // 3, n - 2 * (n // 3), 0, 0])
+    sol = solve_and_check(etv, ul, fl, d, d, False)
+    a = sol.assignment
+    value = etv[np.arange(n), a] - sol.prices[a]
+    for j in (3, 4):
+        allowed = ul >= fl[j]
+        assert sol.prices[j] == pytest.approx(max(0.0, (etv[allowed, j] - value[allowed]).max()), rel=1e-12)
+
+
 def test_deterministic():
     rng = np.random.default_rng(15)
     n, k = 300_000, 8

@@ -423,9 +423,11 @@ def solve_transport(etv, user_level, fund_level, demand_min, demand_max, holdout
     if len(levels.tight):
         prices = _tight_price_correction(etv, ul, fl, holdout, levels, node_block, dmin, dmax, assign, prices)
     K.to_output(assign, k)
-    for j in np.flatnonzero(~levels.open):
-        # the smallest price at which no allowed user would rather take the empty fund
-        prices[j] = max(0.0, float(K.best_values(etv, ul, int(fl[j]), 0.0, assign, prices, int(j))))
+    closed = np.flatnonzero(~levels.open)
+    if len(closed):
+        # the smallest price at which no allowed user would rather take an empty fund
+        best = K.best_values(etv, ul, closed, np.ascontiguousarray(fl[closed]), assign, prices)
+        prices[closed] = np.maximum(0.0, best)
     top = info["level_seconds"][-1]
     stats = {
         "status_code": status,

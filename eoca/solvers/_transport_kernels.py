@@ -1394,25 +1394,37 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
 
 
 @njit(cache=True, parallel=True)
-def best_values(etv, ulev, fund_lo, lam_t, assign, lam, j):
-    """max over users allowed fund j of etv[i, j] - (value of i at its node): the price at which no user
-    prefers a fund that must stay empty. (In parallel over fixed chunks; a maximum does not depend on
-    the order.)"""
+def best_values(etv, ulev, funds, fund_lo, assign, lam):
+    """For each fund j = funds[q]: max over users allowed it (level >= fund_lo[q]) of etv[i, j] - (value of
+    i at its fund, 0 where held out: assign -1): the price at which no user prefers a fund that must stay
+    empty. One pass for all of them that reads only the rows of users allowed one (in parallel over fixed
+    chunks; a maximum does not depend on the order)."""
     n, k = etv.shape
-    out = np.full(NCHUNK, -np.inf)
+    nf = funds.shape[0]
+    lomin = fund_lo.min() if nf > 0 else 0
+    out = np.full((NCHUNK, nf), -np.inf)
     for c in nb.prange(NCHUNK):
         s = c * n // NCHUNK
         e = (c + 1) * n // NCHUNK
-        m = -np.inf
-        for i in range(s, e):
-            if ulev[i] >= fund_lo:
-                a = assign[i]
-                v = -lam_t if a < 0 else etv[i, a] - lam[a]
-                d = etv[i, j] - v
-                if d > m:
-                    m = d
+        E, U, A = etv[s:e], ulev[s:e], assign[s:e]  # (slices: see _pass_blocks)
+        m = np.full(nf, -np.inf)
+        for t in range(e - s):
+            lv = U[t]
+            if lv < lomin:
+                continue
+            a = A[t]
+            v = 0.0 if a < 0 else E[t, a] - lam[a]
+            for q in range(nf):
+                if lv >= fund_lo[q]:
+                    d = E[t, funds[q]] - v
+                    if d > m[q]:
+                        m[q] = d
         out[c] = m
-    return out.max()
+    res = np.full(nf, -np.inf)
+    for c in range(NCHUNK):
+        for q in range(nf):
+            res[q] = max(res[q], out[c, q])
+    return res
 
 
 @njit(cache=True, parallel=True)
