@@ -251,7 +251,9 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     t0 = time.perf_counter()
     lam0 = np.zeros(k + 1)
     if warm and n > _BASE_USERS:
-        sub = K.every_nth_row(etv, _SAMPLE_STEP)
+        # a strided view, not a copy: no memory to map and fill (a 10M grid's sample is 64 MB); the kernels
+        # read it about as fast
+        sub = etv[::_SAMPLE_STEP]
         sul = np.ascontiguousarray(ul[::_SAMPLE_STEP])
         dm = _block_sample_demands(levels.counts(sul), levels.fcode, dmin, dmax, holdout, len(sul) / n,
                                    levels.tight)
