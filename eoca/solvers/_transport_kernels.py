@@ -1077,13 +1077,15 @@ def _excess(c, f, x, k, n):
 
 
 @njit(cache=True, parallel=True)
-def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats):
+def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats, one_p, one_k):
     """The first load of the repair's heaps, in parallel over fixed chunks of the candidates ``cand``:
     user u at node a goes into heap (a, z) iff its key is below ``TK[a, z]``. Without ``off`` (an empty
-    array) it counts the entries per chunk and heap and returns the counts; with ``off`` (the pool
-    position of each chunk's first entry per heap) it writes them there, in candidate order (the same
-    pool as a sequential load), and adds the loaded users and entries to ``stats``. The rows of users
-    ``_AHEAD`` candidates on are prefetched (they are scattered over the grid)."""
+    array) it counts the entries per chunk and heap and returns the counts, and notes for each candidate
+    with exactly one entry its heap and key in ``one_p`` / ``one_k`` (-1: none, -2: several); with
+    ``off`` (the pool position of each chunk's first entry per heap) it writes them there, in candidate
+    order (the same pool as a sequential load), reading again only the rows of candidates with several
+    entries, and adds the loaded users and entries to ``stats``. The rows of users ``_AHEAD`` candidates
+    on are prefetched (they are scattered over the grid)."""
     k = etv.shape[1]
     K = k + 1
     m = cand.shape[0]
@@ -1094,7 +1096,16 @@ def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats):
         q0 = ch * m // NCHUNK
         q1 = (ch + 1) * m // NCHUNK
         for q in range(q0, q1):
-            if q + _AHEAD < q1:
+            if fill and one_p[q] != -2:  # none or one entry, noted by the count
+                p = one_p[q]
+                if p >= 0:
+                    w = off[ch, p] + cc[ch, p]
+                    PK[w] = one_k[q]
+                    PU[w] = cand[q]
+                    cc[ch, p] += 1
+                    users[ch] += 1
+                continue
+            if q + _AHEAD < q1 and not fill:
                 _fetch_user(etv, ulev, assign, cand[q + _AHEAD])
             u = cand[q]
             a = assign[u]
@@ -1110,8 +1121,13 @@ def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats):
                             w = off[ch, p] + cc[ch, p]
                             PK[w] = key
                             PU[w] = u
+                        elif new == 0:
+                            one_p[q] = p
+                            one_k[q] = key
                         cc[ch, p] += 1
                         new += 1
+            if not fill:
+                one_p[q] = -1 if new == 0 else (one_p[q] if new == 1 else -2)
             if new > 0:
                 users[ch] += 1
     if fill:
@@ -1164,7 +1180,10 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
     PK0 = np.empty(0, np.float64)
     PU0 = np.empty(0, np.int32)
     # exact room for the first load, plus slack for users that move
-    cc = _first_load(etv, ulev, lo, hi, assign, cand, TK, np.empty((0, 0), np.int64), PK0, PU0, stats)
+    one_p = np.empty(cand.shape[0], np.int32)
+    one_k = np.empty(cand.shape[0], np.float64)
+    cc = _first_load(etv, ulev, lo, hi, assign, cand, TK, np.empty((0, 0), np.int64), PK0, PU0, stats, one_p,
+                     one_k)
     for p in range(K * K):
         for ch in range(NCHUNK):
             hc[p] += cc[ch, p]
@@ -1182,7 +1201,7 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
             off[ch, p] = run
             run += cc[ch, p]
         hs[p] = run - hb[p]
-    _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats)
+    _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats, one_p, one_k)
     for p in range(K * K):
         _heapify(PK, PU, hb, hs, p)
     built = False
