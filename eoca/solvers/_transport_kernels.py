@@ -431,7 +431,9 @@ def _kth(a, q):
 @njit(cache=True, parallel=True)
 def _select_by_bins(gap, hist, nbin, target):
     """Users with gap in bins < ``nbin`` (see :func:`_gap_bin`), in increasing order, collected in parallel
-    over the pass's blocks at offsets from their histograms."""
+    over the pass's blocks at offsets from their histograms. Each block writes every user's index and
+    advances only past the selected ones (no branch to mispredict; one slot of slack per block), then
+    the blocks' runs are packed together."""
     n = gap.shape[0]
     nblk = hist.shape[0]
     off = np.zeros(nblk + 1, np.int64)
@@ -440,16 +442,21 @@ def _select_by_bins(gap, hist, nbin, target):
         for x in range(nbin):
             c += hist[b, x]
         off[b + 1] = off[b] + c
-    cand = np.empty(off[nblk], np.int32)
+    tmp = np.empty(off[nblk] + nblk, np.int32)
     for b in nb.prange(nblk):
-        w = off[b]
+        w = off[b] + b
         s0 = b * PASS_BLOCK
         e0 = min(n, s0 + PASS_BLOCK)
         bits = gap[s0:e0].view(np.uint32)
         for i in range(e0 - s0):
-            if _gap_bin(bits[i]) < nbin:
-                cand[w] = s0 + i
-                w += 1
+            tmp[w] = s0 + i
+            w += _gap_bin(bits[i]) < nbin
+    cand = np.empty(off[nblk], np.int32)
+    for b in nb.prange(nblk):
+        src = tmp[off[b] + b:off[b + 1] + b]
+        dst = cand[off[b]:off[b + 1]]
+        for t in range(src.shape[0]):
+            dst[t] = src[t]
     return cand
 
 
