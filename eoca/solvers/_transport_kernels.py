@@ -1401,6 +1401,8 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
                         path_key[q] = PK[hb[p]]
                     u = PU[hb[p]]
                     _pop(PK, PU, hb, hs, p)
+                    if hs[p] > 0:  # the arc's next user: likely the next to move
+                        _fetch_user(etv, ulev, assign, PU[hb[p]])
                     assign[u] = y
                     loaded[u] = 1
                     c[x] -= 1
