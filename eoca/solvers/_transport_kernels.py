@@ -844,6 +844,46 @@ def _build_members(assign, loaded, K, ulev, bnd):
     return start, mem
 
 
+@njit(cache=True, parallel=True)
+def _node_members(assign, loaded, a, K, ulev, bnd):
+    """:func:`_build_members` for node a alone (the groups of every other node empty): for a refill from a
+    small node before the lists of all nodes are needed, one scan of the assignment that places only
+    node a's users."""
+    n = assign.shape[0]
+    C = bnd.shape[0] + 1
+    tab, base = _code_table(bnd)
+    T = tab.shape[0]
+    cc = np.zeros((NCHUNK, C), np.int64)
+    for ch in nb.prange(NCHUNK):
+        i0 = ch * n // NCHUNK
+        i1 = (ch + 1) * n // NCHUNK
+        L, U, A = loaded[i0:i1], ulev[i0:i1], assign[i0:i1]  # (slices: see _pass_blocks)
+        for t in range(i1 - i0):
+            if A[t] == a and L[t] == 0:
+                cc[ch, _member_group(U[t], 0, C, bnd, tab, base, T)] += 1
+    start = np.zeros(K * C + 1, np.int64)
+    off = np.empty((NCHUNK, C), np.int64)
+    run = 0
+    for c in range(C):
+        start[a * C + c] = run
+        for ch in range(NCHUNK):
+            off[ch, c] = run
+            run += cc[ch, c]
+    start[(a + 1) * C:] = run
+    mem = np.empty(run, np.int32)
+    for ch in nb.prange(NCHUNK):
+        i0 = ch * n // NCHUNK
+        i1 = (ch + 1) * n // NCHUNK
+        L, U, A = loaded[i0:i1], ulev[i0:i1], assign[i0:i1]
+        w = off[ch].copy()
+        for t in range(i1 - i0):
+            if A[t] == a and L[t] == 0:
+                c = _member_group(U[t], 0, C, bnd, tab, base, T)
+                mem[w[c]] = i0 + t
+                w[c] += 1
+    return start, mem
+
+
 @njit(cache=True)
 def _below(key, u, tk, tu):
     """(key, u) < (tk, tu) lexicographically: whether a never-moved user is in the heap of threshold
@@ -1334,7 +1374,7 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
             q -= 1
         src = y
         if uncertain:
-            if not built:
+            if bnd.shape[0] == 0:
                 nbd = 0
                 bnd = np.empty(2 * K, np.int32)
                 for x in range(K):
@@ -1351,8 +1391,6 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
                             bnd[t] = v
                             nbd += 1
                 bnd = bnd[:nbd]
-                start, mem = _build_members(assign, loaded, K, ulev, bnd)
-                built = True
             rem = 0
             for x in range(K):
                 if e[x] > 0:
@@ -1362,8 +1400,17 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
                     p = path_x[q] * K + path_y[q]
                     m = max(4096, 2 * rem, 2 * batch[p])
                     batch[p] = m
-                    PK, PU = _refill(etv, ulev, lo, hi, assign, loaded, path_x[q], path_y[q], m, start, mem,
-                                     bnd, kappa, TK, TU, PK, PU, hb, hc, hs, top, stats)
+                    a = path_x[q]
+                    if not built and c[a] * 32 >= n:  # the lists of every node, once
+                        start, mem = _build_members(assign, loaded, K, ulev, bnd)
+                        built = True
+                    if built:
+                        PK, PU = _refill(etv, ulev, lo, hi, assign, loaded, a, path_y[q], m, start, mem, bnd,
+                                         kappa, TK, TU, PK, PU, hb, hc, hs, top, stats)
+                    else:  # a small node (under 1/32 of the users) before any big one: its own list
+                        st_a, mem_a = _node_members(assign, loaded, a, K, ulev, bnd)
+                        PK, PU = _refill(etv, ulev, lo, hi, assign, loaded, a, path_y[q], m, st_a, mem_a, bnd,
+                                         kappa, TK, TU, PK, PU, hb, hc, hs, top, stats)
             continue
         # ---- augment one unit at a time while the whole path stays tight
         first = True
