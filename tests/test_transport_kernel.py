@@ -564,3 +564,27 @@ def test_pass_marks_exactly_the_tied_nodes(holdout):
     assert tie[np.flatnonzero(marked), code >> kk].all()  # the best node recorded is one of the tied
     unique = ~marked
     assert (assign[unique] == vals[unique].argmax(axis=1)).all()
+
+
+def test_one_node_member_list_matches_the_full_one():
+    """A refill from a small node lists that node's users alone: the same groups, in the same order, as
+    the member lists of every node, and no user of any other node."""
+    from eoca.solvers import _transport_kernels as K
+
+    rng = np.random.default_rng(21)
+    n, nodes = 100_000, 6
+    assign = rng.integers(0, nodes, n).astype(np.int32)
+    ulev = rng.integers(-2, 6, n).astype(np.int32)
+    loaded = (rng.random(n) < 0.1).astype(np.uint8)  # users that moved are in no list
+    bnd = np.array([np.iinfo(np.int32).min, 0, 1, 3, np.iinfo(np.int32).max], np.int32)
+    C = len(bnd) + 1
+    start, mem = K._build_members(assign, loaded, nodes, ulev, bnd)
+    for a in range(nodes):
+        st_a, mem_a = K._node_members(assign, loaded, a, nodes, ulev, bnd)
+        assert len(mem_a) == ((assign == a) & (loaded == 0)).sum()
+        for g in range(nodes * C):
+            got = mem_a[st_a[g]:st_a[g + 1]]
+            if g // C == a:
+                assert (got == mem[start[g]:start[g + 1]]).all()
+            else:
+                assert len(got) == 0
