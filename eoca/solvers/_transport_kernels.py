@@ -799,25 +799,27 @@ def _member_group(lv, assign_i, C, bnd, tab, base, T):
 
 
 @njit(cache=True, parallel=True)
-def _build_members(assign, loaded, K, ulev, bnd):
+def _build_members(assign, loaded, K, ulev, bnd, only=-1):
     """Unloaded users grouped by node and, inside a node, by level code (see :func:`_code`; every node
     is allowed to all or none of a code's users), increasing user index inside a group (CSR: group
-    ``a * C + c`` with C = len(bnd) + 1). A user's code is one lookup in :func:`_code_table`. Built in
-    parallel over fixed chunks of users (each user's group noted and counted, then the users placed at
-    offsets in chunk order), so the order is the same for any number of threads."""
+    ``a * C + c`` with C = len(bnd) + 1). With ``only`` >= 0, the users of that node alone (every other
+    node's groups empty). A user's code is one lookup in :func:`_code_table`. Built in parallel over fixed
+    chunks of users (each user's group noted and counted, then the users placed at offsets in chunk
+    order), so the order is the same for any number of threads."""
     n = assign.shape[0]
     C = bnd.shape[0] + 1
     G = K * C  # < 2**16: K <= 52 nodes, at most 2 * K bounds
     tab, base = _code_table(bnd)
     T = tab.shape[0]
-    gid = np.empty(n, np.uint16)  # group of each user (G: moved, in no group)
+    gid = np.empty(n, np.uint16)  # group of each user (G: moved or not listed, in no group)
     cc = np.zeros((NCHUNK, G + 1), np.int64)
     for ch in nb.prange(NCHUNK):
         i0 = ch * n // NCHUNK
         i1 = (ch + 1) * n // NCHUNK
         L, U, A, GI = loaded[i0:i1], ulev[i0:i1], assign[i0:i1], gid[i0:i1]  # (slices: see _pass_blocks)
         for t in range(i1 - i0):
-            GI[t] = _member_group(U[t], A[t], C, bnd, tab, base, T) if L[t] == 0 else G
+            listed = L[t] == 0 and (only < 0 or A[t] == only)
+            GI[t] = _member_group(U[t], A[t], C, bnd, tab, base, T) if listed else G
         loc = np.zeros(G + 1, np.int64)
         for t in range(i1 - i0):
             loc[GI[t]] += 1
@@ -844,44 +846,11 @@ def _build_members(assign, loaded, K, ulev, bnd):
     return start, mem
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _node_members(assign, loaded, a, K, ulev, bnd):
-    """:func:`_build_members` for node a alone (the groups of every other node empty): for a refill from a
-    small node before the lists of all nodes are needed, one scan of the assignment that places only
-    node a's users."""
-    n = assign.shape[0]
-    C = bnd.shape[0] + 1
-    tab, base = _code_table(bnd)
-    T = tab.shape[0]
-    cc = np.zeros((NCHUNK, C), np.int64)
-    for ch in nb.prange(NCHUNK):
-        i0 = ch * n // NCHUNK
-        i1 = (ch + 1) * n // NCHUNK
-        L, U, A = loaded[i0:i1], ulev[i0:i1], assign[i0:i1]  # (slices: see _pass_blocks)
-        for t in range(i1 - i0):
-            if A[t] == a and L[t] == 0:
-                cc[ch, _member_group(U[t], 0, C, bnd, tab, base, T)] += 1
-    start = np.zeros(K * C + 1, np.int64)
-    off = np.empty((NCHUNK, C), np.int64)
-    run = 0
-    for c in range(C):
-        start[a * C + c] = run
-        for ch in range(NCHUNK):
-            off[ch, c] = run
-            run += cc[ch, c]
-    start[(a + 1) * C:] = run
-    mem = np.empty(run, np.int32)
-    for ch in nb.prange(NCHUNK):
-        i0 = ch * n // NCHUNK
-        i1 = (ch + 1) * n // NCHUNK
-        L, U, A = loaded[i0:i1], ulev[i0:i1], assign[i0:i1]
-        w = off[ch].copy()
-        for t in range(i1 - i0):
-            if A[t] == a and L[t] == 0:
-                c = _member_group(U[t], 0, C, bnd, tab, base, T)
-                mem[w[c]] = i0 + t
-                w[c] += 1
-    return start, mem
+    """:func:`_build_members` for node a alone: for a refill from a small node before the lists of all
+    nodes are needed."""
+    return _build_members(assign, loaded, K, ulev, bnd, a)
 
 
 @njit(cache=True)
@@ -1173,8 +1142,8 @@ def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats, one_p, 
                             one_k[q] = key
                         cc[ch, p] += 1
                         new += 1
-            if not fill:
-                one_p[q] = -1 if new == 0 else (one_p[q] if new == 1 else -2)
+            if not fill and new != 1:
+                one_p[q] = -1 if new == 0 else -2
             if new > 0:
                 users[ch] += 1
     if fill:
@@ -1402,7 +1371,7 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
                     batch[p] = m
                     a = path_x[q]
                     if not built and c[a] * 32 >= n:  # the lists of every node, once
-                        start, mem = _build_members(assign, loaded, K, ulev, bnd)
+                        start, mem = _build_members(assign, loaded, K, ulev, bnd, -1)
                         built = True
                     if built:
                         PK, PU = _refill(etv, ulev, lo, hi, assign, loaded, a, path_y[q], m, start, mem, bnd,
