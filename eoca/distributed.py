@@ -451,11 +451,13 @@ def solve_exact(
         step = max(T._SAMPLE_STEP, -(-n // sample_users))
         sub = np.ascontiguousarray(_compute([etv[::step]], progress)[0], dtype=np.float64)
         sul = np.ascontiguousarray(ul[::step])
-        dm = T._block_sample_demands(levels.counts(sul), levels.fcode, dmin, dmax_r, holdout, len(sul) / n,
-                                     levels.tight)
+        sub_counts = levels.counts(sul)
+        ratio = T._code_ratios(sub_counts, levels.user_counts, levels.fcode, dmin, len(sul) / n)
+        dm = T._block_sample_demands(sub_counts, levels.fcode, dmin, dmax_r, holdout, ratio, levels.tight)
         if dm is not None:
             info = {"sample_levels": [], "level_seconds": []}
-            lam_s, _a, st_s, _s = T._solve_level(sub, sul, lo, hi, dm[0], dm[1], holdout, levels, deadline, info)
+            lam_s, _a, st_s, _s = T._solve_level(sub, sul, lo, hi, dm[0], dm[1], holdout, levels, deadline, info,
+                                                 code_counts=sub_counts)
             if st_s != K.STATUS_INFEASIBLE:
                 lam0 = lam_s - lam_s[k]
         stats["sample_users"] = len(sul)

@@ -588,3 +588,26 @@ def test_one_node_member_list_matches_the_full_one():
                 assert (got == mem[start[g]:start[g + 1]]).all()
             else:
                 assert len(got) == 0
+
+
+def test_sample_demands_keep_each_risk_levels_share():
+    """The warm prices come from a sample whose demands follow its own users per risk level: the sample's
+    funds at risk code >= t get the full demand there times the share of the full problem's users at code
+    >= t that the sample holds. (With one scale for all funds, a sample that happens to hold 6% more
+    high-tolerance users would see a slack at the top that the full problem does not have.)"""
+    from eoca.solvers._transport import _block_sample_demands, _code_ratios
+
+    full = np.array([0, 5_000, 3_000, 2_000])  # users per code 1..3 (code 0: none)
+    sample = np.array([0, 480, 290, 230])  # a 10% sample, heavy at the top
+    fcode = np.array([1, 1, 2, 3, 3, 0])  # the last fund is closed
+    dmin = np.array([3_000, 2_000, 2_900, 1_100, 900, 0])
+    ratio = _code_ratios(sample, full, fcode, dmin, 0.1)
+    at_s = np.cumsum(sample[::-1])[::-1]
+    at_f = np.cumsum(full[::-1])[::-1]
+    for t in (1, 2, 3):
+        got = (ratio * dmin)[fcode >= t].sum()
+        assert got == pytest.approx(at_s[t] / at_f[t] * dmin[fcode >= t].sum())
+    assert ratio[fcode == 3] == pytest.approx(0.115)
+    smin, smax = _block_sample_demands(sample, fcode, dmin, dmin, False, ratio, np.zeros(0, np.int64))
+    # the top funds' slack (users at code 3 minus their demand) is the full problem's, 0, up to rounding
+    assert abs(int(smin[fcode == 3].sum()) - 230) <= 2 and smin.sum() <= 1_000 <= smax.sum()

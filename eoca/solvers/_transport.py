@@ -9,9 +9,11 @@ The problem is a transportation problem whose dual has one price per fund. Add a
 every user, price fixed to 0 in the output): held-out users sit at T, and fund j sends ``f_j`` units to T
 with ``min_j <= f_j <= max_j``, which turns demand ranges into ordinary arcs j -> T and T -> j.
 
-1. **Warm prices from a sample.** The same problem on every 10th user, with demands scaled by 1/10 and
-   widened to [floor, ceil] and then repaired until the sample is feasible, is solved recursively (down to
-   a few thousand users); its prices start the full solve.
+1. **Warm prices from a sample.** The same problem on every 10th user, with demands scaled by the
+   sample's share of the users at each risk level and above (so the sample keeps the full problem's slack
+   at every risk boundary, which sets the prices across levels), widened to [floor, ceil] and then
+   repaired until the sample is feasible, is solved recursively (down to a few thousand users); its prices
+   start the full solve.
 2. **One pass over the grid** (parallel over fixed blocks of users, so the output never depends on the
    number of threads) puts each user at its best node under those prices, counts users per node, and
    records each user's gap to its second-best node. A user whose best nodes tie (within a relative
@@ -193,9 +195,35 @@ def _sample_demands(code_counts, fcode, dmin, dmax, holdout, ratio):
     return smin, smax
 
 
+def _code_ratios(sample_counts, full_counts, fcode, dmin, ratio):
+    """The scale of each fund's demand in a sample, per risk code: the sample's funds at code >= t get
+    (together) the share of the full demand that the sample's users at code >= t are of the full problem's.
+
+    With one ratio for every fund, the sample's slack at a risk boundary (its users at code >= t minus the
+    demand there) would carry the sampling noise of its level counts, which on nearly tight levels is as
+    large as the slack itself, and the warm prices across levels would be far off. Funds of code 0 (closed)
+    keep ``ratio``."""
+    m = len(full_counts) - 1
+    at_s = np.append(np.cumsum(sample_counts[::-1])[::-1], 0).astype(np.float64)
+    at_f = np.append(np.cumsum(full_counts[::-1])[::-1], 0).astype(np.float64)
+    cum = np.zeros(m + 2)  # the sample's demand_min at code >= t
+    eq = np.zeros(m + 2)  # the full demand_min at code == t
+    for t in range(1, m + 1):
+        share = at_s[t] / at_f[t] if at_f[t] > 0 else ratio
+        cum[t] = share * float(dmin[fcode >= t].sum())
+        eq[t] = float(dmin[fcode == t].sum())
+    rho = np.full(m + 1, float(ratio))
+    for t in range(1, m + 1):
+        if eq[t] > 0:
+            rho[t] = max(0.0, cum[t] - cum[t + 1]) / eq[t]
+    return rho[fcode]
+
+
 def _block_sample_demands(code_counts, fcode, dmin, dmax, holdout, ratio, tight):
     """:func:`_sample_demands` block by block: the tight codes split users and funds into blocks that
-    exchange nobody (block 0 also holds the held-out node); returns None if a block can't be repaired."""
+    exchange nobody (block 0 also holds the held-out node); returns None if a block can't be repaired.
+    ``ratio`` is one scale for every fund's demands or one per fund."""
+    ratio = np.broadcast_to(np.asarray(ratio, np.float64), dmin.shape)
     bounds = [1] + [int(t) for t in tight] + [len(code_counts)]
     smin = np.zeros_like(dmin)
     smax = np.zeros_like(dmax)
@@ -208,7 +236,7 @@ def _block_sample_demands(code_counts, fcode, dmin, dmax, holdout, ratio, tight)
         else:
             cc = np.concatenate([[0], code_counts[c0:c1]])
             fc = fcode[sel] - c0 + 1
-        dm = _sample_demands(cc, fc, dmin[sel], dmax[sel], holdout and b == 0, ratio)
+        dm = _sample_demands(cc, fc, dmin[sel], dmax[sel], holdout and b == 0, ratio[sel])
         if dm is None:
             return None
         smin[sel], smax[sel] = dm
@@ -230,6 +258,7 @@ class _Levels:
         self.fcode = np.zeros(len(fl), np.int64)
         self.fcode[self.open] = np.searchsorted(self.levels, fl[self.open]) + 1
         self.tight = np.zeros(0, np.int64)  # tight codes, increasing
+        self.user_counts = None  # users per code (set by prepare_nodes)
 
     def counts(self, ul):
         return K.level_counts(ul, self.levels)
@@ -245,8 +274,9 @@ class _Levels:
         return np.searchsorted(self.tight, codes, side="right")
 
 
-def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, warm=True):
-    """Prices and assignment of one level of the recursion. Returns (lam, assign, status, repair stats)."""
+def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, warm=True, code_counts=None):
+    """Prices and assignment of one level of the recursion. Returns (lam, assign, status, repair stats).
+    ``code_counts``: the users per risk code (:meth:`_Levels.counts` of ``ul``), if already known."""
     n, k = etv.shape
     t0 = time.perf_counter()
     lam0 = np.zeros(k + 1)
@@ -255,10 +285,14 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
         # read it about as fast
         sub = etv[::_SAMPLE_STEP]
         sul = np.ascontiguousarray(ul[::_SAMPLE_STEP])
-        dm = _block_sample_demands(levels.counts(sul), levels.fcode, dmin, dmax, holdout, len(sul) / n,
-                                   levels.tight)
+        if code_counts is None:
+            code_counts = levels.counts(ul)
+        sub_counts = levels.counts(sul)
+        ratio = _code_ratios(sub_counts, code_counts, levels.fcode, dmin, len(sul) / n)
+        dm = _block_sample_demands(sub_counts, levels.fcode, dmin, dmax, holdout, ratio, levels.tight)
         if dm is not None:
-            lam_s, _a, st, _s = _solve_level(sub, sul, lo, hi, dm[0], dm[1], holdout, levels, deadline, info)
+            lam_s, _a, st, _s = _solve_level(sub, sul, lo, hi, dm[0], dm[1], holdout, levels, deadline, info,
+                                             code_counts=sub_counts)
             if st != K.STATUS_INFEASIBLE:
                 lam0 = lam_s - lam_s[k]
         del sub, sul
@@ -362,6 +396,7 @@ def prepare_nodes(ul, fl, dmin, dmax, holdout):
     k = len(fl)
     levels = _Levels(fl, dmax)
     code_counts = levels.counts(ul)
+    levels.user_counts = code_counts
     msg = _feasibility(code_counts, levels.fcode, dmin, dmax, holdout)
     if msg is not None:
         raise ValueError(f"infeasible instance: {msg}")
@@ -418,7 +453,8 @@ def solve_transport(etv, user_level, fund_level, demand_min, demand_max, holdout
     info = {"sample_levels": [], "level_seconds": []}
     if n == 0:
         return TransportSolution(np.empty(0, np.int32), np.zeros(k), "optimal", {"total_s": 0.0})
-    lam, assign, status, st = _solve_level(etv, ul, lo, hi, dmin, dmax_r, holdout, levels, deadline, info)
+    lam, assign, status, st = _solve_level(etv, ul, lo, hi, dmin, dmax_r, holdout, levels, deadline, info,
+                                           code_counts=levels.user_counts)
     if status == K.STATUS_INFEASIBLE:
         raise ValueError("infeasible instance: no way to meet every demand was found")
     prices = lam[:k] - lam[k]

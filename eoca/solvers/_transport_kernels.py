@@ -820,10 +820,19 @@ def _build_members(assign, loaded, K, ulev, bnd, only=-1):
         for t in range(i1 - i0):
             listed = L[t] == 0 and (only < 0 or A[t] == only)
             GI[t] = _member_group(U[t], A[t], C, bnd, tab, base, T) if listed else G
-        loc = np.zeros(G + 1, np.int64)
-        for t in range(i1 - i0):
-            loc[GI[t]] += 1
-        cc[ch] = loc
+        # four interleaved counts: with ``only`` most users share group G, and one counter would make each
+        # increment wait for the one before (3x slower)
+        loc = np.zeros((4, G + 1), np.int64)
+        m = i1 - i0
+        for t in range(0, m - 3, 4):
+            loc[0, GI[t]] += 1
+            loc[1, GI[t + 1]] += 1
+            loc[2, GI[t + 2]] += 1
+            loc[3, GI[t + 3]] += 1
+        for t in range(m - m % 4, m):
+            loc[0, GI[t]] += 1
+        for g in range(G + 1):
+            cc[ch, g] = loc[0, g] + loc[1, g] + loc[2, g] + loc[3, g]
     start = np.zeros(G + 1, np.int64)
     off = np.empty((NCHUNK, G), np.int64)
     for g in range(G):
