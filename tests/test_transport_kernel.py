@@ -209,6 +209,27 @@ def test_matches_lp_optimum(seed, holdout, ranges):
                                                            rel=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_newton_step_on_random_instances(monkeypatch, seed):
+    """The Newton step on the prices, on random instances of every kind (float, few values, mostly zeros;
+    exact demands and ranges; 2-8 funds over random risk levels): certified optimal, and the same optimum
+    as without the step. On float grids with exact demands the step is taken."""
+    import eoca.solvers._transport as T
+
+    rng = np.random.default_rng(100 + seed)
+    kind = ["float", "few", "zeros"][seed % 3]
+    ranges = seed % 2 == 1
+    n, k = 60_000, int(rng.integers(2, 9))
+    etv, ul, fl, dmin, dmax = random_instance(rng, n, k, holdout=False, ranges=ranges, kind=kind)
+    monkeypatch.setattr(T, "_NEWTON_USERS", 50_000)
+    sol = solve_and_check(etv, ul, fl, dmin, dmax, False)
+    if kind == "float" and not ranges:
+        assert sol.stats["initial_excess"] * 3 < sol.stats["pass_excess"], sol.stats
+    monkeypatch.setattr(T, "_NEWTON_USERS", 10**12)
+    without = solve_and_check(etv, ul, fl, dmin, dmax, False)
+    assert objective(etv, sol.assignment) == pytest.approx(objective(etv, without.assignment), rel=1e-12)
+
+
 def test_recursive_sample_levels_are_used():
     rng = np.random.default_rng(7)
     etv, ul, fl, dmin, dmax = random_instance(rng, 60_000, 5, levels=2, ranges=True)
@@ -611,3 +632,63 @@ def test_sample_demands_keep_each_risk_levels_share():
     smin, smax = _block_sample_demands(sample, fcode, dmin, dmin, False, ratio, np.zeros(0, np.int64))
     # the top funds' slack (users at code 3 minus their demand) is the full problem's, 0, up to rounding
     assert abs(int(smin[fcode == 3].sum()) - 230) <= 2 and smin.sum() <= 1_000 <= smax.sum()
+
+
+@pytest.mark.parametrize("family,ranges", [("matching", False), ("fighting", False), ("matching", True)])
+def test_newton_step_on_the_prices_keeps_the_optimum(monkeypatch, family, ranges):
+    """After the pass, a Newton step on the prices moves the users it concerns and leaves the repair a far
+    smaller imbalance; the result is the same optimum, with a certificate, as without the step."""
+    import eoca.solvers._transport as T
+    from eoca.instances import synthetic_problem
+
+    c = synthetic_problem(300_000, 8, family=family, seed=3).compile()
+    dmin, dmax = c.demand_min, c.demand_max
+    if ranges:  # demand ranges: the step aims at the bound each price sets
+        dmin, dmax = (dmin * 0.98).astype(np.int64), (dmax * 1.02).astype(np.int64)
+    args = (c.etv, c.user_level, c.fund_level, dmin, dmax, c.holdout)
+    with_step = solve_and_check(*args)
+    st_ = with_step.stats
+    assert st_["initial_excess"] * 3 < st_["pass_excess"], st_
+    monkeypatch.setattr(T, "_NEWTON_USERS", 10**12)
+    without = solve_and_check(*args)
+    assert without.stats["initial_excess"] == without.stats["pass_excess"]
+    assert objective(c.etv, with_step.assignment) == pytest.approx(objective(c.etv, without.assignment), rel=1e-12)
+
+
+def test_best_nodes_and_arc_density_match_their_definitions():
+    """The two scans of the Newton step against numpy: each listed user moves to its best allowed node
+    (first of equal ones) with the gap to its second best, and the density counts, per pair of nodes, the
+    users whose reduced key is below the threshold."""
+    from eoca.solvers import _transport_kernels as K
+
+    rng = np.random.default_rng(5)
+    n, k = 20_000, 5
+    etv = np.round(rng.gamma(1.0, 10.0, size=(n, k)), 2)
+    ulev = rng.integers(1, 4, n).astype(np.int32)
+    lo = np.array([1, 1, 2, 3, 3, np.iinfo(np.int32).max], np.int32)
+    hi = np.full(k + 1, np.iinfo(np.int32).max, np.int32)
+    lam = np.append(rng.normal(0, 3, k), 0.0)
+    vals = np.where((lo[None, :] <= ulev[:, None]) & (ulev[:, None] < hi[None, :]),
+                    np.append(etv, np.zeros((n, 1)), axis=1) - lam, -np.inf)
+    assign = vals.argmax(axis=1).astype(np.int32)
+    users = np.sort(rng.choice(n, 5_000, replace=False)).astype(np.int32)
+    reduced = vals[users, assign[users]][:, None] - vals[users]
+    theta = 4.0
+    want = np.zeros((k + 1, k + 1), np.int64)
+    below = (reduced < theta) & (np.arange(k + 1)[None, :] != assign[users][:, None])  # (not allowed: inf)
+    np.add.at(want, (np.repeat(assign[users], k + 1), np.tile(np.arange(k + 1), len(users))), below.ravel())
+    assert (K.arc_density(etv, ulev, lo, hi, lam, assign, users, theta, 1) == want).all()
+
+    lam2 = lam + rng.normal(0, 2, k + 1)
+    vals2 = vals + lam - lam2
+    old = np.empty(len(users), np.int32)
+    gap1 = np.empty(len(users))
+    a0 = assign.copy()
+    moved = K.best_nodes(etv, ulev, lo, hi, lam2, assign, users, old, gap1)
+    best = vals2[users].argmax(axis=1)
+    srt = np.sort(vals2[users], axis=1)
+    assert (assign[users] == best).all() and (old == a0[users]).all()
+    assert np.allclose(gap1, srt[:, -1] - srt[:, -2])
+    assert (moved == np.bincount(best, minlength=k + 1) - np.bincount(a0[users], minlength=k + 1)).all()
+    others = np.setdiff1d(np.arange(n), users)
+    assert (assign[others] == a0[others]).all()

@@ -1481,6 +1481,113 @@ def best_values(etv, ulev, funds, fund_lo, assign, lam):
 
 
 @njit(cache=True, parallel=True)
+def arc_density(etv, ulev, lo, hi, lam, assign, cand, theta, step):
+    """``W[a, z]``: among every ``step``-th user of ``cand``, those at node a whose reduced key towards an
+    allowed node z under ``lam`` (``value(a) - lam[a] - value(z) + lam[z]``) is below ``theta``. Every user
+    with such a key has a gap below theta, so with ``cand`` every user whose gap is below theta,
+    ``step * W / theta`` estimates how many users per unit of price would move from a to z if a's price
+    rose against z's. (In parallel over fixed chunks; the rows are prefetched.)"""
+    k = etv.shape[1]
+    K = k + 1
+    m = (cand.shape[0] + step - 1) // step
+    cc = np.zeros((NCHUNK, K * K), np.int64)
+    for ch in nb.prange(NCHUNK):
+        q0 = ch * m // NCHUNK
+        q1 = (ch + 1) * m // NCHUNK
+        for q in range(q0, q1):
+            if q + _AHEAD < q1:
+                _fetch_user(etv, ulev, assign, cand[(q + _AHEAD) * step])
+            u = cand[q * step]
+            a = assign[u]
+            lv = ulev[u]
+            ra = _val(etv, u, a, k) - lam[a]
+            for z in range(K):
+                if z != a and lo[z] <= lv and lv < hi[z]:
+                    if ra - (_val(etv, u, z, k) - lam[z]) < theta:
+                        cc[ch, a * K + z] += 1
+    W = np.zeros((K, K), np.int64)
+    for ch in range(NCHUNK):
+        for p in range(K * K):
+            W[p // K, p % K] += cc[ch, p]
+    return W
+
+
+@njit(cache=True, parallel=True)
+def best_nodes(etv, ulev, lo, hi, lam, assign, cand, old, gap1):
+    """Move each user of ``cand`` to its best allowed node under ``lam`` (the first of equal ones), in
+    place in ``assign``; its former node goes to ``old`` and the gap to its second-best node under
+    ``lam`` to ``gap1`` (float64). Returns the change of the node counts. (In parallel over fixed
+    chunks; the rows are prefetched.)"""
+    k = etv.shape[1]
+    K = k + 1
+    m = cand.shape[0]
+    cc = np.zeros((NCHUNK, K), np.int64)
+    for ch in nb.prange(NCHUNK):
+        q0 = ch * m // NCHUNK
+        q1 = (ch + 1) * m // NCHUNK
+        for q in range(q0, q1):
+            if q + _AHEAD < q1:
+                _fetch_user(etv, ulev, assign, cand[q + _AHEAD])
+            u = cand[q]
+            lv = ulev[u]
+            b1 = -np.inf
+            b2 = -np.inf
+            j1 = assign[u]
+            for z in range(K):
+                if lo[z] <= lv and lv < hi[z]:
+                    v = _val(etv, u, z, k) - lam[z]
+                    if v > b1:
+                        b2 = b1
+                        b1 = v
+                        j1 = z
+                    elif v > b2:
+                        b2 = v
+            old[q] = assign[u]
+            cc[ch, assign[u]] -= 1
+            cc[ch, j1] += 1
+            assign[u] = j1
+            gap1[q] = b1 - b2
+    d = np.zeros(K, np.int64)
+    for ch in range(NCHUNK):
+        for z in range(K):
+            d[z] += cc[ch, z]
+    return d
+
+
+def gaps_below(gap, hist, theta):
+    """Users whose gap (from the pass) is below ``theta``, rounded up to a bin of the pass's histogram
+    ``hist`` (see :func:`_gap_bin`): returns (the bin's upper edge, those users in increasing order)."""
+    nbin = _bins_below(hist, theta)
+    return _bin_edge(nbin), _select_by_bins(gap, hist, nbin, 0)
+
+
+def _bins_below(hist, theta):
+    """Number of histogram bins that hold every gap below ``theta``."""
+    bits = int(np.array([theta], np.float32).view(np.uint32)[0]) & 0x7FFFFFFF
+    return min((bits >> 20) + 1, hist.shape[1])
+
+
+def _bin_edge(nbin):
+    """Upper edge of bin ``nbin - 1``: every gap in a bin < nbin is below it."""
+    return float(np.array([nbin << 20], np.uint32).view(np.float32)[0])
+
+
+@njit(cache=True)
+def users_below(users, gaps, bound):
+    """The users of ``users`` whose entry of ``gaps`` is below ``bound``, in the same order."""
+    cnt = 0
+    for q in range(users.shape[0]):
+        cnt += gaps[q] < bound
+    out = np.empty(cnt, np.int32)
+    cnt = 0
+    for q in range(users.shape[0]):
+        if gaps[q] < bound:
+            out[cnt] = users[q]
+            cnt += 1
+    return out
+
+
+@njit(cache=True, parallel=True)
 def to_output(assign, k):
     """Node T becomes -1 in place."""
     n = assign.shape[0]
