@@ -533,7 +533,7 @@ def solve_exact(
             status = K.STATUS_INFEASIBLE
         elif m:
             status, st = K.repair(g_etv, g_ul, lo, hi, sdmin, sdmax, lam, g_assign, g_counts,
-                                  np.arange(m, dtype=np.int32), math.inf, 0.0, deadline)
+                                  np.arange(m, dtype=np.int32), np.full((k + 1) ** 2, math.inf), 0.0, deadline)
             status = int(status)
             rs["moved"] = int(st[K.ST_MOVED])
         rs["repair_s"] = time.perf_counter() - t0

@@ -657,8 +657,9 @@ def test_newton_step_on_the_prices_keeps_the_optimum(monkeypatch, family, ranges
 
 def test_best_nodes_and_arc_density_match_their_definitions():
     """The two scans of the Newton step against numpy: each listed user moves to its best allowed node
-    (first of equal ones) with the gap to its second best, and the density counts, per pair of nodes, the
-    users whose reduced key is below the threshold."""
+    (first of equal ones) with the gap to its second best (and those whose gap is below their new node's
+    bound are listed for the first load), and the density counts, per pair of nodes, the users whose
+    reduced key is below the threshold."""
     from eoca.solvers import _transport_kernels as K
 
     rng = np.random.default_rng(5)
@@ -684,11 +685,25 @@ def test_best_nodes_and_arc_density_match_their_definitions():
     old = np.empty(len(users), np.int32)
     gap1 = np.empty(len(users))
     a0 = assign.copy()
-    moved = K.best_nodes(etv, ulev, lo, hi, lam2, assign, users, old, gap1)
+    below = rng.uniform(0, 5, k + 1)
+    moved, first = K.best_nodes(etv, ulev, lo, hi, lam2, assign, users, old, gap1, below)
     best = vals2[users].argmax(axis=1)
     srt = np.sort(vals2[users], axis=1)
     assert (assign[users] == best).all() and (old == a0[users]).all()
     assert np.allclose(gap1, srt[:, -1] - srt[:, -2])
+    assert (first == users[gap1 < below[best]]).all() and 0 < len(first) < len(users)
     assert (moved == np.bincount(best, minlength=k + 1) - np.bincount(a0[users], minlength=k + 1)).all()
     others = np.setdiff1d(np.arange(n), users)
     assert (assign[others] == a0[others]).all()
+
+
+def test_gaps_below_node_lists_each_users_own_limit():
+    """The Newton step reads the users whose gap is below their own node's limit, in index order."""
+    from eoca.solvers import _transport_kernels as K
+
+    rng = np.random.default_rng(8)
+    gap = rng.exponential(1.0, 100_001).astype(np.float32)
+    assign = rng.integers(0, 6, len(gap)).astype(np.int32)
+    limit = np.array([0.0, 0.1, 0.5, 1.0, 3.0, np.inf])
+    got = K.gaps_below_node(gap, assign, limit)
+    assert (got == np.flatnonzero(gap < limit[assign])).all()

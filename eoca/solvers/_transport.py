@@ -22,15 +22,15 @@ with ``min_j <= f_j <= max_j``, which turns demand ranges into ordinary arcs j -
    identical users) exactly tied users no longer pile onto one fund, so the imbalance left to the repair
    is about as small as on a continuous grid, and so are the heaps (the memory on top of the grid).
    **A Newton step on the prices** (instances of 50k users or more, without holdout): the sample's prices
-   leave an imbalance that is mostly a small error in a few price differences. How many users move per
-   unit of price between two nodes is read off the reduced keys of the users with the smallest gaps
-   (on a systematic part of them), and the linear model (a graph Laplacian on the k + 1 nodes) is solved
-   for the price change that meets every demand. Every user whose gap is below that change plus a
-   margin goes to its best node under the new prices; no other user's best node can change, so each
-   user again sits at a best node. The step is kept only if it shrinks the imbalance by 30% (at 1M
-   users it typically cuts it by 10-40x). It is cut down so that it reads at most 3x the first load's
-   users, and skipped where that would leave less than half of it (nearly tight risk levels, where a few
-   users set the prices across levels).
+   leave an imbalance that is mostly a small error in a few price differences (on nearly tight risk
+   levels, where a few users set the prices across levels, a large one). How many users move per unit
+   of price between two nodes is read off the reduced keys of the users with the smallest gaps (on a
+   systematic part of them), and the linear model (a graph Laplacian on the k + 1 nodes) is solved for
+   the price change that meets every demand. A user can change its best node only if its gap is below
+   the largest rise of its node's price against a node it may take: every user whose gap is below that
+   plus a margin goes to its best node under the new prices, so each user again sits at a best node.
+   The step is kept only if it shrinks the imbalance by 30% (at 1M users it typically cuts it by
+   10-40x), and halved while it would read more than a third of the users.
 3. **Successive shortest paths on the (k + 1)-node graph** (Johnson potentials = prices) move users from
    over-full to under-full nodes. The arc a -> b costs the cheapest move of a user sitting at a; its
    candidates are kept in a heap per ordered pair ordered by the price-free key
@@ -85,9 +85,7 @@ _BASE_USERS = 2_000
 # the Newton step on the prices after the pass (see _newton_step)
 _NEWTON_USERS = 50_000  # below, the repair costs less than the step
 _DENSITY_USERS = 16_384  # about this many users estimate how the node counts move with the prices
-_MARGIN = 0.25  # of the first load's gap: users whose new gap is below it are the repair's first load
-_WIDE = 3  # the step reads at most this many times the first load's users
-_MIN_SCALE = 0.5  # a step that must be cut down further gains less than it costs
+_MARGIN = 0.25  # of the first load's gap: every user outside the step's reach keeps a gap of at least this
 
 
 @dataclass(frozen=True)
@@ -333,10 +331,11 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     pass_excess = excess
     theta0, cand = K.select_initial(gap, target, hist)
     th = abs(theta0) if math.isfinite(theta0) else 0.0
+    theta = np.full((k + 1) ** 2, theta0)  # per arc: every user outside cand has reduced keys >= theta
     if n >= _NEWTON_USERS and not holdout and excess > 0 and math.isfinite(theta0) and theta0 > 0:
-        step = _newton_step(etv, ul, lo, hi, f, lam0, assign, counts, cand, theta0, gap, hist, excess)
+        step = _newton_step(etv, ul, lo, hi, f, lam0, assign, counts, cand, theta0, gap, excess)
         if step is not None:
-            lam, excess, cand, theta0, th = step
+            lam, excess, cand, theta, th = step
     del hist, gap
     # non-candidates have gap >= theta0 (float32) under lam: key_ab >= theta0 + lam_a - lam_b - tol, where
     # tol covers the rounding of the pass; every allowed etv is at most smax + max|lam|
@@ -344,7 +343,7 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     lam_abs = max(float(np.abs(lam0).max()), float(np.abs(lam).max()))
     tol = 2e-12 * (float(smax) + 2.0 * lam_abs + th) + 1e-6 * th + 1e-300
     t2 = time.perf_counter()
-    status, st = K.repair(etv, ul, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol, deadline)
+    status, st = K.repair(etv, ul, lo, hi, dmin, dmax, lam, assign, counts, cand, theta, tol, deadline)
     t3 = time.perf_counter()
     info["level_seconds"].append({"users": n, "sample_s": t1 - t0, "pass_s": t2 - t1, "repair_s": t3 - t2,
                                   "pass_excess": int(pass_excess), "initial_excess": int(excess),
@@ -352,22 +351,22 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     return lam, assign, int(status), st
 
 
-def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap, hist, excess):
+def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap, excess):
     """One Newton step on the prices after the pass: the imbalance left by the sample's prices is mostly
     a small error in a few price differences, and the users it moves all have small gaps.
 
-    ``cand`` holds every user whose gap under ``lam0`` is below ``theta`` (``gap``: every user's, with the
-    pass's histogram ``hist``). Their reduced keys give, per pair of nodes, how many users move per unit
-    of price (:func:`K.arc_density`, on a systematic part of them); the step solves that linear model (a
-    graph Laplacian) for the price change that meets the node counts ``demand`` (scaled down if more than
-    a quarter of the users could change node). No user whose gap is at least that move plus a margin
-    changes its best node; every other one goes to its best node under the new prices
-    (:func:`K.best_nodes`), so each user again sits at a best node and the repair starts from there. Kept
-    only if it shrinks the imbalance by at least 30%; on degenerate grids (exact ties spread by the pass)
-    it often does not, and then nothing is changed.
+    ``cand`` holds every user whose gap under ``lam0`` is below ``theta`` (``gap``: every user's). Their
+    reduced keys give, per pair of nodes, how many users move per unit of price (:func:`K.arc_density`,
+    on a systematic part of them); the step solves that linear model (a graph Laplacian) for the price
+    change that meets the node counts ``demand``. A user at node a can change its best node only if its
+    gap is below the largest rise of a's price against a node it may take; every user whose gap is below
+    that plus a margin goes to its best node under the new prices (:func:`K.best_nodes`), so each user
+    again sits at a best node, and every other one keeps a gap of at least the margin. (Halved while it
+    would read more than a third of the users.) Kept only if it shrinks the imbalance by at least 30%; on
+    degenerate grids (exact ties spread by the pass) it often does not, and then nothing is changed.
 
-    Returns None or (prices, imbalance, the users of smallest gap under them, a bound on every other
-    user's gap, the largest gap read from the pass); ``assign`` and ``counts`` are then updated in place.
+    Returns None or (prices, imbalance, the users whose gap under them is below the margin, the margin,
+    the largest gap limit read); ``assign`` and ``counts`` are then updated in place.
     """
     n = len(gap)
     k1 = len(lam0)
@@ -377,34 +376,39 @@ def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap
     lap = np.diag(w.sum(axis=1)) - w
     e = (counts - np.append(demand, counts[k1 - 1])).astype(np.float64)  # node T: no one, nothing to meet
     delta = np.linalg.lstsq(lap, e, rcond=None)[0]
-    # price differences that matter: between nodes that some user may both take
+    # price rises that matter: of a node against another that some user may take with it
     pair = (np.maximum(lo[:, None], lo[None, :]) < np.minimum(hi[:, None], hi[None, :])) & ~np.eye(k1, dtype=bool)
-    drift = float((delta[:, None] - delta[None, :])[pair].max()) if pair.any() else 0.0
-    if not drift > 0.0:
+    if not pair.any():
         return None
     margin = _MARGIN * theta
-    cum = np.cumsum(hist.sum(axis=0, dtype=np.int64))
-    nbin = K._bins_below(hist, drift + margin)
-    most = min(n // 4, _WIDE * len(cand))
-    if cum[nbin - 1] > most:
-        nbin = int(np.searchsorted(cum, most, side="right"))
-        edge = K._bin_edge(nbin)
-        if edge - margin < _MIN_SCALE * drift:  # a step cut down that far gains less than it costs
+    for _ in range(3):
+        rise = np.maximum(np.where(pair, delta[:, None] - delta[None, :], 0.0).max(axis=1), 0.0)
+        if not rise.max() > 0.0:
             return None
-        delta *= (edge - margin) / drift
-        drift = edge - margin
-    edge, wide = K.gaps_below(gap, hist, drift + margin)
+        limit = rise + margin
+        wide = K.gaps_below_node(gap, assign, limit)
+        if len(wide) <= n // 3:
+            break
+        delta = delta / 2
+    else:
+        return None
     lam1 = lam0 + delta
+    # a user outside wide at a has a reduced key towards b of at least limit[a] - (delta[a] - delta[b])
+    # >= margin under lam1; the repair loads the users of wide whose keys are below that bound, arc by
+    # arc (at most theta: more would load far more users than the repair needs)
+    bound = np.minimum(limit[:, None] - (delta[:, None] - delta[None, :]), theta)
+    bound = np.where(pair, np.maximum(bound, margin), np.inf)
     old = np.empty(len(wide), np.int32)
     gap1 = np.empty(len(wide), np.float64)
-    counts1 = counts + K.best_nodes(etv, ul, lo, hi, lam1, assign, wide, old, gap1)
+    moved, first = K.best_nodes(etv, ul, lo, hi, lam1, assign, wide, old, gap1,
+                                np.where(pair, bound, -np.inf).max(axis=1))
+    counts1 = counts + moved
     excess1 = int(np.maximum(counts1[: k1 - 1] - demand, 0).sum())
     if excess1 > 0.7 * excess:
         assign[wide] = old
         return None
     counts[:] = counts1
-    bound = edge - drift  # every user outside ``wide`` had a gap >= edge under lam0
-    return lam1, excess1, K.users_below(wide, gap1, bound), bound, edge
+    return lam1, excess1, first, bound.ravel(), float(limit.max())
 
 
 def _tight_price_correction(etv, ul, fl, holdout, levels, node_block, dmin, dmax, assign, prices):

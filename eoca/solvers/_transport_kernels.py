@@ -1164,12 +1164,13 @@ def _first_load(etv, ulev, lo, hi, assign, cand, TK, off, PK, PU, stats, one_p, 
 
 
 @njit(cache=True)
-def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol, deadline):
+def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta, tol, deadline):
     """Successive shortest paths on the node graph until every node is balanced.
 
-    ``lam`` (k + 1,) and ``assign`` (n,) are updated in place. ``cand`` are the users loaded first; every
-    other user has gap >= theta0 under the entry prices (``tol`` absorbs rounding). Returns
-    (status, stats).
+    ``lam`` (k + 1,) and ``assign`` (n,) are updated in place. ``cand`` are the users loaded first: a user
+    u at a goes into heap (a, b) iff its reduced key towards b under the entry prices is below
+    ``theta[a * (k + 1) + b]``, and every user not in ``cand`` is known to have a reduced key of at least
+    that (``tol`` absorbs rounding; inf: no bound, every user is in ``cand``). Returns (status, stats).
     """
     n, k = etv.shape
     K = k + 1
@@ -1195,11 +1196,10 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta0, tol
     # load thresholds: a never-moved user u at a is in heap (a, b) iff (key_ab(u), u) < (TK, TU)[a, b]
     # lexicographically; the first one is the bound that every non-candidate is known to respect
     kappa = np.full(K * K, inf)
-    if theta0 < inf:
-        for a in range(K):
-            for b in range(K):
-                if a != b:
-                    kappa[a * K + b] = theta0 + lam[a] - lam[b] - tol
+    for a in range(K):
+        for b in range(K):
+            if a != b and theta[a * K + b] < inf:
+                kappa[a * K + b] = theta[a * K + b] + lam[a] - lam[b] - tol
     TK = kappa.copy()
     TU = np.full(K * K, -1, np.int64)
     PK0 = np.empty(0, np.float64)
@@ -1513,15 +1513,16 @@ def arc_density(etv, ulev, lo, hi, lam, assign, cand, theta, step):
 
 
 @njit(cache=True, parallel=True)
-def best_nodes(etv, ulev, lo, hi, lam, assign, cand, old, gap1):
+def best_nodes(etv, ulev, lo, hi, lam, assign, cand, old, gap1, below):
     """Move each user of ``cand`` to its best allowed node under ``lam`` (the first of equal ones), in
     place in ``assign``; its former node goes to ``old`` and the gap to its second-best node under
-    ``lam`` to ``gap1`` (float64). Returns the change of the node counts. (In parallel over fixed
-    chunks; the rows are prefetched.)"""
+    ``lam`` to ``gap1`` (float64), which is below ``below[node]`` for the users returned second.
+    Returns (the change of the node counts, those users in the order of ``cand``). (In parallel over
+    fixed chunks; the rows are prefetched.)"""
     k = etv.shape[1]
     K = k + 1
     m = cand.shape[0]
-    cc = np.zeros((NCHUNK, K), np.int64)
+    cc = np.zeros((NCHUNK, K + 1), np.int64)
     for ch in nb.prange(NCHUNK):
         q0 = ch * m // NCHUNK
         q1 = (ch + 1) * m // NCHUNK
@@ -1547,43 +1548,53 @@ def best_nodes(etv, ulev, lo, hi, lam, assign, cand, old, gap1):
             cc[ch, j1] += 1
             assign[u] = j1
             gap1[q] = b1 - b2
+            cc[ch, K] += b1 - b2 < below[j1]
     d = np.zeros(K, np.int64)
+    off = np.zeros(NCHUNK + 1, np.int64)
     for ch in range(NCHUNK):
         for z in range(K):
             d[z] += cc[ch, z]
-    return d
+        off[ch + 1] = off[ch] + cc[ch, K]
+    first = np.empty(off[NCHUNK], np.int32)
+    for ch in nb.prange(NCHUNK):
+        w = off[ch]
+        for q in range(ch * m // NCHUNK, (ch + 1) * m // NCHUNK):
+            if gap1[q] < below[assign[cand[q]]]:
+                first[w] = cand[q]
+                w += 1
+    return d, first
 
 
-def gaps_below(gap, hist, theta):
-    """Users whose gap (from the pass) is below ``theta``, rounded up to a bin of the pass's histogram
-    ``hist`` (see :func:`_gap_bin`): returns (the bin's upper edge, those users in increasing order)."""
-    nbin = _bins_below(hist, theta)
-    return _bin_edge(nbin), _select_by_bins(gap, hist, nbin, 0)
-
-
-def _bins_below(hist, theta):
-    """Number of histogram bins that hold every gap below ``theta``."""
-    bits = int(np.array([theta], np.float32).view(np.uint32)[0]) & 0x7FFFFFFF
-    return min((bits >> 20) + 1, hist.shape[1])
-
-
-def _bin_edge(nbin):
-    """Upper edge of bin ``nbin - 1``: every gap in a bin < nbin is below it."""
-    return float(np.array([nbin << 20], np.uint32).view(np.float32)[0])
-
-
-@njit(cache=True)
-def users_below(users, gaps, bound):
-    """The users of ``users`` whose entry of ``gaps`` is below ``bound``, in the same order."""
-    cnt = 0
-    for q in range(users.shape[0]):
-        cnt += gaps[q] < bound
-    out = np.empty(cnt, np.int32)
-    cnt = 0
-    for q in range(users.shape[0]):
-        if gaps[q] < bound:
-            out[cnt] = users[q]
-            cnt += 1
+@njit(cache=True, parallel=True)
+def gaps_below_node(gap, assign, limit):
+    """Users whose gap (from the pass) is below the limit of their node, ``gap[i] < limit[assign[i]]``,
+    in increasing order (counted, then collected, in parallel over fixed chunks)."""
+    n = gap.shape[0]
+    cnt = np.zeros(NCHUNK + 1, np.int64)
+    for c in nb.prange(NCHUNK):
+        G = gap[c * n // NCHUNK:(c + 1) * n // NCHUNK]  # (slices: see _pass_blocks)
+        A = assign[c * n // NCHUNK:(c + 1) * n // NCHUNK]
+        m = 0
+        for t in range(G.shape[0]):
+            m += G[t] < limit[A[t]]
+        cnt[c + 1] = m
+    for c in range(NCHUNK):
+        cnt[c + 1] += cnt[c]
+    tmp = np.empty(cnt[NCHUNK] + NCHUNK, np.int32)  # one slot of slack per chunk: see _select_by_bins
+    for c in nb.prange(NCHUNK):
+        i0 = c * n // NCHUNK
+        G = gap[i0:(c + 1) * n // NCHUNK]
+        A = assign[i0:(c + 1) * n // NCHUNK]
+        w = cnt[c] + c
+        for t in range(G.shape[0]):
+            tmp[w] = i0 + t
+            w += G[t] < limit[A[t]]
+    out = np.empty(cnt[NCHUNK], np.int32)
+    for c in nb.prange(NCHUNK):
+        src = tmp[cnt[c] + c:cnt[c + 1] + c]
+        dst = out[cnt[c]:cnt[c + 1]]
+        for t in range(src.shape[0]):
+            dst[t] = src[t]
     return out
 
 
