@@ -30,7 +30,9 @@ with ``min_j <= f_j <= max_j``, which turns demand ranges into ordinary arcs j -
    the largest rise of its node's price against a node it may take: every user whose gap is below that
    plus a margin goes to its best node under the new prices, so each user again sits at a best node.
    The step is kept only if it shrinks the imbalance by 30% (at 1M users it typically cuts it by
-   10-40x), and halved while it would read more than a third of the users.
+   10-40x); it is halved once, then given up, where it would read more than a third of the users or 6x
+   the users of smallest gap it starts from. The repair's first load then takes, arc by arc, the users
+   whose reduced key is below the bound known for every user the step did not read.
 3. **Successive shortest paths on the (k + 1)-node graph** (Johnson potentials = prices) move users from
    over-full to under-full nodes. The arc a -> b costs the cheapest move of a user sitting at a; its
    candidates are kept in a heap per ordered pair ordered by the price-free key
@@ -86,6 +88,7 @@ _BASE_USERS = 2_000
 _NEWTON_USERS = 50_000  # below, the repair costs less than the step
 _DENSITY_USERS = 16_384  # about this many users estimate how the node counts move with the prices
 _MARGIN = 0.25  # of the first load's gap: every user outside the step's reach keeps a gap of at least this
+_WIDE = 6  # the step reads at most this many times the users of smallest gap it starts from (estimated)
 
 
 @dataclass(frozen=True)
@@ -361,8 +364,10 @@ def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap
     change that meets the node counts ``demand``. A user at node a can change its best node only if its
     gap is below the largest rise of a's price against a node it may take; every user whose gap is below
     that plus a margin goes to its best node under the new prices (:func:`K.best_nodes`), so each user
-    again sits at a best node, and every other one keeps a gap of at least the margin. (Halved while it
-    would read more than a third of the users.) Kept only if it shrinks the imbalance by at least 30%; on
+    again sits at a best node, and every other one keeps a gap of at least the margin. (Halved once, then
+    given up, where it would read more than a third of the users or 6x ``cand``, as estimated from
+    ``cand``: on nearly tight risk levels at 10M users the refills of the repair cost less.) Kept only if
+    it shrinks the imbalance by at least 30%; on
     degenerate grids (exact ties spread by the pass) it often does not, and then nothing is changed.
 
     Returns None or (prices, imbalance, the users whose gap under them is below the margin, the margin,
@@ -381,17 +386,21 @@ def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap
     if not pair.any():
         return None
     margin = _MARGIN * theta
-    for _ in range(3):
+    # users per node below a gap limit, estimated from those below theta (gaps thin out further from 0,
+    # so a linear estimate is high); a step that reads too many is halved once, then given up
+    per_node = np.bincount(assign[cand], minlength=k1)
+    for halve in (False, True):
+        if halve:
+            delta = delta / 2
         rise = np.maximum(np.where(pair, delta[:, None] - delta[None, :], 0.0).max(axis=1), 0.0)
         if not rise.max() > 0.0:
             return None
         limit = rise + margin
-        wide = K.gaps_below_node(gap, assign, limit)
-        if len(wide) <= n // 3:
+        if (per_node * limit).sum() / theta <= min(n // 3, _WIDE * len(cand)):
             break
-        delta = delta / 2
     else:
         return None
+    wide = K.gaps_below_node(gap, assign, limit)
     lam1 = lam0 + delta
     # a user outside wide at a has a reduced key towards b of at least limit[a] - (delta[a] - delta[b])
     # >= margin under lam1; the repair loads the users of wide whose keys are below that bound, arc by
