@@ -320,19 +320,22 @@ def test_fund_with_zero_demand_takes_nobody():
     assert not np.isin(sol.assignment, [2, 3]).any()
 
 
-def test_empty_funds_are_priced_at_what_one_user_would_gain():
+@pytest.mark.parametrize("n_empty,holdout", [(2, False), (6, True)])
+def test_empty_funds_are_priced_at_what_one_user_would_gain(n_empty, holdout):
     """A fund that must stay empty gets the smallest price at which no user it allows would rather take
-    it: the ETV its first contracted user would add. Two such funds at different risk levels."""
+    it: the ETV its first contracted user would add. Such funds at different risk levels, few (read fund
+    by fund) or many (read in one pass), with held-out users (value 0) or without."""
     rng = np.random.default_rng(16)
-    n, k = 200_000, 5
+    n, k = 200_000, 3 + n_empty
     etv = rng.random((n, k)) * 100
     ul = rng.integers(0, 3, n).astype(np.int32)
-    fl = np.array([0, 0, 0, 1, 2], np.int32)
-    d = np.array([n // 3, n // 3, n - 2 * (n // 3), 0, 0])
-    sol = solve_and_check(etv, ul, fl, d, d, False)
+    fl = np.array([0, 0, 0] + [1 + j % 2 for j in range(n_empty)], np.int32)
+    d = np.array([n // 3, n // 3, n - 2 * (n // 3)] + [0] * n_empty)
+    dmin = d - d // 10 if holdout else d
+    sol = solve_and_check(etv, ul, fl, dmin, d, holdout)
     a = sol.assignment
-    value = etv[np.arange(n), a] - sol.prices[a]
-    for j in (3, 4):
+    value = np.where(a >= 0, etv[np.arange(n), a] - sol.prices[a], 0.0)
+    for j in range(3, k):
         allowed = ul >= fl[j]
         assert sol.prices[j] == pytest.approx(max(0.0, (etv[allowed, j] - value[allowed]).max()), rel=1e-12)
 

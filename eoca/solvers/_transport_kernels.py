@@ -1446,6 +1446,9 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta, tol,
     return status, stats
 
 
+_FEW_FUNDS = 4  # empty funds that best_values reads the grid once for each
+
+
 @njit(cache=True, parallel=True)
 def best_values(etv, ulev, funds, fund_lo, assign, lam):
     """For each fund j = funds[q]: max over users allowed it (level >= fund_lo[q]) of etv[i, j] - (value of
@@ -1454,17 +1457,26 @@ def best_values(etv, ulev, funds, fund_lo, assign, lam):
     chunks; a maximum does not depend on the order)."""
     n, k = etv.shape
     nf = funds.shape[0]
-    lomin = fund_lo.min() if nf > 0 else 0
     out = np.full((NCHUNK, nf), -np.inf)
     for c in nb.prange(NCHUNK):
         s = c * n // NCHUNK
         e = (c + 1) * n // NCHUNK
         E, U, A = etv[s:e], ulev[s:e], assign[s:e]  # (slices: see _pass_blocks)
-        m = np.full(nf, -np.inf)
+        if nf <= _FEW_FUNDS:  # branch-free, fund by fund: 1.5x faster than skipping users not allowed
+            for q in range(nf):
+                f = funds[q]
+                fl = fund_lo[q]
+                mq = -np.inf
+                for t in range(e - s):
+                    a = max(A[t], 0)
+                    v = E[t, a] - lam[a] if A[t] >= 0 else 0.0
+                    d = E[t, f] - v
+                    mq = max(mq, d if U[t] >= fl else -np.inf)
+                out[c, q] = mq
+            continue
+        m = np.full(nf, -np.inf)  # many funds: one read of each row
         for t in range(e - s):
             lv = U[t]
-            if lv < lomin:
-                continue
             a = A[t]
             v = 0.0 if a < 0 else E[t, a] - lam[a]
             for q in range(nf):
