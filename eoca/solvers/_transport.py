@@ -340,9 +340,9 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
         if step is not None:
             lam, excess, cand, theta, th = step
     del hist, gap
-    # non-candidates have gap >= theta0 (float32) under lam: key_ab >= theta0 + lam_a - lam_b - tol, where
-    # tol covers the rounding of the pass; every allowed etv is at most smax + max|lam|
-    # (ties within 1e-12 relative count as gap 0 in the pass, hence the factor 2)
+    # a non-candidate at a has key_ab >= theta[a, b] + lam_a - lam_b - tol, where tol covers the rounding
+    # of the pass (its gaps are float32; th is the largest gap bound read); every allowed etv is at most
+    # smax + max|lam| (ties within 1e-12 relative count as gap 0 in the pass, hence the factor 2)
     lam_abs = max(float(np.abs(lam0).max()), float(np.abs(lam).max()))
     tol = 2e-12 * (float(smax) + 2.0 * lam_abs + th) + 1e-6 * th + 1e-300
     t2 = time.perf_counter()
@@ -367,11 +367,12 @@ def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap
     again sits at a best node, and every other one keeps a gap of at least the margin. (Halved once, then
     given up, where it would read more than a third of the users or 6x ``cand``, as estimated from
     ``cand``: on nearly tight risk levels at 10M users the refills of the repair cost less.) Kept only if
-    it shrinks the imbalance by at least 30%; on
-    degenerate grids (exact ties spread by the pass) it often does not, and then nothing is changed.
+    it shrinks the imbalance by at least 30%; on degenerate grids (exact ties spread by the pass) it often
+    does not, and then nothing is changed.
 
-    Returns None or (prices, imbalance, the users whose gap under them is below the margin, the margin,
-    the largest gap limit read); ``assign`` and ``counts`` are then updated in place.
+    Returns None or (prices, imbalance, the repair's first load, the per-arc bound (k + 1)**2 on the
+    reduced keys of every user outside it, the largest gap limit read from the pass); ``assign`` and
+    ``counts`` are then updated in place.
     """
     n = len(gap)
     k1 = len(lam0)
