@@ -604,7 +604,7 @@ def test_one_node_member_list_matches_the_full_one():
     C = len(bnd) + 1
     start, mem = K._build_members(assign, loaded, nodes, ulev, bnd)
     for a in range(nodes):
-        st_a, mem_a = K._node_members(assign, loaded, a, nodes, ulev, bnd)
+        st_a, mem_a = K._build_members(assign, loaded, nodes, ulev, bnd, a)
         assert len(mem_a) == ((assign == a) & (loaded == 0)).sum()
         for g in range(nodes * C):
             got = mem_a[st_a[g]:st_a[g + 1]]

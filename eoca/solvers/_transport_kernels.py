@@ -451,13 +451,21 @@ def _select_by_bins(gap, hist, nbin, target):
         for i in range(e0 - s0):
             tmp[w] = s0 + i
             w += _gap_bin(bits[i]) < nbin
-    cand = np.empty(off[nblk], np.int32)
-    for b in nb.prange(nblk):
+    return _pack_runs(tmp, off)
+
+
+@njit(cache=True, parallel=True)
+def _pack_runs(tmp, off):
+    """Pack runs written with one slot of slack per part: part b's ``off[b + 1] - off[b]`` entries start
+    at ``tmp[off[b] + b]`` and go to ``out[off[b]:off[b + 1]]`` (in parallel over the parts)."""
+    nparts = off.shape[0] - 1
+    out = np.empty(off[nparts], np.int32)
+    for b in nb.prange(nparts):
         src = tmp[off[b] + b:off[b + 1] + b]
-        dst = cand[off[b]:off[b + 1]]
+        dst = out[off[b]:off[b + 1]]
         for t in range(src.shape[0]):
             dst[t] = src[t]
-    return cand
+    return out
 
 
 def select_initial(gap, target, hist=None):
@@ -853,13 +861,6 @@ def _build_members(assign, loaded, K, ulev, bnd, only=-1):
                 mem[w[g]] = i0 + t
                 w[g] += 1
     return start, mem
-
-
-@njit(cache=True)
-def _node_members(assign, loaded, a, K, ulev, bnd):
-    """:func:`_build_members` for node a alone: for a refill from a small node before the lists of all
-    nodes are needed."""
-    return _build_members(assign, loaded, K, ulev, bnd, a)
 
 
 @njit(cache=True)
@@ -1382,13 +1383,11 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta, tol,
                     if not built and c[a] * 32 >= n:  # the lists of every node, once
                         start, mem = _build_members(assign, loaded, K, ulev, bnd, -1)
                         built = True
-                    if built:
-                        PK, PU = _refill(etv, ulev, lo, hi, assign, loaded, a, path_y[q], m, start, mem, bnd,
-                                         kappa, TK, TU, PK, PU, hb, hc, hs, top, stats)
-                    else:  # a small node (under 1/32 of the users) before any big one: its own list
-                        st_a, mem_a = _node_members(assign, loaded, a, K, ulev, bnd)
-                        PK, PU = _refill(etv, ulev, lo, hi, assign, loaded, a, path_y[q], m, st_a, mem_a, bnd,
-                                         kappa, TK, TU, PK, PU, hb, hc, hs, top, stats)
+                    st_a, mem_a = start, mem
+                    if not built:  # a small node (under 1/32 of the users) before any big one: its own list
+                        st_a, mem_a = _build_members(assign, loaded, K, ulev, bnd, a)
+                    PK, PU = _refill(etv, ulev, lo, hi, assign, loaded, a, path_y[q], m, st_a, mem_a, bnd, kappa,
+                                     TK, TU, PK, PU, hb, hc, hs, top, stats)
             continue
         # ---- augment one unit at a time while the whole path stays tight
         first = True
@@ -1453,8 +1452,9 @@ _FEW_FUNDS = 4  # empty funds that best_values reads the grid once for each
 def best_values(etv, ulev, funds, fund_lo, assign, lam):
     """For each fund j = funds[q]: max over users allowed it (level >= fund_lo[q]) of etv[i, j] - (value of
     i at its fund, 0 where held out: assign -1): the price at which no user prefers a fund that must stay
-    empty. One pass for all of them that reads only the rows of users allowed one (in parallel over fixed
-    chunks; a maximum does not depend on the order)."""
+    empty. Up to ``_FEW_FUNDS`` funds are read one after the other over every user, without branches;
+    more in one pass for all of them (in parallel over fixed chunks; a maximum does not depend on the
+    order)."""
     n, k = etv.shape
     nf = funds.shape[0]
     out = np.full((NCHUNK, nf), -np.inf)
@@ -1601,13 +1601,7 @@ def gaps_below_node(gap, assign, limit):
         for t in range(G.shape[0]):
             tmp[w] = i0 + t
             w += G[t] < limit[A[t]]
-    out = np.empty(cnt[NCHUNK], np.int32)
-    for c in nb.prange(NCHUNK):
-        src = tmp[cnt[c] + c:cnt[c + 1] + c]
-        dst = out[cnt[c]:cnt[c + 1]]
-        for t in range(src.shape[0]):
-            dst[t] = src[t]
-    return out
+    return _pack_runs(tmp, cnt)
 
 
 @njit(cache=True, parallel=True)
@@ -1619,30 +1613,6 @@ def to_output(assign, k):
         for t in range(A.shape[0]):
             if A[t] == k:
                 A[t] = -1
-
-
-def every_nth_row(etv, step):
-    """Rows 0, step, 2 * step, ... of ``etv`` as a new C-contiguous array (a parallel gather: numpy's
-    strided copy of a sample of a large grid runs in one thread). Its pages are mapped first, in one
-    thread (:func:`_prefault`)."""
-    n, k = etv.shape
-    out = np.empty(((n + step - 1) // step, k))
-    _prefault(out.reshape(-1).view(np.uint8))
-    _gather_every_nth(etv, step, out)
-    return out
-
-
-@njit(cache=True, parallel=True)
-def _gather_every_nth(etv, step, out):
-    m, k = out.shape
-    for c in nb.prange(NCHUNK):
-        i0 = c * m // NCHUNK
-        i1 = (c + 1) * m // NCHUNK
-        dst = out[i0:i1]  # (slices: see _pass_blocks)
-        src = etv[i0 * step:i1 * step:step]
-        for t in range(i1 - i0):
-            for j in range(k):
-                dst[t, j] = src[t, j]
 
 
 @njit(cache=True, parallel=True)
