@@ -551,12 +551,16 @@ def test_first_candidates_spike_with_tiny_positive_gaps():
     assert (gap[out] >= theta).all() and theta > 0.0
 
 
+@pytest.mark.parametrize("second_gap", [False, True], ids=["one-gap", "two-gaps"])
 @pytest.mark.parametrize("holdout", [False, True])
-def test_pass_marks_exactly_the_tied_nodes(holdout):
+def test_pass_marks_exactly_the_tied_nodes(holdout, second_gap):
     """The pass's first phase marks each user whose best nodes tie with exactly the nodes it may take whose
     value ties with its best, and gives every other user its unique best node. Half the grid has few
     distinct amounts (most users tie: their tied nodes are computed a whole sweep at a time), half is
-    continuous with a tie every 50th user (computed user by user); both must agree with the definition."""
+    continuous with a tie every 50th user (computed user by user); both must agree with the definition.
+    With node groups, each untied user's second gap is its gap to the best node outside its best node's
+    group, stored as the top 16 bits of the float32 (0 for tied users, +inf where no other group is
+    allowed); the assignment does not depend on it."""
     from eoca.solvers import _transport_kernels as K
 
     rng = np.random.default_rng(11)
@@ -572,7 +576,9 @@ def test_pass_marks_exactly_the_tied_nodes(holdout):
     lam = np.array([0.0, 5.0, 0.0, 15.0, 0.0, 0.0, 0.0])  # some funds cheaper than others: ties remain
     assign = np.empty(n, np.int32)
     gap = np.empty(n, np.float32)
-    K._pass_blocks(etv, ulev, lo, hi, lam, assign, gap)
+    grp = np.array([0, 0, 1, 1, 2, 2, 3], np.float64)  # the nodes of one risk level
+    gap2 = np.empty(n if second_gap else 0, np.uint16)
+    K._pass_blocks(etv, ulev, lo, hi, lam, assign, gap, grp, gap2)
     vals = np.concatenate([etv, np.zeros((n, 1))], axis=1) - lam[None, :]
     allowed = (lo[None, :] <= ulev[:, None]) & (ulev[:, None] < hi[None, :])
     vals = np.where(allowed, vals, -np.inf)
@@ -588,6 +594,17 @@ def test_pass_marks_exactly_the_tied_nodes(holdout):
     assert tie[np.flatnonzero(marked), code >> kk].all()  # the best node recorded is one of the tied
     unique = ~marked
     assert (assign[unique] == vals[unique].argmax(axis=1)).all()
+    if second_gap:
+        assert (gap2[marked] == 0).all()
+        a = assign[unique]
+        other = np.where(grp[None, :] != grp[a][:, None], vals[unique], -np.inf).max(axis=1)
+        want = K.gap16(best[unique] - other)
+        assert (gap2[unique] == want).all()
+        assert (want < K.GAP2_INF).any() and (want == K.GAP2_INF).any() != holdout  # (holdout: T for all)
+        # a lower bound of the float32 gap, within 1%
+        g = (gap2[unique].astype(np.uint32) << 16).view(np.float32)
+        true = (best[unique] - other).astype(np.float32)
+        assert (g <= true).all() and (g[np.isfinite(true)] >= 0.99 * true[np.isfinite(true)]).all()
 
 
 def test_one_node_member_list_matches_the_full_one():
@@ -637,7 +654,8 @@ def test_sample_demands_keep_each_risk_levels_share():
     assert abs(int(smin[fcode == 3].sum()) - 230) <= 2 and smin.sum() <= 1_000 <= smax.sum()
 
 
-@pytest.mark.parametrize("family,ranges", [("matching", False), ("fighting", False), ("matching", True)])
+@pytest.mark.parametrize("family,ranges", [("matching", False), ("fighting", False), ("tight", False),
+                                           ("matching", True)])
 def test_newton_step_on_the_prices_keeps_the_optimum(monkeypatch, family, ranges):
     """After the pass, a Newton step on the prices moves the users it concerns and leaves the repair a far
     smaller imbalance; the result is the same optimum, with a certificate, as without the step."""
@@ -656,6 +674,33 @@ def test_newton_step_on_the_prices_keeps_the_optimum(monkeypatch, family, ranges
     without = solve_and_check(*args)
     assert without.stats["initial_excess"] == without.stats["pass_excess"]
     assert objective(c.etv, with_step.assignment) == pytest.approx(objective(c.etv, without.assignment), rel=1e-12)
+
+
+@pytest.mark.parametrize("second_gap", [False, True], ids=["one-gap", "two-gaps"])
+def test_newton_step_with_one_or_two_gaps_on_tight_levels(monkeypatch, second_gap):
+    """On nearly tight risk levels the sample's prices across levels are far off. With each user's second
+    gap (to the best node outside its node's risk level) the Newton step reads a small part of the users
+    that one gap would make it read; either way the result is the same certified optimum as without the
+    step. The sample level (60k users, with its own step) is left unrepaired, at the step's prices."""
+    import eoca.solvers._transport as T
+    from eoca.instances import synthetic_problem
+
+    c = synthetic_problem(600_000, 8, family="tight", seed=1).compile()
+    args = (c.etv, c.user_level, c.fund_level, c.demand_min, c.demand_max, c.holdout)
+    monkeypatch.setattr(T, "_SECOND_GAP", -1.0 if second_gap else 2.0)  # always worth it / never
+    sol = solve_and_check(*args)
+    sample, top = sol.stats["levels"][-2:]
+    assert sample["users"] == 60_000 and not sample["repaired"] and sample["second_gap"]
+    assert sample["initial_excess"] * 3 < sample["pass_excess"]
+    assert top["repaired"] and top["second_gap"] == second_gap
+    read, one_gap = top["newton_read"]
+    if second_gap:  # the whole step, reading few users
+        assert 0 < read * 4 < one_gap and top["initial_excess"] * 3 < top["pass_excess"], top
+    else:  # one gap reads so many users that the step is halved
+        assert read == one_gap > 0 and top["initial_excess"] < 0.7 * top["pass_excess"], top
+    monkeypatch.setattr(T, "_NEWTON_USERS", 10**12)
+    without = solve_and_check(*args)
+    assert objective(c.etv, sol.assignment) == pytest.approx(objective(c.etv, without.assignment), rel=1e-12)
 
 
 def test_best_nodes_and_arc_density_match_their_definitions():
@@ -681,7 +726,15 @@ def test_best_nodes_and_arc_density_match_their_definitions():
     want = np.zeros((k + 1, k + 1), np.int64)
     below = (reduced < theta) & (np.arange(k + 1)[None, :] != assign[users][:, None])  # (not allowed: inf)
     np.add.at(want, (np.repeat(assign[users], k + 1), np.tile(np.arange(k + 1), len(users))), below.ravel())
-    assert (K.arc_density(etv, ulev, lo, hi, lam, assign, users, theta, 1) == want).all()
+    W, per_node = K.arc_density(etv, ulev, lo, hi, lam, assign, users, theta, 1)
+    assert (W == want).all()
+    assert (per_node == np.bincount(assign[users], minlength=k + 1)).all()
+    W3, per3 = K.arc_density(etv, ulev, lo, hi, lam, assign, users, theta, 3)  # every 3rd user
+    assert (per3 == np.bincount(assign[users[::3]], minlength=k + 1)).all()
+    third = np.zeros_like(want)
+    np.add.at(third, (np.repeat(assign[users[::3]], k + 1), np.tile(np.arange(k + 1), len(users[::3]))),
+              below[::3].ravel())
+    assert (W3 == third).all()
 
     lam2 = lam + rng.normal(0, 2, k + 1)
     vals2 = vals + lam - lam2
@@ -700,13 +753,25 @@ def test_best_nodes_and_arc_density_match_their_definitions():
     assert (assign[others] == a0[others]).all()
 
 
-def test_gaps_below_node_lists_each_users_own_limit():
-    """The Newton step reads the users whose gap is below their own node's limit, in index order."""
+@pytest.mark.parametrize("second_gap", [False, True], ids=["one-gap", "two-gaps"])
+def test_gaps_below_node_lists_each_users_own_limit(second_gap):
+    """The Newton step reads the users whose gap is below their own node's limit or, with second gaps,
+    whose second gap is below their node's second limit (compared as stored: top 16 bits), in index
+    order; it also counts the users one gap would read, and gives up (None) past the most it may read."""
     from eoca.solvers import _transport_kernels as K
 
     rng = np.random.default_rng(8)
     gap = rng.exponential(1.0, 100_001).astype(np.float32)
+    gap2 = K.gap16(gap * rng.uniform(1.0, 5.0, len(gap))) if second_gap else np.empty(0, np.uint16)
     assign = rng.integers(0, 6, len(gap)).astype(np.int32)
     limit = np.array([0.0, 0.1, 0.5, 1.0, 3.0, np.inf])
-    got = K.gaps_below_node(gap, assign, limit)
-    assert (got == np.flatnonzero(gap < limit[assign])).all()
+    limit2 = rng.choice([0.0, 0.5, 2.0, 8.0], size=6)
+    limit1 = np.maximum(limit, limit2)
+    want = gap < limit[assign]
+    if second_gap:
+        want |= gap2 <= K.gap16(limit2)[assign]
+    got, one = K.gaps_below_node(gap, gap2, assign, limit, K.gap16(limit2), len(gap), limit1)
+    assert (got == np.flatnonzero(want)).all() and 0 < want.sum() < len(gap)
+    assert one == ((gap < limit1[assign]).sum() if second_gap else want.sum())
+    none, one2 = K.gaps_below_node(gap, gap2, assign, limit, K.gap16(limit2), int(want.sum()) - 1, limit1)
+    assert none is None and one2 == one

@@ -13,12 +13,16 @@ with ``min_j <= f_j <= max_j``, which turns demand ranges into ordinary arcs j -
    sample's share of the users at each risk level and above (so the sample keeps the full problem's slack
    at every risk boundary, which sets the prices across levels), widened to [floor, ceil] and then
    repaired until the sample is feasible, is solved recursively (down to a few thousand users); its prices
-   start the full solve.
+   start the full solve. A sample level of fewer than 500k users that takes the Newton step below is
+   not repaired: the step's prices are as good a start (its remaining imbalance is small next to the
+   sampling noise the level above corrects anyway), and the repair is saved.
 2. **One pass over the grid** (parallel over fixed blocks of users, so the output never depends on the
    number of threads) puts each user at its best node under those prices, counts users per node, and
-   records each user's gap to its second-best node. A user whose best nodes tie (within a relative
-   1e-12) is marked in the parallel phase and afterwards, in index order, goes to the tied node furthest
-   below the count it should reach under the warm prices (smallest count / target), and gets gap 0: on degenerate grids (few distinct values, mostly zeros,
+   records each user's gap to its second-best node (and, where the level below found it worth it, a
+   second gap: to its best node at another risk level than its own node's, in 16 bits). A user whose
+   best nodes tie (within a relative 1e-12) is marked in the parallel phase and afterwards, in index
+   order, goes to the tied node furthest below the count it should reach under the warm prices
+   (smallest count / target), and gets gap 0: on degenerate grids (few distinct values, mostly zeros,
    identical users) exactly tied users no longer pile onto one fund, so the imbalance left to the repair
    is about as small as on a continuous grid, and so are the heaps (the memory on top of the grid).
    **A Newton step on the prices** (instances of 50k users or more, without holdout): the sample's prices
@@ -29,10 +33,14 @@ with ``min_j <= f_j <= max_j``, which turns demand ranges into ordinary arcs j -
    the price change that meets every demand. A user can change its best node only if its gap is below
    the largest rise of its node's price against a node it may take: every user whose gap is below that
    plus a margin goes to its best node under the new prices, so each user again sits at a best node.
+   With second gaps, rises within a risk level and across levels are told apart: on nearly tight levels
+   the prices across levels move far and those within a level barely, and a user is read only where one
+   of its two gaps is below the matching rise (at 1M users about 20k users instead of 200-400k).
    The step is kept only if it shrinks the imbalance by 30% (at 1M users it typically cuts it by
    10-40x); it is halved once, then given up, where it would read more than a third of the users or 6x
    the users of smallest gap it starts from. The repair's first load then takes, arc by arc, the users
-   whose reduced key is below the bound known for every user the step did not read.
+   whose reduced key is below the bound known for every user the step did not read (further along the
+   sparse arcs across risk levels, where the linear model is least sure).
 3. **Successive shortest paths on the (k + 1)-node graph** (Johnson potentials = prices) move users from
    over-full to under-full nodes. The arc a -> b costs the cheapest move of a user sitting at a; its
    candidates are kept in a heap per ordered pair ordered by the price-free key
@@ -88,7 +96,11 @@ _BASE_USERS = 2_000
 _NEWTON_USERS = 50_000  # below, the repair costs less than the step
 _DENSITY_USERS = 16_384  # about this many users estimate how the node counts move with the prices
 _MARGIN = 0.25  # of the first load's gap: every user outside the step's reach keeps a gap of at least this
-_WIDE = 6  # the step reads at most this many times the users of smallest gap it starts from (estimated)
+_WIDE = 6  # the step reads at most this many times the users of smallest gap it starts from
+_SPARSE_REACH = 3.0  # how far (in theta) the first load reaches along a sparse arc across groups
+_SECOND_GAP = 0.07  # the pass's second gap costs it about as much as reading this share of the users' rows
+_UNREPAIRED = 500_000  # a sample level below this many users is left at its Newton step's prices
+_WARM = -1  # status of a sample level left at the Newton step's prices (not repaired)
 
 
 @dataclass(frozen=True)
@@ -291,9 +303,13 @@ class _Levels:
         return np.searchsorted(self.tight, codes, side="right")
 
 
-def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, warm=True, code_counts=None):
+def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, warm=True, code_counts=None, top=True):
     """Prices and assignment of one level of the recursion. Returns (lam, assign, status, repair stats).
-    ``code_counts``: the users per risk code (:meth:`_Levels.counts` of ``ul``), if already known."""
+    ``code_counts``: the users per risk code (:meth:`_Levels.counts` of ``ul``), if already known. A
+    sample level (``top`` false) whose Newton step is taken returns the step's prices with status
+    ``_WARM``: they only start the level above, whose own Newton step and repair make up the difference
+    (its imbalance barely grows, and the sample's repair is saved). ``info["second_gap"]``: whether the
+    pass of the level above should record each user's second gap (see :func:`_newton_step`)."""
     n, k = etv.shape
     t0 = time.perf_counter()
     lam0 = np.zeros(k + 1)
@@ -309,7 +325,7 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
         dm = _block_sample_demands(sub_counts, levels.fcode, dmin, dmax, holdout, ratio, levels.tight)
         if dm is not None:
             lam_s, _a, st, _s = _solve_level(sub, sul, lo, hi, dm[0], dm[1], holdout, levels, deadline, info,
-                                             code_counts=sub_counts)
+                                             code_counts=sub_counts, top=False)
             if st != K.STATUS_INFEASIBLE:
                 lam0 = lam_s - lam_s[k]
         del sub, sul
@@ -320,7 +336,11 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     target = np.empty(k + 1, np.int64)
     target[:k] = np.where(lam0[:k] < 0, dmin, dmax)
     target[k] = max(0, n - int(target[:k].sum())) if holdout else 0
-    assign, gap, counts, nbad, smax, hist = K.assign_pass(etv, ul, lo, hi, lam0, target)
+    newton = n >= _NEWTON_USERS and not holdout
+    grp = _node_groups(lo, hi) if newton and info.get("second_gap", True) else None
+    assign, gap, counts, nbad, smax, hist, *gap2 = K.assign_pass(etv, ul, lo, hi, lam0, target, grp)
+    gap2 = gap2[0] if gap2 else None
+    two_gaps = gap2 is not None
     if nbad:
         raise ValueError(f"{nbad} users may take no fund (their risk level is below every open fund's)")
     # first heap load: a generous multiple of the imbalance under the warm prices. A refill scans every
@@ -335,11 +355,19 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     theta0, cand = K.select_initial(gap, target, hist)
     th = abs(theta0) if math.isfinite(theta0) else 0.0
     theta = np.full((k + 1) ** 2, theta0)  # per arc: every user outside cand has reduced keys >= theta
-    if n >= _NEWTON_USERS and not holdout and excess > 0 and math.isfinite(theta0) and theta0 > 0:
-        step = _newton_step(etv, ul, lo, hi, f, lam0, assign, counts, cand, theta0, gap, excess)
+    info["newton_read"] = (0, 0)
+    if newton and excess > 0 and math.isfinite(theta0) and theta0 > 0:
+        step = _newton_step(etv, ul, lo, hi, f, lam0, assign, counts, cand, theta0, gap, gap2, grp, excess, info)
         if step is not None:
             lam, excess, cand, theta, th = step
-    del hist, gap
+            if not top and n < _UNREPAIRED:
+                info["level_seconds"].append({"users": n, "sample_s": t1 - t0, "pass_s": time.perf_counter() - t1,
+                                              "repair_s": 0.0, "pass_excess": int(pass_excess),
+                                              "initial_excess": int(excess), "moved": 0, "repaired": False,
+                                              "second_gap": two_gaps,
+                                              "newton_read": info["newton_read"]})
+                return lam, assign, _WARM, np.zeros(K.NSTATS, np.int64)
+    del hist, gap, gap2
     # a non-candidate at a has key_ab >= theta[a, b] + lam_a - lam_b - tol, where tol covers the rounding
     # of the pass (its gaps are float32; th is the largest gap bound read); every allowed etv is at most
     # smax + max|lam| (ties within 1e-12 relative count as gap 0 in the pass, hence the factor 2)
@@ -350,25 +378,43 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     t3 = time.perf_counter()
     info["level_seconds"].append({"users": n, "sample_s": t1 - t0, "pass_s": t2 - t1, "repair_s": t3 - t2,
                                   "pass_excess": int(pass_excess), "initial_excess": int(excess),
-                                  "moved": int(st[K.ST_MOVED])})
+                                  "moved": int(st[K.ST_MOVED]), "repaired": True,
+                                  "second_gap": two_gaps, "newton_read": info["newton_read"]})
     return lam, assign, int(status), st
 
 
-def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap, excess):
+def _node_groups(lo, hi):
+    """Group of each node for the pass's second gap: nodes that the same levels may take (one risk level,
+    inside one tight block) form a group. The warm prices of one group mostly move together, and the
+    largest moves are of one group against another (across risk levels)."""
+    pairs = np.stack([lo, hi], axis=1)
+    return np.unique(pairs, axis=0, return_inverse=True)[1].ravel().astype(np.float64)
+
+
+def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap, gap2, grp, excess, info):
     """One Newton step on the prices after the pass: the imbalance left by the sample's prices is mostly
     a small error in a few price differences, and the users it moves all have small gaps.
 
-    ``cand`` holds every user whose gap under ``lam0`` is below ``theta`` (``gap``: every user's). Their
-    reduced keys give, per pair of nodes, how many users move per unit of price (:func:`K.arc_density`,
-    on a systematic part of them); the step solves that linear model (a graph Laplacian) for the price
-    change that meets the node counts ``demand``. A user at node a can change its best node only if its
-    gap is below the largest rise of a's price against a node it may take; every user whose gap is below
-    that plus a margin goes to its best node under the new prices (:func:`K.best_nodes`), so each user
-    again sits at a best node, and every other one keeps a gap of at least the margin. (Halved once, then
-    given up, where it would read more than a third of the users or 6x ``cand``, as estimated from
-    ``cand``: on nearly tight risk levels at 10M users the refills of the repair cost less.) Kept only if
-    it shrinks the imbalance by at least 30%; on degenerate grids (exact ties spread by the pass) it often
-    does not, and then nothing is changed.
+    ``cand`` holds every user whose gap under ``lam0`` is below ``theta`` (``gap``: every user's, to its
+    second-best node). Their reduced keys give, per pair of nodes, how many users move per unit of price
+    (:func:`K.arc_density`, on a systematic part of them); the step solves that linear model (a graph
+    Laplacian) for the price change that meets the node counts ``demand``. A user at node a can change
+    its best node only if its reduced key towards some node b it may take is below the rise of a's price
+    against b's. Every user whose gap is below the largest such rise of its node, plus a margin, goes to
+    its best node under the new prices (:func:`K.best_nodes`), so each user again sits at a best node,
+    and every other one keeps a gap of at least the margin.
+
+    With ``gap2`` (each user's gap to its best node outside its node's group ``grp``, from the pass; None
+    without), the rises against the node's own group and against the others are told apart: on nearly
+    tight risk levels the sample's prices across levels are far off (a few users there set them) while
+    those inside a level are close, and a user is read only if its gap is below the first or its second
+    gap below the second (at 1M users about 20k instead of 200-400k). Whether that saves more reads than
+    the second gap costs the pass is noted in ``info["second_gap"]`` for the level above, and the users
+    read and those one gap would read in ``info["newton_read"]``.
+
+    Halved once, then given up, where it would read more than a third of the users or 6x ``cand``.
+    Kept only if it shrinks the imbalance by at least 30%; on degenerate grids (exact ties spread by the
+    pass) it often does not, and then nothing is changed.
 
     Returns None or (prices, imbalance, the repair's first load, the per-arc bound (k + 1)**2 on the
     reduced keys of every user outside it, the largest gap limit read from the pass); ``assign`` and
@@ -377,37 +423,57 @@ def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap
     n = len(gap)
     k1 = len(lam0)
     step = max(1, len(cand) // _DENSITY_USERS)
-    W = K.arc_density(etv, ul, lo, hi, lam0, assign, cand, theta, step).astype(np.float64) * step
+    W, per_node = K.arc_density(etv, ul, lo, hi, lam0, assign, cand, theta, step)
+    W = W.astype(np.float64) * step
+    per_node = per_node * step  # users of cand per node (estimated)
     w = (W + W.T) / (2.0 * theta)
     lap = np.diag(w.sum(axis=1)) - w
     e = (counts - np.append(demand, counts[k1 - 1])).astype(np.float64)  # node T: no one, nothing to meet
     delta = np.linalg.lstsq(lap, e, rcond=None)[0]
-    # price rises that matter: of a node against another that some user may take with it
+    # node pairs that some level may take both of
     pair = (np.maximum(lo[:, None], lo[None, :]) < np.minimum(hi[:, None], hi[None, :])) & ~np.eye(k1, dtype=bool)
     if not pair.any():
         return None
+    two = gap2 is not None
+    same = grp[:, None] == grp[None, :] if two else np.ones((k1, k1), bool)
     margin = _MARGIN * theta
-    # users per node below a gap limit, estimated from those below theta (gaps thin out further from 0,
-    # so a linear estimate is high); a step that reads too many is halved once, then given up
-    per_node = np.bincount(assign[cand], minlength=k1)
+    most = min(n // 3, _WIDE * len(cand))
+    # how far (in theta) the repair's first load reaches from each node towards the other groups: where
+    # every such arc has few users near its boundary (across risk levels), the linear model is least sure
+    # and loading further costs little; with the second gap those users are read that much further too
+    dense = w[pair & (w > 0)].mean() if (pair & (w > 0)).any() else 0.0
+    cross = np.where(pair & ~same, w, 0.0).max(axis=1)
+    with np.errstate(divide="ignore"):
+        far = np.where(same, 1.0, np.clip(dense / cross, 1.0, _SPARSE_REACH)[:, None])
     for halve in (False, True):
         if halve:
             delta = delta / 2
-        rise = np.maximum(np.where(pair, delta[:, None] - delta[None, :], 0.0).max(axis=1), 0.0)
-        if not rise.max() > 0.0:
+        diff = delta[:, None] - delta[None, :]  # rise of a's price against b's
+        # per node: the largest rise against a node of its group (limit), of another group (limit2)
+        limit = np.maximum(np.where(pair & same, diff, 0.0).max(axis=1), 0.0) + margin
+        limit2 = np.maximum(np.where(pair & ~same, diff + (far - 1.0) * theta, 0.0).max(axis=1), 0.0) + margin
+        if not max(limit.max(), limit2.max()) > margin:
             return None
-        limit = rise + margin
-        if (per_node * limit).sum() / theta <= min(n // 3, _WIDE * len(cand)):
+        # users that one gap would read, estimated from cand (gaps thin out further from 0, so a linear
+        # estimate is high): a step that one gap would read too wide is not scanned for
+        if not two and float((per_node * limit).sum()) / theta > most:
+            continue
+        wide, one_gap = K.gaps_below_node(gap, gap2 if two else np.empty(0, np.uint16), assign, limit,
+                                          K.gap16(limit2), most, np.maximum(limit, limit2))
+        if wide is not None:
             break
     else:
         return None
-    wide = K.gaps_below_node(gap, assign, limit)
+    info["newton_read"] = (len(wide), int(one_gap))
+    if two:
+        info["second_gap"] = one_gap - len(wide) > _SECOND_GAP * n
     lam1 = lam0 + delta
-    # a user outside wide at a has a reduced key towards b of at least limit[a] - (delta[a] - delta[b])
-    # >= margin under lam1; the repair loads the users of wide whose keys are below that bound, arc by
-    # arc (at most theta: more would load far more users than the repair needs)
-    bound = np.minimum(limit[:, None] - (delta[:, None] - delta[None, :]), theta)
-    bound = np.where(pair, np.maximum(bound, margin), np.inf)
+    # a user outside wide at a has a reduced key towards b of at least limit[a] (b in a's group) or the
+    # larger of its two limits (b outside) minus diff[a, b], which is >= margin under lam1; the repair
+    # loads the users of wide whose keys are below that bound, arc by arc (at most far * theta: more
+    # would load far more users than the repair needs)
+    reach = np.where(same, limit[:, None], np.maximum(limit, limit2)[:, None])
+    bound = np.where(pair, np.maximum(np.minimum(reach - diff, far * theta), margin), np.inf)
     old = np.empty(len(wide), np.int32)
     gap1 = np.empty(len(wide), np.float64)
     moved, first = K.best_nodes(etv, ul, lo, hi, lam1, assign, wide, old, gap1,
@@ -418,7 +484,7 @@ def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap
         assign[wide] = old
         return None
     counts[:] = counts1
-    return lam1, excess1, first, bound.ravel(), float(limit.max())
+    return lam1, excess1, first, bound.ravel(), float(max(limit.max(), limit2.max()))
 
 
 def _tight_price_correction(etv, ul, fl, holdout, levels, node_block, dmin, dmax, assign, prices):

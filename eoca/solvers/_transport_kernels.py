@@ -54,6 +54,15 @@ TIED = -2  # assign marker (TIED - code) of a user whose best nodes tie, between
 # code = bitmask of the tied nodes + (best node << K) when K <= 25, else 0 (phase 2 reads the row again)
 
 
+GAP2_INF = np.uint16(0x7F80)  # +inf as a second gap (see gap16)
+
+
+def gap16(x):
+    """The top 16 bits of float32 ``x`` (>= 0), as the pass stores second gaps: a stored value ``s`` and a
+    limit ``L`` have ``gap < L`` only if ``s <= gap16(L)``, and ``gap > L`` where ``s > gap16(L)``."""
+    return (np.asarray(x, np.float32).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+
+
 @intrinsic
 def _prefetch(typingctx, arr, i, j):
     """Ask the CPU to start fetching ``arr[i, j]`` (``arr[i]`` for a 1-D array; ``j`` is then ignored) into
@@ -123,8 +132,8 @@ def _open_nodes(lo, hi, lam):
 
 
 @njit(cache=True)
-def _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1, b1, open_idx, nopen, lamabs,
-               smax, tied):
+def _pass_rare(etv, ulev, lo, hi, lam, assign, gap, gap2, bc, blk, s, rare, nrare, j1, b1, open_idx, nopen,
+               lamabs, smax, tied):
     """The users of one sweep of :func:`_pass_blocks` without any allowed node, or whose best nodes tie.
     (A function of its own: inside the sweep's function it keeps the compiler from vectorising the
     sweep, which then runs 2.5x slower.) ``tied`` holds the tied nodes' bitmask of every user of the
@@ -141,6 +150,8 @@ def _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1,
             bc[blk, K + 1] += 1
             assign[i] = k
             gap[i] = np.inf
+            if gap2.shape[0] > 0:
+                gap2[i] = GAP2_INF
             continue
         v1 = b1[t]
         ab = abs(v1)
@@ -160,6 +171,8 @@ def _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1,
             code |= best << K
         assign[i] = TIED - code
         gap[i] = 0.0
+        if gap2.shape[0] > 0:
+            gap2[i] = 0
         bc[blk, K] += 1
     return smax
 
@@ -176,7 +189,7 @@ def _gap_bin(bits):
 
 
 @njit(cache=True, parallel=True)
-def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
+def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap, grp, gap2):
     """Phase 1 of :func:`assign_pass`, in parallel over fixed blocks of users: every user whose best node
     is unique goes there; a tied user is marked ``TIED`` (gap 0). Returns per-block counts (nblk, K + 2):
     users per node, then tied users, then users without any allowed node; and per-block max |best|.
@@ -189,6 +202,7 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
     n, k = etv.shape
     K = k + 1
     open_idx, nopen, lamabs = _open_nodes(lo, hi, lam)
+    two = gap2.shape[0] > 0
     nblk = (n + PASS_BLOCK - 1) // PASS_BLOCK
     bc = np.zeros((nblk, K + 2), np.int64)
     bmax = np.zeros(nblk)
@@ -200,8 +214,13 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
         b1 = np.empty(PASS_SWEEP)
         b2 = np.empty(PASS_SWEEP)
         j1 = np.empty(PASS_SWEEP)  # best node, as a float: lanes as wide as the values' vectorise better
+        g1 = np.empty(PASS_SWEEP)  # the best node's group
+        bo = np.empty(PASS_SWEEP)  # best value at a node of another group than the best node's
+        g2f = np.empty(PASS_SWEEP, np.float32)
+        g2b = g2f.view(np.uint32)
         lvf = np.empty(PASS_SWEEP)  # levels as floats (every int32 is exact), for the same reason
-        cols = np.empty((k, PASS_SWEEP))  # the sweep's rows, transposed: each node's values contiguous
+        cols = np.empty((K, PASS_SWEEP))  # the sweep's rows, transposed: each node's values contiguous
+        cols[k] = 0.0  # T: value 0 for every user
         rare = np.empty(PASS_SWEEP, np.int64)
         tied = np.empty(PASS_SWEEP, np.int64)
         lim = np.empty(PASS_SWEEP)
@@ -219,7 +238,9 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
             for t in range(m):
                 b1[t] = -np.inf
                 b2[t] = -np.inf
+                bo[t] = -np.inf
                 j1[t] = -1.0
+                g1[t] = -1.0
                 lvf[t] = U[t]
             for q in range(nopen):  # increasing node order: the first best node wins, as in a scan
                 x = open_idx[q]
@@ -227,8 +248,9 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
                 hx = float(hi[x])
                 lmx = lam[x]
                 fx = float(x)
-                if x < k:
-                    col = cols[x]
+                col = cols[x]  # (T's: zeros)
+                if two:
+                    gx = grp[x]
                     for t in range(m):
                         lv = lvf[t]
                         v = col[t] - lmx
@@ -239,16 +261,27 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
                         lo2 = v if v < c1 else c1
                         b2[t] = lo2 if lo2 > b2[t] else b2[t]
                         b1[t] = v if gt else c1
-                else:  # T: value 0 for every user
+                        # the lower of (v, old best) is at another group than the new best iff x's group
+                        # differs from the old best's
+                        bo[t] = lo2 if (gx != g1[t]) & (lo2 > bo[t]) else bo[t]
+                        g1[t] = gx if gt else g1[t]
+                else:
                     for t in range(m):
                         lv = lvf[t]
-                        v = -lmx if (lx <= lv) & (lv < hx) else -np.inf
+                        v = col[t] - lmx
+                        v = v if (lx <= lv) & (lv < hx) else -np.inf
                         c1 = b1[t]
                         gt = v > c1
                         j1[t] = fx if gt else j1[t]
                         lo2 = v if v < c1 else c1
                         b2[t] = lo2 if lo2 > b2[t] else b2[t]
                         b1[t] = v if gt else c1
+            if two:
+                G2 = gap2[s:s + m]
+                for t in range(m):
+                    g2f[t] = b1[t] - bo[t]
+                for t in range(m):  # the float32's top 16 bits (tied users: overwritten with 0 below)
+                    G2[t] = np.uint16(g2b[t] >> np.uint32(16))
             nrare = 0
             for t in range(m):  # the common case, kept simple so that it stays fast
                 best = np.int64(j1[t])
@@ -275,22 +308,16 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap):
                     hx = float(hi[x])
                     lmx = lam[x]
                     bit = np.int64(1) << x
-                    if x < k:
-                        col = cols[x]
-                        for t in range(m):
-                            lv = lvf[t]
-                            hit = (lx <= lv) & (lv < hx) & (col[t] - lmx >= lim[t])
-                            tied[t] |= bit if hit else 0
-                    else:
-                        for t in range(m):
-                            lv = lvf[t]
-                            hit = (lx <= lv) & (lv < hx) & (-lmx >= lim[t])
-                            tied[t] |= bit if hit else 0
-                smax = _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1, b1, open_idx,
-                                  nopen, lamabs, smax, tied)
+                    col = cols[x]
+                    for t in range(m):
+                        lv = lvf[t]
+                        hit = (lx <= lv) & (lv < hx) & (col[t] - lmx >= lim[t])
+                        tied[t] |= bit if hit else 0
+                smax = _pass_rare(etv, ulev, lo, hi, lam, assign, gap, gap2, bc, blk, s, rare, nrare, j1, b1,
+                                  open_idx, nopen, lamabs, smax, tied)
             elif nrare > 0:
-                smax = _pass_rare(etv, ulev, lo, hi, lam, assign, gap, bc, blk, s, rare, nrare, j1, b1, open_idx,
-                                  nopen, lamabs, smax, tied[:0])
+                smax = _pass_rare(etv, ulev, lo, hi, lam, assign, gap, gap2, bc, blk, s, rare, nrare, j1, b1,
+                                  open_idx, nopen, lamabs, smax, tied[:0])
         bmax[blk] = smax
         bits = gap[s0:e0].view(np.uint32)
         for i in range(e0 - s0):
@@ -363,7 +390,7 @@ def _spread_ties(etv, ulev, lo, hi, lam, target, assign, counts, bc):
             counts[best] += 1
 
 
-def assign_pass(etv, ulev, lo, hi, lam, target):
+def assign_pass(etv, ulev, lo, hi, lam, target, grp=None):
     """Best node of every user under ``lam``, the gap to its second-best node, and counts per node.
 
     Phase 1 (parallel over fixed blocks of users) places every user whose best node is unique. Users
@@ -374,6 +401,10 @@ def assign_pass(etv, ulev, lo, hi, lam, target):
     instead of piling every tied user on one node. A tied user's gap is 0. The output does not depend on
     the number of threads. Returns (assign, gap (float32), counts, number of users without any allowed
     node, max |best reduced value|, per-block histogram of the gaps for :func:`select_initial`).
+
+    With ``grp`` (a group number per node), each user's second gap is returned too: to its best node in
+    another group than its node's (0 for a tied user, +inf where none is allowed), as the top 16 bits
+    of its float32 (:func:`gap16`: a lower bound within 1%, half the bytes). It costs the pass about 15%.
     """
     n = etv.shape[0]
     K = lo.shape[0]
@@ -381,12 +412,17 @@ def assign_pass(etv, ulev, lo, hi, lam, target):
     gap = np.empty(n, np.float32)
     _prefault(assign.view(np.uint8))
     _prefault(gap.view(np.uint8))
-    bc, bmax, hist = _pass_blocks(etv, ulev, lo, hi, lam, assign, gap)
+    gap2 = np.empty(n if grp is not None else 0, np.uint16)
+    _prefault(gap2.view(np.uint8))
+    groups = np.zeros(K) if grp is None else np.asarray(grp, np.float64)
+    bc, bmax, hist = _pass_blocks(etv, ulev, lo, hi, lam, assign, gap, groups, gap2)
     tot = bc.sum(axis=0)
     counts = np.ascontiguousarray(tot[:K])
     if tot[K] > 0:
         _spread_ties(etv, ulev, lo, hi, lam, target, assign, counts, bc)
     smax = float(bmax.max()) if bmax.shape[0] else 0.0
+    if grp is not None:
+        return assign, gap, counts, int(tot[K + 1]), smax, hist, gap2
     return assign, gap, counts, int(tot[K + 1]), smax, hist
 
 
@@ -1498,11 +1534,12 @@ def arc_density(etv, ulev, lo, hi, lam, assign, cand, theta, step):
     allowed node z under ``lam`` (``value(a) - lam[a] - value(z) + lam[z]``) is below ``theta``. Every user
     with such a key has a gap below theta, so with ``cand`` every user whose gap is below theta,
     ``step * W / theta`` estimates how many users per unit of price would move from a to z if a's price
-    rose against z's. (In parallel over fixed chunks; the rows are prefetched.)"""
+    rose against z's. Also returns how many of those users sit at each node. (In parallel over fixed
+    chunks; the rows are prefetched.)"""
     k = etv.shape[1]
     K = k + 1
     m = (cand.shape[0] + step - 1) // step
-    cc = np.zeros((NCHUNK, K * K), np.int64)
+    cc = np.zeros((NCHUNK, K * K + K), np.int64)
     for ch in nb.prange(NCHUNK):
         q0 = ch * m // NCHUNK
         q1 = (ch + 1) * m // NCHUNK
@@ -1512,16 +1549,20 @@ def arc_density(etv, ulev, lo, hi, lam, assign, cand, theta, step):
             u = cand[q * step]
             a = assign[u]
             lv = ulev[u]
+            cc[ch, K * K + a] += 1
             ra = _val(etv, u, a, k) - lam[a]
             for z in range(K):
                 if z != a and lo[z] <= lv and lv < hi[z]:
                     if ra - (_val(etv, u, z, k) - lam[z]) < theta:
                         cc[ch, a * K + z] += 1
     W = np.zeros((K, K), np.int64)
+    N = np.zeros(K, np.int64)
     for ch in range(NCHUNK):
         for p in range(K * K):
             W[p // K, p % K] += cc[ch, p]
-    return W
+        for a in range(K):
+            N[a] += cc[ch, K * K + a]
+    return W, N
 
 
 @njit(cache=True, parallel=True)
@@ -1578,30 +1619,52 @@ def best_nodes(etv, ulev, lo, hi, lam, assign, cand, old, gap1, below):
 
 
 @njit(cache=True, parallel=True)
-def gaps_below_node(gap, assign, limit):
-    """Users whose gap (from the pass) is below the limit of their node, ``gap[i] < limit[assign[i]]``,
-    in increasing order (counted, then collected, in parallel over fixed chunks)."""
+def gaps_below_node(gap, gap2, assign, limit, limit2, most, limit1):
+    """Users whose gaps from the pass are below the limits of their node, ``gap[i] < limit[assign[i]]``
+    or, with second gaps (``gap2`` not empty), ``gap2[i] <= limit2[assign[i]]`` (both as the pass stores
+    them: see :func:`gap16`), in increasing order, or None if there are more than ``most``; and how many
+    users have ``gap[i] < limit1[assign[i]]`` (the users one gap would read). (Flagged and counted, then
+    collected from the flags, in parallel over fixed chunks.)"""
     n = gap.shape[0]
+    two = gap2.shape[0] > 0
+    flag = np.empty(n, np.uint8)
     cnt = np.zeros(NCHUNK + 1, np.int64)
+    one = np.zeros(NCHUNK, np.int64)
     for c in nb.prange(NCHUNK):
-        G = gap[c * n // NCHUNK:(c + 1) * n // NCHUNK]  # (slices: see _pass_blocks)
-        A = assign[c * n // NCHUNK:(c + 1) * n // NCHUNK]
+        i0 = c * n // NCHUNK
+        i1 = (c + 1) * n // NCHUNK
+        G, A, F = gap[i0:i1], assign[i0:i1], flag[i0:i1]  # (slices: see _pass_blocks)
         m = 0
-        for t in range(G.shape[0]):
-            m += G[t] < limit[A[t]]
+        m1 = 0
+        if two:
+            G2 = gap2[i0:i1]
+            for t in range(i1 - i0):
+                a = A[t]
+                x = (G[t] < limit[a]) | (G2[t] <= limit2[a])
+                F[t] = x
+                m += x
+                m1 += G[t] < limit1[a]
+        else:
+            for t in range(i1 - i0):
+                x = G[t] < limit[A[t]]
+                F[t] = x
+                m += x
+            m1 = m
         cnt[c + 1] = m
+        one[c] = m1
     for c in range(NCHUNK):
         cnt[c + 1] += cnt[c]
+    if cnt[NCHUNK] > most:
+        return None, one.sum()
     tmp = np.empty(cnt[NCHUNK] + NCHUNK, np.int32)  # one slot of slack per chunk: see _select_by_bins
     for c in nb.prange(NCHUNK):
         i0 = c * n // NCHUNK
-        G = gap[i0:(c + 1) * n // NCHUNK]
-        A = assign[i0:(c + 1) * n // NCHUNK]
+        F = flag[i0:(c + 1) * n // NCHUNK]
         w = cnt[c] + c
-        for t in range(G.shape[0]):
+        for t in range(F.shape[0]):
             tmp[w] = i0 + t
-            w += G[t] < limit[A[t]]
-    return _pack_runs(tmp, cnt)
+            w += F[t]
+    return _pack_runs(tmp, cnt), one.sum()
 
 
 @njit(cache=True, parallel=True)
@@ -1678,3 +1741,4 @@ def block_violations(etv, ulev, tight, node_block, node_lo, assign, prices):
                 if Mc[c, b, b2] > M[b, b2]:
                     M[b, b2] = Mc[c, b, b2]
     return M
+
