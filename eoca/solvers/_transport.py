@@ -97,7 +97,8 @@ _NEWTON_USERS = 50_000  # below, the repair costs less than the step
 _DENSITY_USERS = 16_384  # about this many users estimate how the node counts move with the prices
 _MARGIN = 0.25  # of the first load's gap: every user outside the step's reach keeps a gap of at least this
 _WIDE = 6  # the step reads at most this many times the users of smallest gap it starts from
-_SPARSE_REACH = 3.0  # how far (in theta) the first load reaches along a sparse arc across groups
+_SPARSE_REACH = 10.0  # how far (in theta) the first load reaches along a sparse arc across groups (3: refills
+# on nearly tight levels, where the linear model is least sure; 16: loads more than it saves)
 _SECOND_GAP = 0.07  # the pass's second gap costs it about as much as reading this share of the users' rows
 _UNREPAIRED = 500_000  # a sample level below this many users is left at its Newton step's prices
 _WARM = -1  # status of a sample level left at the Newton step's prices (not repaired)
