@@ -50,8 +50,8 @@ def run_allocation_benchmarks(
         name, options = _solver_call(label)
         if name in here:
             solve(warm, solver=name, **options)
-    if "exact" in here:  # a size the exact solver samples: its kernels on a strided sample load too
-        solve(synthetic_problem(5_000, 4, seed=0), solver="exact")
+    if "exact" in here:  # a size the exact solver samples and takes a Newton step at: those kernels load too
+        solve(synthetic_problem(60_000, 4, seed=0), solver="exact")
     rows = []
     for spec in specs:
         for size in (sizes or {}).get(spec.name, spec.quick_sizes if quick else spec.sizes):
