@@ -442,10 +442,12 @@ def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap
     # how far (in theta) the repair's first load reaches from each node towards the other groups: where
     # every such arc has few users near its boundary (across risk levels), the linear model is least sure
     # and loading further costs little; with the second gap those users are read that much further too
-    dense = w[pair & (w > 0)].mean() if (pair & (w > 0)).any() else 0.0
-    cross = np.where(pair & ~same, w, 0.0).max(axis=1)
-    with np.errstate(divide="ignore"):
-        far = np.where(same, 1.0, np.clip(dense / cross, 1.0, _SPARSE_REACH)[:, None])
+    far = np.ones((k1, k1))
+    if (pair & (w > 0)).any():
+        dense = w[pair & (w > 0)].mean()
+        cross = np.where(pair & ~same, w, 0.0).max(axis=1)
+        with np.errstate(divide="ignore"):
+            far = np.where(same, 1.0, np.clip(dense / cross, 1.0, _SPARSE_REACH)[:, None])
     for halve in (False, True):
         if halve:
             delta = delta / 2
