@@ -698,9 +698,13 @@ def test_newton_step_with_one_or_two_gaps_on_tight_levels(monkeypatch, second_ga
         assert 0 < read * 4 < one_gap and top["initial_excess"] * 3 < top["pass_excess"], top
     else:  # one gap reads so many users that the step is halved
         assert read == one_gap > 0 and top["initial_excess"] < 0.7 * top["pass_excess"], top
+    monkeypatch.setattr(T, "_WARM_CUT", 0.0)  # a sample level whose step leaves more is repaired
+    repaired = solve_and_check(*args)
+    assert repaired.stats["levels"][-2]["repaired"]
     monkeypatch.setattr(T, "_NEWTON_USERS", 10**12)
     without = solve_and_check(*args)
-    assert objective(c.etv, sol.assignment) == pytest.approx(objective(c.etv, without.assignment), rel=1e-12)
+    for other in (repaired, without):
+        assert objective(c.etv, sol.assignment) == pytest.approx(objective(c.etv, other.assignment), rel=1e-12)
 
 
 def test_best_nodes_and_arc_density_match_their_definitions():

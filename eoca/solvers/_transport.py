@@ -13,9 +13,9 @@ with ``min_j <= f_j <= max_j``, which turns demand ranges into ordinary arcs j -
    sample's share of the users at each risk level and above (so the sample keeps the full problem's slack
    at every risk boundary, which sets the prices across levels), widened to [floor, ceil] and then
    repaired until the sample is feasible, is solved recursively (down to a few thousand users); its prices
-   start the full solve. A sample level of fewer than 500k users that takes the Newton step below is
-   not repaired: the step's prices are as good a start (its remaining imbalance is small next to the
-   sampling noise the level above corrects anyway), and the repair is saved.
+   start the full solve. A sample level of fewer than 500k users whose Newton step (below) cuts its
+   imbalance at least 2.5x is not repaired: the step's prices are as good a start (what it leaves is
+   small next to the sampling noise the level above corrects anyway), and the repair is saved.
 2. **One pass over the grid** (parallel over fixed blocks of users, so the output never depends on the
    number of threads) puts each user at its best node under those prices, counts users per node, and
    records each user's gap to its second-best node (and, where the level below found it worth it, a
@@ -100,7 +100,9 @@ _WIDE = 6  # the step reads at most this many times the users of smallest gap it
 _SPARSE_REACH = 10.0  # how far (in theta) the first load reaches along a sparse arc across groups (3: refills
 # on nearly tight levels, where the linear model is least sure; 16: loads more than it saves)
 _SECOND_GAP = 0.07  # the pass's second gap costs it about as much as reading this share of the users' rows
-_UNREPAIRED = 500_000  # a sample level below this many users is left at its Newton step's prices
+_UNREPAIRED = 500_000  # a sample level below this many users is left at its Newton step's prices, if
+_WARM_CUT = 0.4  # the step left at most this share of the imbalance (1M x 8: 0.08-0.33; 1M x 50: 0.6, and the
+# level above then had twice the imbalance and took 1.9x as long)
 _WARM = -1  # status of a sample level left at the Newton step's prices (not repaired)
 
 
@@ -307,9 +309,10 @@ class _Levels:
 def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, warm=True, code_counts=None, top=True):
     """Prices and assignment of one level of the recursion. Returns (lam, assign, status, repair stats).
     ``code_counts``: the users per risk code (:meth:`_Levels.counts` of ``ul``), if already known. A
-    sample level (``top`` false) whose Newton step is taken returns the step's prices with status
-    ``_WARM``: they only start the level above, whose own Newton step and repair make up the difference
-    (its imbalance barely grows, and the sample's repair is saved). ``info["second_gap"]``: whether the
+    sample level (``top`` false, under ``_UNREPAIRED`` users) whose Newton step cuts its imbalance to at
+    most ``_WARM_CUT`` returns the step's prices with status ``_WARM``: they only start the level above,
+    whose own Newton step and repair make up the difference (its imbalance barely grows, and the sample's
+    repair is saved). ``info["second_gap"]``: whether the
     pass of the level above should record each user's second gap (see :func:`_newton_step`)."""
     n, k = etv.shape
     t0 = time.perf_counter()
@@ -361,7 +364,7 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
         step = _newton_step(etv, ul, lo, hi, f, lam0, assign, counts, cand, theta0, gap, gap2, grp, excess, info)
         if step is not None:
             lam, excess, cand, theta, th = step
-            if not top and n < _UNREPAIRED:
+            if not top and n < _UNREPAIRED and excess <= _WARM_CUT * pass_excess:
                 info["level_seconds"].append({"users": n, "sample_s": t1 - t0, "pass_s": time.perf_counter() - t1,
                                               "repair_s": 0.0, "pass_excess": int(pass_excess),
                                               "initial_excess": int(excess), "moved": 0, "repaired": False,
