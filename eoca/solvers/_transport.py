@@ -312,8 +312,8 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     sample level (``top`` false, under ``_UNREPAIRED`` users) whose Newton step cuts its imbalance to at
     most ``_WARM_CUT`` returns the step's prices with status ``_WARM``: they only start the level above,
     whose own Newton step and repair make up the difference (its imbalance barely grows, and the sample's
-    repair is saved). ``info["second_gap"]``: whether the
-    pass of the level above should record each user's second gap (see :func:`_newton_step`)."""
+    repair is saved). ``info["second_gap"]``: whether the pass of the level above should record each
+    user's second gap (see :func:`_newton_step`)."""
     n, k = etv.shape
     t0 = time.perf_counter()
     lam0 = np.zeros(k + 1)
@@ -344,7 +344,13 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     grp = _node_groups(lo, hi) if newton and info.get("second_gap", True) else None
     assign, gap, counts, nbad, smax, hist, *gap2 = K.assign_pass(etv, ul, lo, hi, lam0, target, grp)
     gap2 = gap2[0] if gap2 else None
-    two_gaps = gap2 is not None
+
+    def record(pass_s, repair_s, moved, repaired):
+        info["level_seconds"].append({"users": n, "sample_s": t1 - t0, "pass_s": pass_s, "repair_s": repair_s,
+                                      "pass_excess": int(pass_excess), "initial_excess": int(excess),
+                                      "moved": moved, "repaired": repaired, "second_gap": grp is not None,
+                                      "newton_read": info["newton_read"]})
+
     if nbad:
         raise ValueError(f"{nbad} users may take no fund (their risk level is below every open fund's)")
     # first heap load: a generous multiple of the imbalance under the warm prices. A refill scans every
@@ -365,11 +371,7 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
         if step is not None:
             lam, excess, cand, theta, th = step
             if not top and n < _UNREPAIRED and excess <= _WARM_CUT * pass_excess:
-                info["level_seconds"].append({"users": n, "sample_s": t1 - t0, "pass_s": time.perf_counter() - t1,
-                                              "repair_s": 0.0, "pass_excess": int(pass_excess),
-                                              "initial_excess": int(excess), "moved": 0, "repaired": False,
-                                              "second_gap": two_gaps,
-                                              "newton_read": info["newton_read"]})
+                record(time.perf_counter() - t1, 0.0, 0, False)
                 return lam, assign, _WARM, np.zeros(K.NSTATS, np.int64)
     del hist, gap, gap2
     # a non-candidate at a has key_ab >= theta[a, b] + lam_a - lam_b - tol, where tol covers the rounding
@@ -380,10 +382,7 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     t2 = time.perf_counter()
     status, st = K.repair(etv, ul, lo, hi, dmin, dmax, lam, assign, counts, cand, theta, tol, deadline)
     t3 = time.perf_counter()
-    info["level_seconds"].append({"users": n, "sample_s": t1 - t0, "pass_s": t2 - t1, "repair_s": t3 - t2,
-                                  "pass_excess": int(pass_excess), "initial_excess": int(excess),
-                                  "moved": int(st[K.ST_MOVED]), "repaired": True,
-                                  "second_gap": two_gaps, "newton_read": info["newton_read"]})
+    record(t2 - t1, t3 - t2, int(st[K.ST_MOVED]), True)
     return lam, assign, int(status), st
 
 

@@ -251,6 +251,8 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap, grp, gap2):
                 lmx = lam[x]
                 fx = float(x)
                 col = cols[x]  # (T's: zeros)
+                # two copies of the sweep: the second gap's two more selects per lane cost the pass ~10%
+                # where it is not asked for
                 if two:
                     gx = grp[x]
                     for t in range(m):
@@ -1743,4 +1745,3 @@ def block_violations(etv, ulev, tight, node_block, node_lo, assign, prices):
                 if Mc[c, b, b2] > M[b, b2]:
                     M[b, b2] = Mc[c, b, b2]
     return M
-
