@@ -27,7 +27,7 @@ from eoca.predict.models import ETVNetwork
 from eoca.predict.registry import LOSSES, MODELS, ModelSpec, loss_fits
 from eoca.predict.train import TrainingHistory, load_checkpoint, objective, save_checkpoint, train_network
 
-__all__ = ["ETVPredictor", "etv_from_components"]
+__all__ = ["ETVPredictor", "etv_from_components", "censored_lognormal_mean"]
 
 _INT_SETTINGS = (
     "embedding_dim",
@@ -43,21 +43,45 @@ _INT_SETTINGS = (
 )
 
 
+def censored_lognormal_mean(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """``E[max(Y, 0)]`` for ``Y = exp(V) - 1``, ``V ~ Normal(mu, sigma)``: the amount censored at zero.
+
+    In closed form ``exp(mu + sigma^2 / 2) Phi((mu + sigma^2) / sigma) - Phi(mu / sigma)``, computed
+    as ``Phi(a) * expm1(mu + sigma^2 / 2 + log Phi(a + sigma) - log Phi(a))`` with ``a = mu / sigma``
+    and ``log Phi`` from :func:`scipy.special.log_ndtr`: finite where both terms underflow (``mu``
+    far below 0), never negative. Float64.
+    """
+    from scipy.special import log_ndtr
+
+    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    a = mu / sigma
+    log_tail = log_ndtr(a)
+    gap = np.maximum(mu + sigma**2 / 2 + log_ndtr(a + sigma) - log_tail, 0.0)
+    return np.exp(log_tail) * np.expm1(gap)
+
+
 def etv_from_components(
     kind: str,
     p: np.ndarray | None,
     mu: np.ndarray | None,
     sigma: np.ndarray | None,
     amount_scale: float = 1.0,
+    *,
+    censored: bool = True,
 ) -> np.ndarray:
-    """ETV from model outputs.
+    """ETV from model outputs, in float64.
 
-    ``kind="lognormal"``: eq. 13, ``p * (exp(mu + sigma^2 / 2) - 1)``; ``"regression"``:
-    ``max(exp(mu) - 1, 0)``; ``"conversion"``: ``p * amount_scale``. Computed in float64.
+    ``kind="lognormal"``: ``p`` times the mean amount given a purchase under
+    ``log(1 + amount) ~ Normal(mu, sigma)``; with ``censored=True`` (default) the amount is censored
+    at zero, ``p * (exp(mu + sigma^2/2) Phi((mu + sigma^2)/sigma) - Phi(mu/sigma))`` (see
+    :func:`censored_lognormal_mean`, never negative), with ``censored=False`` eq. 13,
+    ``p * (exp(mu + sigma^2 / 2) - 1)``, which is negative where ``mu + sigma^2 / 2 < 0``.
+    ``"regression"``: ``max(exp(mu) - 1, 0)``; ``"conversion"``: ``p * amount_scale``.
     """
     if kind == "lognormal":
         mu64, s64 = mu.astype(np.float64), sigma.astype(np.float64)
-        return p.astype(np.float64) * np.expm1(mu64 + s64**2 / 2)
+        amount = censored_lognormal_mean(mu64, s64) if censored else np.expm1(mu64 + s64**2 / 2)
+        return p.astype(np.float64) * amount
     if kind == "regression":
         return np.maximum(np.expm1(mu.astype(np.float64)), 0.0)
     return p.astype(np.float64) * amount_scale
@@ -84,6 +108,11 @@ class ETVPredictor(BaseEstimator):
         that density arbitrarily large and drive the loss to minus infinity.
     sigma_max : float
         Upper bound of sigma.
+    lognormal_etv : {"censored", "eq13"}
+        How models with ``mu`` and ``sigma`` towers turn them into an ETV. ``"censored"``: ``p`` times
+        the mean of the amount censored at zero under ``log(1 + amount) ~ Normal(mu, sigma)``, never
+        negative; ``"eq13"``: the paper's ``p * (exp(mu + sigma^2 / 2) - 1)``, negative where
+        ``mu + sigma^2 / 2 < 0`` (kept for comparison).
     lr, weight_decay : float
         Adam settings.
     batch_size, max_epochs, patience : int
@@ -91,8 +120,15 @@ class ETVPredictor(BaseEstimator):
         validation loss.
     validation_fraction : float
         Share of training impressions held out for early stopping when ``fit`` gets no validation data.
+    graph_fanout : tuple of two int, or None
+        Graph models: each training batch runs the graph attention on a sampled neighbourhood, at most
+        ``graph_fanout[0]`` payments per user of the batch and ``graph_fanout[1]`` payers per merchant
+        they reach, so a batch costs the same on any platform size. ``None`` attends over the whole
+        graph in every batch (exact, but an epoch then grows with the square of the platform). The
+        validation loss and predictions always attend over every payment.
     seed : int
-        Seeds initialisation, the validation hold-out and shuffling: same data, same settings, same model.
+        Seeds initialisation, the validation hold-out, shuffling and the graph sampling: same data, same
+        settings, same model.
     progress : bool
         Show a progress bar while training.
     checkpoint_path : str, optional
@@ -134,9 +170,11 @@ class ETVPredictor(BaseEstimator):
         graph_heads: int = 2,
         sigma_min: float = 1 / math.sqrt(2 * math.pi),
         sigma_max: float = 5.0,
+        lognormal_etv: str = "censored",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         batch_size: int = 512,
+        graph_fanout: tuple[int, int] | None = (10, 10),
         max_epochs: int = 50,
         patience: int = 5,
         validation_fraction: float = 0.1,
@@ -156,9 +194,11 @@ class ETVPredictor(BaseEstimator):
         self.graph_heads = graph_heads
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
+        self.lognormal_etv = lognormal_etv
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
+        self.graph_fanout = graph_fanout
         self.max_epochs = max_epochs
         self.patience = patience
         self.validation_fraction = validation_fraction
@@ -206,6 +246,21 @@ class ETVPredictor(BaseEstimator):
         if not (isinstance(self.lr, float | int) and self.lr > 0):
             raise PredictorSettingError(
                 f"The 'lr' parameter of ETVPredictor must be > 0. Got {self.lr!r} instead."
+            )
+        if self.lognormal_etv not in ("censored", "eq13"):
+            raise PredictorSettingError(
+                "The 'lognormal_etv' parameter of ETVPredictor must be one of ['censored', 'eq13']. "
+                f"Got {self.lognormal_etv!r} instead."
+            )
+        fanout = self.graph_fanout
+        if fanout is not None and not (
+            isinstance(fanout, tuple | list)
+            and len(fanout) == 2
+            and all(isinstance(f, int | np.integer) and not isinstance(f, bool) and f >= 1 for f in fanout)
+        ):
+            raise PredictorSettingError(
+                "The 'graph_fanout' parameter of ETVPredictor must be None or two ints >= 1 "
+                f"(payments per user, payers per merchant). Got {fanout!r} instead."
             )
         if not 0 < self.validation_fraction < 1:
             raise PredictorSettingError(
@@ -338,6 +393,7 @@ class ETVPredictor(BaseEstimator):
             train_rows=train_rows,
             val_rows=val_rows,
             graph=spec.use_graph,
+            graph_fanout=None if self.graph_fanout is None else (int(self.graph_fanout[0]), int(self.graph_fanout[1])),
             lr=float(self.lr),
             weight_decay=float(self.weight_decay),
             batch_size=self.batch_size,
@@ -397,7 +453,8 @@ class ETVPredictor(BaseEstimator):
         """:meth:`predict`, optionally with merchant embeddings of a larger platform ``data`` is part of."""
         out = self._outputs(data, merchant_h)
         etv = etv_from_components(
-            self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_
+            self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_,
+            censored=self.lognormal_etv == "censored",
         )
         return self._grid(etv, data, "etv")
 
@@ -421,7 +478,8 @@ class ETVPredictor(BaseEstimator):
         """
         out = self._outputs(data)
         etv = etv_from_components(
-            self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_
+            self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_,
+            censored=self.lognormal_etv == "censored",
         )
         variables = {name: self._grid(value, data, name) for name, value in out.items()}
         variables["etv"] = self._grid(etv, data, "etv")

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from eoca.data import PlatformData
+from eoca.predict.sampling import csr_by, expand_rows, sample_edges
 
 __all__ = ["FeatureSchema", "EncodedPlatform"]
 
@@ -155,12 +156,17 @@ class FeatureSchema:
             click=torch.from_numpy(imps["click"].to_numpy(dtype=np.float32)),
             conversion=torch.from_numpy(imps["conversion"].to_numpy(dtype=np.float32)),
             amount=torch.from_numpy(imps["amount"].to_numpy(dtype=np.float32)),
+            n_merchants=self.size("merchant"),
         )
 
 
 @dataclass
 class EncodedPlatform:
-    """Tensors of one :class:`PlatformData`: users and funds in table order, edges sorted by user."""
+    """Tensors of one :class:`PlatformData`: users and funds in table order, edges sorted by user.
+
+    ``rowptr`` is the CSR index of the payments by user (``edge_merchant[rowptr[u]:rowptr[u + 1]]``
+    are the merchants user ``u`` paid); :meth:`payers` builds the index by merchant on first use.
+    """
 
     user_numeric: Tensor
     user_categorical: Tensor
@@ -177,25 +183,46 @@ class EncodedPlatform:
     click: Tensor
     conversion: Tensor
     amount: Tensor
+    n_merchants: int = 0
+    _payers: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False)
 
     @property
     def n_users(self) -> int:
         return len(self.user_numeric)
 
+    def payers(self) -> tuple[Tensor, Tensor]:
+        """CSR index of the payments by merchant: ``(merchant_rowptr, payer_user)`` (built once, cached).
+
+        The payers of merchant ``m`` are ``payer_user[merchant_rowptr[m]:merchant_rowptr[m + 1]]``, in
+        user order.
+        """
+        if self._payers is None:
+            n_rows = max(self.n_merchants, int(self.edge_merchant.max()) + 1 if len(self.edge_merchant) else 0)
+            rowptr, order = csr_by(self.edge_merchant, n_rows)
+            self._payers = (rowptr, self.edge_user[order])
+        return self._payers
+
     def local_edges(self, users: Tensor) -> Tensor:
         """(merchant, position in ``users``) edges of the given users, from the CSR layout."""
-        start, stop = self.rowptr[users], self.rowptr[users + 1]
-        counts = stop - start
-        total = int(counts.sum())
-        if total == 0:
-            return torch.zeros((2, 0), dtype=torch.long)
-        local = torch.repeat_interleave(torch.arange(len(users)), counts)
-        offsets = torch.arange(total) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        edge = start[local] + offsets
-        return torch.stack([self.edge_merchant[edge], local])
+        row, position = expand_rows(self.rowptr, users)
+        return torch.stack([self.edge_merchant[position], row])
 
-    def user_batch(self, users: Tensor, *, graph: bool) -> dict[str, Tensor]:
-        """Inputs for the user side of ``ETVNetwork.forward`` (users given by row)."""
+    def user_batch(
+        self,
+        users: Tensor,
+        *,
+        graph: bool,
+        fanout: tuple[int, int] | None = None,
+        generator: torch.Generator | None = None,
+        merchant_h: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Inputs for the user side of ``ETVNetwork.forward`` (users given by row).
+
+        Graph models get the sub-graph the users need: with ``fanout=None`` every user as a payer and
+        every payment (the full graph); with ``fanout=(f0, f1)`` at most ``f0`` payments per user and at
+        most ``f1`` payers per merchant so reached, drawn with ``generator``. Given ``merchant_h``
+        (every merchant's embedding, computed beforehand) they get it and all their payments instead.
+        """
         batch = {
             "user_numeric": self.user_numeric[users],
             "user_categorical": self.user_categorical[users],
@@ -205,17 +232,40 @@ class EncodedPlatform:
             "fund_categorical": self.fund_categorical,
             "fund_ids": self.fund_ids,
         }
-        if graph:
-            batch["all_user_numeric"] = self.user_numeric
-            batch["all_user_categorical"] = self.user_categorical
-            batch["graph_edges"] = torch.stack([self.edge_user, self.edge_merchant])
+        if graph and merchant_h is not None:
+            batch["merchant_h"] = merchant_h
             batch["graph_local_edges"] = self.local_edges(users)
+        elif graph and fanout is None:
+            batch["graph_payer_numeric"] = self.user_numeric
+            batch["graph_payer_categorical"] = self.user_categorical
+            batch["graph_merchants"] = torch.arange(self.n_merchants)
+            batch["graph_payer_edges"] = torch.stack([self.edge_user, self.edge_merchant])
+            batch["graph_local_edges"] = self.local_edges(users)
+        elif graph:
+            row, position = sample_edges(self.rowptr, users, fanout[0], generator)
+            merchants, merchant_row = torch.unique(self.edge_merchant[position], return_inverse=True)
+            merchant_rowptr, payer_user = self.payers()
+            m_row, m_position = sample_edges(merchant_rowptr, merchants, fanout[1], generator)
+            payers, payer_row = torch.unique(payer_user[m_position], return_inverse=True)
+            batch["graph_payer_numeric"] = self.user_numeric[payers]
+            batch["graph_payer_categorical"] = self.user_categorical[payers]
+            batch["graph_merchants"] = merchants
+            batch["graph_payer_edges"] = torch.stack([payer_row, m_row])
+            batch["graph_local_edges"] = torch.stack([merchant_row, row])
         return batch
 
-    def impression_batch(self, rows: Tensor, *, graph: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Inputs and labels for the impressions at ``rows``."""
+    def impression_batch(
+        self,
+        rows: Tensor,
+        *,
+        graph: bool,
+        fanout: tuple[int, int] | None = None,
+        generator: torch.Generator | None = None,
+        merchant_h: Tensor | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Inputs and labels for the impressions at ``rows`` (the graph as in :meth:`user_batch`)."""
         users, pair_user = torch.unique(self.imp_user[rows], return_inverse=True)
-        batch = self.user_batch(users, graph=graph)
+        batch = self.user_batch(users, graph=graph, fanout=fanout, generator=generator, merchant_h=merchant_h)
         batch["pair_user"] = pair_user
         batch["pair_fund"] = self.imp_fund[rows]
         labels = {"click": self.click[rows], "conversion": self.conversion[rows], "amount": self.amount[rows]}

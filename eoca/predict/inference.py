@@ -28,6 +28,7 @@ from eoca.predict.models import ETVNetwork
 __all__ = [
     "MerchantPartials",
     "finish_merchants",
+    "merchant_embeddings",
     "grid_outputs",
     "merchant_partials",
     "merge_merchant_partials",
@@ -144,6 +145,28 @@ def finish_merchants(network: ETVNetwork, partials: MerchantPartials) -> Tensor:
 
 
 @torch.no_grad()
+def merchant_embeddings(network: ETVNetwork, data: EncodedPlatform, *, chunk_users: int = 8192) -> Tensor:
+    """``MerchantLayer``'s output for every merchant, attending over every payment of ``data``.
+
+    The users are summarised ``chunk_users`` at a time and the summaries merged as they come, so
+    memory grows with the chunk's payments and the number of merchants, never with the platform.
+
+    Returns
+    -------
+    Tensor
+        ``(n_merchants, heads * graph_dim)``.
+    """
+    merged = None
+    for start in range(0, data.n_users, chunk_users):
+        users = torch.arange(start, min(start + chunk_users, data.n_users))
+        piece = merchant_partials(network, data, users)
+        merged = piece if merged is None else merge_merchant_partials(merged, piece)
+    if merged is None:
+        merged = merchant_partials(network, data, torch.zeros(0, dtype=torch.long))
+    return finish_merchants(network, merged)
+
+
+@torch.no_grad()
 def grid_outputs(
     network: ETVNetwork,
     data: EncodedPlatform,
@@ -174,11 +197,7 @@ def grid_outputs(
     e_f = network.fund_features(data.fund_numeric, data.fund_categorical)
     z_fund = network.fund_projection(torch.cat([e_f, network.fund_id(data.fund_ids)], dim=1))
     if network.graph is not None and merchant_h is None:
-        all_x = torch.cat(
-            [_user_x(network, data, torch.arange(s, min(s + chunk_users, n))) for s in range(0, n, chunk_users)]
-        )
-        edges = torch.stack([data.edge_user, data.edge_merchant])
-        merchant_h = network.graph.merchant_layer(all_x, edges)
+        merchant_h = merchant_embeddings(network, data, chunk_users=chunk_users)
     result: dict[str, np.ndarray] = {}
     for start in range(0, n, chunk_users):
         users = torch.arange(start, min(start + chunk_users, n))

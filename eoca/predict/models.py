@@ -87,9 +87,10 @@ class MerchantLayer(nn.Module):
         self.conv = GATConv((user_dim, dim), dim, heads=heads, concat=True, add_self_loops=False)
         self.out_dim = dim * heads
 
-    def forward(self, user_x: Tensor, edge_index: Tensor) -> Tensor:
-        """``user_x (N, user_dim)``, ``edge_index (2, E)`` rows (user, merchant) → ``(M, out_dim)``."""
-        return torch.nn.functional.elu(self.conv((user_x, self.merchant.weight), edge_index))
+    def forward(self, payer_x: Tensor, merchants: Tensor, edge_index: Tensor) -> Tensor:
+        """``payer_x (N, user_dim)``, ``merchants (M,)`` merchant ids, ``edge_index (2, E)`` rows
+        (row of ``payer_x``, row of ``merchants``) → ``(M, out_dim)``."""
+        return torch.nn.functional.elu(self.conv((payer_x, self.merchant(merchants)), edge_index))
 
 
 class UserLayer(nn.Module):
@@ -101,12 +102,16 @@ class UserLayer(nn.Module):
         self.out_dim = dim
 
     def forward(self, merchant_h: Tensor, user_x: Tensor, edge_index: Tensor) -> Tensor:
-        """``edge_index (2, E)`` rows (merchant, row of ``user_x``) → ``(len(user_x), dim)``."""
+        """``edge_index (2, E)`` rows (row of ``merchant_h``, row of ``user_x``) → ``(len(user_x), dim)``."""
         return torch.nn.functional.elu(self.conv((merchant_h, user_x), edge_index))
 
 
 class GraphEncoder(nn.Module):
-    """Two graph-attention layers over the user–merchant–user consumption graph."""
+    """Two graph-attention layers over the user–merchant–user consumption graph.
+
+    Both layers run on whatever sub-graph they are given: the whole graph, or the neighbourhood
+    sampled for a batch (see :mod:`eoca.predict.sampling`).
+    """
 
     def __init__(self, user_dim: int, n_merchants: int, dim: int, heads: int) -> None:
         super().__init__()
@@ -114,13 +119,15 @@ class GraphEncoder(nn.Module):
         self.user_layer = UserLayer(self.merchant_layer.out_dim, user_dim, dim, heads)
         self.out_dim = dim
 
-    def forward(self, all_user_x: Tensor, edges: Tensor, user_x: Tensor, local_edges: Tensor) -> Tensor:
-        """Merchants from all users' payments, then the embedding of the users in ``user_x``.
+    def forward(
+        self, payer_x: Tensor, merchants: Tensor, payer_edges: Tensor, user_x: Tensor, local_edges: Tensor
+    ) -> Tensor:
+        """Merchant embeddings from their payers, then the embedding of the users in ``user_x``.
 
-        ``edges (2, E)``: (user, merchant) over all users; ``local_edges (2, E')``: (merchant, row of
-        ``user_x``) for the users being embedded.
+        ``payer_edges (2, E)``: (row of ``payer_x``, row of ``merchants``); ``local_edges (2, E')``:
+        (row of ``merchants``, row of ``user_x``).
         """
-        merchant_h = self.merchant_layer(all_user_x, edges)
+        merchant_h = self.merchant_layer(payer_x, merchants, payer_edges)
         return self.user_layer(merchant_h, user_x, local_edges)
 
 
@@ -294,10 +301,15 @@ class ETVNetwork(nn.Module):
         """Outputs for the (user, fund) pairs of a batch.
 
         ``batch`` holds, for the batch's distinct users: ``user_numeric``, ``user_categorical``,
-        ``seq_funds``, ``seq_actions`` and (graph models) ``graph_local_edges``; for the whole
-        graph (graph models): ``all_user_numeric``, ``all_user_categorical``, ``graph_edges``; for
-        all funds: ``fund_numeric``, ``fund_categorical``, ``fund_ids``; and per pair ``pair_user``
-        (row among the batch's users) and ``pair_fund`` (row among funds).
+        ``seq_funds``, ``seq_actions``; for graph models the sub-graph they need (the whole graph or a
+        sampled neighbourhood, see :meth:`EncodedPlatform.user_batch
+        <eoca.predict.features.EncodedPlatform.user_batch>`): ``graph_payer_numeric``,
+        ``graph_payer_categorical`` (the payers' features), ``graph_merchants`` (merchant ids),
+        ``graph_payer_edges`` (payer row, merchant row) and ``graph_local_edges`` (merchant row, row
+        among the batch's users), or instead of the first four ``merchant_h``, merchant embeddings
+        computed beforehand (rows addressed by ``graph_local_edges``); for all funds:
+        ``fund_numeric``, ``fund_categorical``, ``fund_ids``; and per pair ``pair_user`` (row among the
+        batch's users) and ``pair_fund`` (row among funds).
 
         Returns
         -------
@@ -308,9 +320,15 @@ class ETVNetwork(nn.Module):
         parts = [e_u]
         if self.sequence is not None:
             parts.append(self.sequence(batch["seq_funds"], batch["seq_actions"]))
-        if self.graph is not None:
-            all_x = self.user_features(batch["all_user_numeric"], batch["all_user_categorical"])
-            parts.append(self.graph(all_x, batch["graph_edges"], e_u, batch["graph_local_edges"]))
+        if self.graph is not None and "merchant_h" in batch:
+            parts.append(self.graph.user_layer(batch["merchant_h"], e_u, batch["graph_local_edges"]))
+        elif self.graph is not None:
+            payer_x = self.user_features(batch["graph_payer_numeric"], batch["graph_payer_categorical"])
+            parts.append(
+                self.graph(
+                    payer_x, batch["graph_merchants"], batch["graph_payer_edges"], e_u, batch["graph_local_edges"]
+                )
+            )
         z_user = self.user_projection(torch.cat(parts, dim=1))
         e_f = self.fund_features(batch["fund_numeric"], batch["fund_categorical"])
         z_fund = self.fund_projection(torch.cat([e_f, self.fund_id(batch["fund_ids"])], dim=1))

@@ -78,11 +78,15 @@ def load_checkpoint(path: str | Path) -> dict:
 def _mean_loss(
     network: nn.Module, loss_fn: LossFn, data: EncodedPlatform, rows: Tensor, batch_size: int, graph: bool
 ) -> float:
+    """Mean loss over ``rows`` as the model predicts: graph models attend over every payment."""
+    from eoca.predict.inference import merchant_embeddings
+
     total, count = 0.0, 0
-    with torch.no_grad():
+    with torch.inference_mode():
+        merchant_h = merchant_embeddings(network, data) if graph else None
         for start in range(0, len(rows), batch_size):
             idx = rows[start : start + batch_size]
-            batch, labels = data.impression_batch(idx, graph=graph)
+            batch, labels = data.impression_batch(idx, graph=graph, merchant_h=merchant_h)
             total += float(loss_fn(network(batch), labels)) * len(idx)
             count += len(idx)
     return total / max(count, 1)
@@ -97,6 +101,7 @@ def train_network(
     train_rows: Tensor | None = None,
     val_rows: Tensor | None = None,
     graph: bool = False,
+    graph_fanout: tuple[int, int] | None = None,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     batch_size: int = 512,
@@ -112,6 +117,12 @@ def train_network(
     The weights of the epoch with the lowest validation loss are restored at the end (and written to
     ``checkpoint_path`` whenever they improve). Shuffling uses a generator seeded with ``seed``.
 
+    Graph models (``graph=True``) train on the full graph in every batch when ``graph_fanout`` is None,
+    else on a neighbourhood sampled per batch (at most ``graph_fanout[0]`` payments per user and
+    ``graph_fanout[1]`` payers per merchant; see :mod:`eoca.predict.sampling`), drawn from a second
+    generator seeded with ``seed``. The validation loss always uses every payment, as prediction does.
+    With ``progress`` a bar per epoch counts the training impressions (and their rate).
+
     Raises
     ------
     TrainingDivergedError
@@ -122,17 +133,21 @@ def train_network(
     train_rows = torch.arange(len(train.amount)) if train_rows is None else train_rows
     val_rows = torch.arange(len(validation.amount)) if val_rows is None else val_rows
     generator = torch.Generator().manual_seed(seed)
+    sampler = torch.Generator().manual_seed(seed + 1)
     optimiser = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=weight_decay)
     history = TrainingHistory()
     best, best_state, waited = math.inf, copy.deepcopy(network.state_dict()), 0
-    bar = tqdm(range(max_epochs), desc="training", disable=not progress, leave=False)
-    for epoch in bar:
+    for epoch in range(max_epochs):
         network.train()
         order = train_rows[torch.randperm(len(train_rows), generator=generator)]
         total = 0.0
+        bar = tqdm(
+            total=len(order), desc=f"epoch {epoch}", unit=" impressions", unit_scale=True,
+            disable=not progress, leave=False,
+        )
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch, labels = train.impression_batch(idx, graph=graph)
+            batch, labels = train.impression_batch(idx, graph=graph, fanout=graph_fanout, generator=sampler)
             loss = loss_fn(network(batch), labels)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
@@ -149,11 +164,12 @@ def train_network(
                 )
             optimiser.step()
             total += float(loss.detach()) * len(idx)
+            bar.update(len(idx))
+        bar.close()
         network.eval()
         history.train_loss.append(total / max(len(order), 1))
         val = _mean_loss(network, loss_fn, validation, val_rows, 4 * batch_size, graph)
         history.val_loss.append(val)
-        bar.set_postfix(train=f"{history.train_loss[-1]:.4f}", val=f"{val:.4f}")
         if not math.isfinite(val):
             raise TrainingDivergedError(f"The validation loss became {val} at epoch {epoch}.")
         if val < best - 1e-6:
@@ -165,7 +181,6 @@ def train_network(
             if waited >= patience:
                 history.stopped_early = True
                 break
-    bar.close()
     network.load_state_dict(best_state)
     network.eval()
     return history

@@ -27,7 +27,9 @@ def test_chunked_merchant_embeddings_equal_the_merchant_layer(fitted):
     network = predictor.network_.eval()
     with torch.no_grad():
         all_x = network.user_features(data.user_numeric, data.user_categorical)
-        expected = network.graph.merchant_layer(all_x, torch.stack([data.edge_user, data.edge_merchant]))
+        expected = network.graph.merchant_layer(
+            all_x, torch.arange(data.n_merchants), torch.stack([data.edge_user, data.edge_merchant])
+        )
     # uneven chunks, in shuffled order, merged both flat and as a tree
     rows = torch.randperm(data.n_users, generator=torch.Generator().manual_seed(0))
     pieces = [merchant_partials(network, data, rows[s : s + 37]) for s in range(0, data.n_users, 37)]
