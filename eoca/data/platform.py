@@ -53,7 +53,8 @@ def _require_unique(name: str, table: pd.DataFrame, column: str) -> None:
 
 
 def _require_known(name: str, table: pd.DataFrame, column: str, known: pd.Index, source: str) -> None:
-    unknown = table[column][~table[column].isin(known)]
+    # ``known`` is unique (checked first): a hash lookup, far faster than ``isin`` on string columns
+    unknown = table[column][known.get_indexer(table[column]) < 0]
     if len(unknown):
         raise DataValidationError(
             f"Table {name!r} column {column!r} has {unknown.nunique()} id(s) not in {source!r}: {_show(unknown)}."

@@ -57,6 +57,15 @@ def _logit(p: float) -> float:
     return float(np.log(p / (1 - p)))
 
 
+def _ids(prefix: str, numbers: np.ndarray, width: int) -> np.ndarray:
+    """``prefix`` + zero-padded ``numbers`` as an object array of str (vectorised in Arrow)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    digits = pc.utf8_lpad(pa.array(np.asarray(numbers, dtype=np.int64)).cast(pa.string()), width, "0")
+    return pc.binary_join_element_wise(prefix, digits, "").to_numpy(zero_copy_only=False)
+
+
 def _check_positive_int(name: str, value: int, minimum: int = 1) -> None:
     if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
         raise DataValidationError(
@@ -158,13 +167,15 @@ def synthetic_platform(
     )
     capital = rng.normal(0, 1, n)
     sigma_u = 0.3 + 0.9 * _sigmoid(1.5 * age_std + 0.5 * rng.normal(0, 1, n))
-    user_ids = np.array([f"u{i:07d}" for i in range(n)])
+    user_ids = _ids("u", np.arange(n), 7)
     users = pd.DataFrame(
         {
             "user_id": user_ids,
             "age": age,
             "activity": activity.round(3),
-            "region": pd.Categorical([f"r{r}" for r in region]),
+            "region": pd.Categorical.from_codes(
+                np.searchsorted(np.unique(region), region), [f"r{r}" for r in np.unique(region)]
+            ),
             "risk_tolerance": tolerance,
         }
     )
@@ -204,7 +215,7 @@ def synthetic_platform(
     payments = pd.DataFrame(
         {
             "user_id": user_ids[pay_user],
-            "merchant_id": [f"m{m:04d}" for m in pay_merchant],
+            "merchant_id": _ids("m", np.arange(n_merchants), 4)[pay_merchant],
             "amount": pay_amount,
         }
     )
@@ -217,14 +228,16 @@ def synthetic_platform(
     bcdf = np.cumsum(bp / bp.sum(1, keepdims=True), axis=1)
     beh_fund = (rng.random(len(beh_user))[:, None] > bcdf[beh_user]).sum(1).clip(0, k - 1)
     beh_action = _ACTIONS[rng.choice(4, len(beh_user), p=[0.55, 0.2, 0.15, 0.1])]
+    beh_time = rng.uniform(0, 1, len(beh_user)).round(6)
+    by_user = np.lexsort((beh_time, beh_user))  # user ids sort as their numbers: by user, then time
     behaviours = pd.DataFrame(
         {
-            "user_id": user_ids[beh_user],
-            "fund_id": fund_ids[beh_fund],
-            "action": beh_action,
-            "time": rng.uniform(0, 1, len(beh_user)).round(6),
+            "user_id": user_ids[beh_user[by_user]],
+            "fund_id": fund_ids[beh_fund[by_user]],
+            "action": beh_action[by_user],
+            "time": beh_time[by_user],
         }
-    ).sort_values(["user_id", "time"], ignore_index=True)
+    )
 
     # ---- impressions of distinct random funds
     m = impressions_per_user

@@ -19,6 +19,7 @@ from eoca.predict.features import FeatureSchema
 from eoca.predict.inference import (
     MerchantPartials,
     finish_merchants,
+    grid_etv,
     grid_outputs,
     merchant_partials,
     merge_merchant_partials,
@@ -130,7 +131,7 @@ class ETVPredictor(BaseEstimator):
         Seeds initialisation, the validation hold-out, shuffling and the graph sampling: same data, same
         settings, same model.
     progress : bool
-        Show a progress bar while training.
+        Show progress bars while training (impressions per second) and predicting (users per second).
     checkpoint_path : str, optional
         Where to write the best weights during training.
     chunk_users : int
@@ -419,10 +420,16 @@ class ETVPredictor(BaseEstimator):
             )
         return data
 
-    def _outputs(self, data: PlatformData, merchant_h: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    def _outputs(self, data: PlatformData) -> dict[str, np.ndarray]:
         data = self._check_predict_data(data)
         return grid_outputs(
-            self.network_, self.schema_.encode(data), chunk_users=self.chunk_users, merchant_h=merchant_h
+            self.network_, self.schema_.encode(data), chunk_users=self.chunk_users, progress=self.progress
+        )
+
+    def _etv(self, out: dict[str, np.ndarray]) -> np.ndarray:
+        return etv_from_components(
+            self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_,
+            censored=self.lognormal_etv == "censored",
         )
 
     # Scoring a platform in pieces of users (eoca.distributed.predict_to_zarr). The graph's merchant
@@ -449,12 +456,18 @@ class ETVPredictor(BaseEstimator):
             name=name,
         )
 
-    def _predict(self, data: PlatformData, merchant_h: torch.Tensor | None = None) -> xr.DataArray:
+    def _predict(
+        self, data: PlatformData, merchant_h: torch.Tensor | None = None, progress: bool = False
+    ) -> xr.DataArray:
         """:meth:`predict`, optionally with merchant embeddings of a larger platform ``data`` is part of."""
-        out = self._outputs(data, merchant_h)
-        etv = etv_from_components(
-            self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_,
-            censored=self.lognormal_etv == "censored",
+        data = self._check_predict_data(data)
+        etv = grid_etv(
+            self.network_,
+            self.schema_.encode(data),
+            self._etv,
+            chunk_users=self.chunk_users,
+            merchant_h=merchant_h,
+            progress=progress,
         )
         return self._grid(etv, data, "etv")
 
@@ -467,7 +480,7 @@ class ETVPredictor(BaseEstimator):
             dims ``("user", "fund")``, coordinates the ids of ``data.users`` and ``data.funds``,
             name ``"etv"``, float64, >= 0.
         """
-        return self._predict(data)
+        return self._predict(data, progress=self.progress)
 
     def predict_components(self, data: PlatformData) -> xr.Dataset:
         """pCTCVR ``p``, and where the model has them ``pctr``, ``mu`` and ``sigma``, over users × funds.
@@ -477,10 +490,7 @@ class ETVPredictor(BaseEstimator):
         amount. The dataset also holds ``etv``.
         """
         out = self._outputs(data)
-        etv = etv_from_components(
-            self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_,
-            censored=self.lognormal_etv == "censored",
-        )
+        etv = self._etv(out)
         variables = {name: self._grid(value, data, name) for name, value in out.items()}
         variables["etv"] = self._grid(etv, data, "etv")
         return xr.Dataset(variables)

@@ -24,11 +24,31 @@ def _vocab(values: pd.Series) -> list[str]:
     return sorted(pd.Series(values).dropna().astype(str).unique().tolist())
 
 
+def _index_in(values: pd.Series | np.ndarray, choices: pd.Series | np.ndarray | list) -> np.ndarray:
+    """Position of each value among ``choices`` (unique), -1 where absent: a hash lookup in Arrow.
+
+    Falls back to pandas where Arrow cannot type the values (mixed objects) or the two sides differ.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        found = pc.index_in(pa.array(values, from_pandas=True), value_set=pa.array(choices, from_pandas=True))
+        return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    except (pa.ArrowException, TypeError, ValueError):
+        return pd.Index(choices).get_indexer(values).astype(np.int64)
+
+
 def _lookup(values: pd.Series, vocab: list[str]) -> np.ndarray:
     """Indices into ``vocab`` shifted by one; 0 for unknown or missing values."""
-    index = pd.Index(vocab)
-    codes = index.get_indexer(pd.Series(values).astype(str).where(pd.Series(values).notna(), None))
-    return (codes + 1).astype(np.int64)
+    values = pd.Series(values)
+    if isinstance(values.dtype, pd.CategoricalDtype):  # look up the few categories, then take by code
+        codes = values.cat.codes.to_numpy()
+        per_category = _index_in(values.cat.categories.astype(str).to_numpy(dtype=object), vocab)
+        return (np.where(codes >= 0, per_category[codes], -1) + 1).astype(np.int64)
+    if not pd.api.types.is_string_dtype(values.dtype) or values.dtype == object:
+        values = values.astype(str).where(values.notna(), None)
+    return (_index_in(values, vocab) + 1).astype(np.int64)
 
 
 @dataclass
@@ -108,17 +128,23 @@ class FeatureSchema:
         fund_num, fund_cat = self._table("fund", data.funds)
         fund_ids = torch.from_numpy(_lookup(data.funds["fund_id"], self.vocabularies["fund_id"]))
         n = len(data.users)
-        user_pos = pd.Series(np.arange(n), index=data.users["user_id"].to_numpy())
+        user_ids = data.users["user_id"]
 
         seq_f = np.zeros((n, self.seq_len), dtype=np.int64)
         seq_a = np.zeros((n, self.seq_len), dtype=np.int64)
         beh = data.behaviours
         if beh is not None and len(beh) and self.seq_len > 0:
             b = beh.sort_values("time", kind="stable")
-            rows = user_pos.reindex(b["user_id"].to_numpy()).to_numpy()
-            rank = b.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
+            rows = _index_in(b["user_id"], user_ids)
+            # rank of each behaviour among its user's, newest first (0 = most recent)
+            by_user = np.argsort(rows, kind="stable")
+            count = np.bincount(rows, minlength=n)
+            first = np.cumsum(count) - count
+            position = np.empty_like(rows)
+            position[by_user] = np.arange(len(rows)) - first[rows[by_user]]
+            rank = count[rows] - 1 - position
             keep = rank < self.seq_len
-            kept = np.minimum(np.bincount(rows, minlength=n), self.seq_len)
+            kept = np.minimum(count, self.seq_len)
             cols = kept[rows[keep]] - 1 - rank[keep]
             seq_f[rows[keep], cols] = _lookup(b["fund_id"][keep], self.vocabularies["fund_id"])
             seq_a[rows[keep], cols] = _lookup(b["action"][keep], self.vocabularies["action"])
@@ -127,7 +153,7 @@ class FeatureSchema:
         edge_merchant = np.zeros(0, dtype=np.int64)
         pay = data.payments
         if pay is not None and len(pay):
-            eu = user_pos.reindex(pay["user_id"].to_numpy()).to_numpy().astype(np.int64)
+            eu = _index_in(pay["user_id"], user_ids)
             em = _lookup(pay["merchant_id"], self.vocabularies["merchant"])
             order = np.argsort(eu, kind="stable")
             edge_user, edge_merchant = eu[order], em[order]
@@ -135,7 +161,6 @@ class FeatureSchema:
         np.cumsum(np.bincount(edge_user, minlength=n), out=rowptr[1:])
 
         imps = data.impressions
-        fund_pos = pd.Series(np.arange(len(data.funds)), index=data.funds["fund_id"].to_numpy())
         return EncodedPlatform(
             user_numeric=user_num,
             user_categorical=user_cat,
@@ -147,12 +172,8 @@ class FeatureSchema:
             edge_user=torch.from_numpy(edge_user),
             edge_merchant=torch.from_numpy(edge_merchant),
             rowptr=torch.from_numpy(rowptr),
-            imp_user=torch.from_numpy(
-                user_pos.reindex(imps["user_id"].to_numpy()).to_numpy().astype(np.int64)
-            ),
-            imp_fund=torch.from_numpy(
-                fund_pos.reindex(imps["fund_id"].to_numpy()).to_numpy().astype(np.int64)
-            ),
+            imp_user=torch.from_numpy(_index_in(imps["user_id"], user_ids)),
+            imp_fund=torch.from_numpy(_index_in(imps["fund_id"], data.funds["fund_id"])),
             click=torch.from_numpy(imps["click"].to_numpy(dtype=np.float32)),
             conversion=torch.from_numpy(imps["conversion"].to_numpy(dtype=np.float32)),
             amount=torch.from_numpy(imps["amount"].to_numpy(dtype=np.float32)),

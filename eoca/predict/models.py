@@ -1,4 +1,4 @@
-"""Network architectures for ETV prediction (only ``__init__`` and ``forward``).
+"""Network architectures for ETV prediction (``__init__`` and forward passes only).
 
 Every model is an :class:`ETVNetwork`: a user side (feature embeddings, self-attention over the
 behaviour sequence, optionally a two-layer graph attention network over the user–merchant–user
@@ -69,6 +69,10 @@ class SequenceEncoder(nn.Module):
 
     def forward(self, funds: Tensor, actions: Tensor) -> Tensor:
         """``(B, L)`` fund and action indices → ``(B, dim)``."""
+        # columns after the last token of every row change nothing (masked keys, not pooled): drop them
+        column = torch.arange(1, funds.shape[1] + 1)
+        width = int(torch.where(funds != 0, column, 0).max()) if funds.numel() else 0
+        funds, actions = funds[:, :width], actions[:, :width]
         tokens = self.fund(funds) + self.action(actions)
         tokens = torch.cat([self.start.expand(len(funds), 1, -1), tokens], dim=1)
         pad = torch.cat([torch.zeros_like(funds[:, :1], dtype=torch.bool), funds == 0], dim=1)
@@ -183,20 +187,59 @@ class MultiTaskHead(nn.Module):
             )
 
     def forward(self, z: Tensor) -> dict[str, Tensor]:
-        """``z (..., in_dim)`` → ``{task: (...)}``."""
+        """``z (N, in_dim)`` → ``{task: (N,)}``."""
         if self.kind == "mmoe":
-            e, h = self.n_experts, self.hidden
-            first = torch.relu(z[..., : e * h].unflatten(-1, (e, h)))
-            experts = torch.relu(
-                torch.einsum("...eh,ehk->...ek", first, self.expert_weight) + self.expert_bias
-            )
-            gates = torch.softmax(z[..., e * h :].unflatten(-1, (len(self.tasks), e)), dim=-1)
-            mixed = torch.einsum("...te,...eh->...th", gates, experts)
-            return {
-                name: self.towers[name](mixed[..., i, :]).squeeze(-1) for i, name in enumerate(self.tasks)
-            }
-        body = self.body(torch.relu(z))
-        return {name: self.towers[name](body).squeeze(-1) for name in self.tasks}
+            e, h, t = self.n_experts, self.hidden, len(self.tasks)
+            first = z[:, : e * h].unflatten(1, (e, h)).transpose(0, 1)
+            gate = z[:, e * h :].unflatten(1, (t, e)).transpose(0, 1)
+            return self._mmoe(first, gate)
+        return self._towers(self.body(torch.relu(z)).expand(len(self.tasks), -1, -1))
+
+    def forward_grid(self, z_user: Tensor, z_fund: Tensor) -> dict[str, Tensor]:
+        """Every (user, fund) pair: ``z_user (B, in_dim)``, ``z_fund (K, in_dim)`` → ``{task: (B, K)}``.
+
+        The same as ``forward`` on ``z_user[:, None] + z_fund[None]`` flattened, but MMoE adds the two
+        parts straight into the per-expert layout its batched matrix products read.
+        """
+        b, k = len(z_user), len(z_fund)
+        if self.kind == "mmoe":
+            e, h, t = self.n_experts, self.hidden, len(self.tasks)
+
+            def pairs(cut: slice, shape: tuple[int, int]) -> Tensor:
+                user = z_user[:, cut].unflatten(1, shape).transpose(0, 1)[:, :, None]
+                fund = z_fund[:, cut].unflatten(1, shape).transpose(0, 1)[:, None]
+                return (user + fund).flatten(1, 2)
+
+            out = self._mmoe(pairs(slice(0, e * h), (e, h)), pairs(slice(e * h, None), (t, e)))
+        else:
+            out = self.forward((z_user[:, None] + z_fund[None]).flatten(0, 1))
+        return {name: value.view(b, k) for name, value in out.items()}
+
+    def _mmoe(self, first: Tensor, gate: Tensor) -> dict[str, Tensor]:
+        """``first (E, N, H)`` expert pre-activations, ``gate (T, N, E)`` gate logits → tower outputs."""
+        # in place where autograd keeps what it needs: baddbmm and addcmul never read their outputs
+        experts = torch.baddbmm(self.expert_bias[:, None, :], torch.relu(first), self.expert_weight).relu_()
+        gates = torch.softmax(gate, dim=-1)
+        mixed = gates[..., 0, None] * experts[0]
+        for i in range(1, self.n_experts):
+            mixed.addcmul_(gates[..., i, None], experts[i])
+        return self._towers(mixed)
+
+    def _towers(self, body: Tensor) -> dict[str, Tensor]:
+        """``body (T, N, H)``, one slice per task → ``{task: (N,)}``: all towers in batched products."""
+        layers = [self.towers[name] for name in self.tasks]
+        if self.kind == "mlp":
+            stages = [[tower for tower in layers]]
+        else:
+            stages = [[tower[0] for tower in layers], [tower[2] for tower in layers]]
+        x = body
+        for depth, stage in enumerate(stages):
+            weight = torch.stack([layer.weight.t() for layer in stage])
+            bias = torch.stack([layer.bias for layer in stage])[:, None, :]
+            x = torch.baddbmm(bias, x, weight)
+            if depth < len(stages) - 1:
+                x = x.relu_()
+        return {name: x[i, :, 0] for i, name in enumerate(self.tasks)}
 
 
 class OutputLayer(nn.Module):
@@ -334,3 +377,4 @@ class ETVNetwork(nn.Module):
         z_fund = self.fund_projection(torch.cat([e_f, self.fund_id(batch["fund_ids"])], dim=1))
         z = z_user[batch["pair_user"]] + z_fund[batch["pair_fund"]]
         return self.output(self.head(z))
+
