@@ -145,3 +145,14 @@ def test_a_bad_fanout_is_a_setting_error(bad, tiny):
     _, (train, _, _) = tiny
     with pytest.raises(PredictorSettingError, match="graph_fanout"):
         ETVPredictor("esdpm", graph_fanout=bad, **FAST).fit(train)
+
+
+def test_progress_bars_show_the_rate_and_are_off_with_progress_false(tiny, capsys):
+    _, (train, valid, test) = tiny
+    settings = dict(FAST, progress=True, max_epochs=1)
+    predictor = ETVPredictor("esdpm", **settings).fit(train, validation=valid)
+    predictor.predict(test)
+    shown = capsys.readouterr().err
+    assert "impressions/s" in shown and "users/s" in shown
+    predictor.set_params(progress=False).predict(test)
+    assert capsys.readouterr().err == ""
