@@ -134,20 +134,19 @@ class FeatureSchema:
         seq_a = np.zeros((n, self.seq_len), dtype=np.int64)
         beh = data.behaviours
         if beh is not None and len(beh) and self.seq_len > 0:
-            b = beh.sort_values("time", kind="stable")
-            rows = _index_in(b["user_id"], user_ids)
-            # rank of each behaviour among its user's, newest first (0 = most recent)
-            by_user = np.argsort(rows, kind="stable")
+            # by user, then by time (ties keep table order); rank 0 = the user's most recent behaviour
+            user_of = _index_in(beh["user_id"], user_ids)
+            order = np.lexsort((beh["time"].to_numpy(), user_of))
+            rows = user_of[order]
             count = np.bincount(rows, minlength=n)
             first = np.cumsum(count) - count
-            position = np.empty_like(rows)
-            position[by_user] = np.arange(len(rows)) - first[rows[by_user]]
-            rank = count[rows] - 1 - position
+            rank = count[rows] - 1 - (np.arange(len(rows)) - first[rows])
             keep = rank < self.seq_len
             kept = np.minimum(count, self.seq_len)
             cols = kept[rows[keep]] - 1 - rank[keep]
-            seq_f[rows[keep], cols] = _lookup(b["fund_id"][keep], self.vocabularies["fund_id"])
-            seq_a[rows[keep], cols] = _lookup(b["action"][keep], self.vocabularies["action"])
+            taken = order[keep]
+            seq_f[rows[keep], cols] = _lookup(beh["fund_id"], self.vocabularies["fund_id"])[taken]
+            seq_a[rows[keep], cols] = _lookup(beh["action"], self.vocabularies["action"])[taken]
             seq_a[seq_f == 0] = 0  # a behaviour on an unknown fund is dropped
         edge_user = np.zeros(0, dtype=np.int64)
         edge_merchant = np.zeros(0, dtype=np.int64)
