@@ -42,6 +42,12 @@ def _guide_expectations():
 #: What the printed output of a page must show, in this order (regular expressions).
 EXPECTED = {
     "guide.md": _guide_expectations,
+    "testing.md": lambda: [
+        r"exact: optimal, 100\.0% of the optimum",
+        r"heuristic: feasible, (99\.\d|100\.0)% of the optimum",
+        r"error - [1-9]\d* users above their tolerance",
+        r"optimum \d+\.\d{4} three ways, spread (0e\+00|\de-1[2-6])",
+    ],
     "distributed.md": lambda: [
         r"lazy: True, chunks of 25,000 users",
         r"exact optimal, gap \d\.\de-1\d|exact optimal, gap 0\.0e\+00",
@@ -60,7 +66,7 @@ WITH_CODE = [page for page in PAGES if python_blocks(page)]
 
 def test_the_pages_that_teach_with_code_are_run():
     names = {page.name for page in WITH_CODE}
-    assert {"README.md", "guide.md", "distributed.md"} <= names
+    assert {"README.md", "guide.md", "distributed.md", "testing.md"} <= names
     assert set(EXPECTED) <= names
 
 
