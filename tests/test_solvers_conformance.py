@@ -1,4 +1,7 @@
-"""Every registered solver on canonical instances whose optima were worked out by hand."""
+"""Every registered solver on canonical instances whose optima were worked out by hand, and on generated
+families against the MILP of the definition."""
+
+import functools
 
 import numpy as np
 import pytest
@@ -91,11 +94,17 @@ def test_every_solver_keeps_the_problem_unchanged(solver):
 FLOOR = {"heuristic": 0.99, "manual": 0.8}
 
 
+@functools.lru_cache(maxsize=None)
+def medium(family: str, holdout: bool) -> tuple[eoca.AllocationProblem, float]:
+    """A 400 x 5 delivery and its optimum by the MILP of the definition (SciPy's HiGHS interface)."""
+    problem = synthetic_problem(400, 5, family=family, seed=1, holdout=holdout)
+    return problem, milp_optimum(problem)[0]
+
+
 @pytest.mark.parametrize("holdout", [False, True], ids=["exact-demands", "holdout"])
 @pytest.mark.parametrize("family", ["matching", "fighting", "tight", "ties", "zeros"])
 def test_families_medium(family, holdout, solver):
-    problem = synthetic_problem(400, 5, family=family, seed=1, holdout=holdout)
-    optimum, _ = milp_optimum(problem)  # the MILP of the definition, solved by SciPy's HiGHS interface
+    problem, optimum = medium(family, holdout)
     result = eoca.solve(problem, solver=solver)
     assert_valid_result(result)
     assert result.bound >= optimum * (1 - 1e-9)
