@@ -144,6 +144,15 @@ def dual_value(problem: AllocationProblem, prices) -> float:
 
     ``sum_i max_{j allowed} (etv[i, j] - prices[j])`` (at least 0 with holdout) plus, per fund,
     ``prices[j]`` times the maximum demand where the price is positive, the minimum where it is negative.
+
+    Parameters
+    ----------
+    problem : AllocationProblem
+    prices : array_like of float, shape (n_funds,)
+
+    Returns
+    -------
+    float
     """
     etv = problem.etv.values
     prices = np.asarray(prices, dtype=np.float64)
@@ -167,6 +176,14 @@ def feasible(problem: AllocationProblem) -> bool:
     A user may take any fund at or below its tolerance, so for every level L on the scale: the users who
     tolerate L or more must cover the minimum demand of the funds at L or above, and (without holdout) the
     users below L must fit into the maximum demand of the funds below L. The totals must fit as well.
+
+    Parameters
+    ----------
+    problem : AllocationProblem
+
+    Returns
+    -------
+    bool
     """
     user_rank, fund_rank = _ranks(problem)
     lo, hi = _demands(problem)
@@ -205,6 +222,11 @@ def assert_valid_result(result: Result, *, rtol: float = 1e-9) -> None:
     ------
     AssertionError
         Describing the first mismatch (this is a test helper: it never validates user input).
+
+    Notes
+    -----
+    The recount reads the grid into memory (a Dask-backed grid is loaded whole), in blocks of users
+    where it needs a (users, funds) temporary.
     """
     problem = result.problem
     again = recount(problem, result.codes)
