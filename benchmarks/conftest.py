@@ -14,6 +14,17 @@ def timed(fn, *args, **kwargs):
     return time.perf_counter() - start, value
 
 
+def certified_gap(problem, codes, prices) -> float:
+    """Relative gap between the dual value of ``prices`` and the ETV of ``codes``, both recounted by
+    :mod:`eoca.testing` (plain numpy, no code shared with the solver or the library's checker); raises if
+    the allocation breaks a rule."""
+    from eoca.testing import dual_value, recount
+
+    again = recount(problem, codes)
+    assert again.ok, f"the allocation breaks rules: {again}"
+    return (dual_value(problem, prices) - again.objective) / max(1.0, abs(again.objective))
+
+
 def ortools_optimum(problem, scale: float = 1e6) -> float:
     """The same allocation solved by OR-Tools' SimpleMinCostFlow (a reference, not a dependency of eoca).
 

@@ -2,7 +2,8 @@
 extended). ``eoca bench`` runs the same registry and writes the report; this file lets you time any slice
 with pytest, e.g. ``python -m pytest benchmarks/test_bench_allocation.py -k "tight and 1000000"``.
 
-Each case records the objective as a fraction of the exact solver's proven optimum, the gap to the
+Each case records the objective as a fraction of the exact solver's optimum (certified by the
+independent recount of :mod:`eoca.testing`), the gap to the
 result's own bound and the rule violations in ``extra_info``; a solver beyond its reach is skipped with the
 reason (never silently).
 """
@@ -16,6 +17,7 @@ import pytest
 import eoca
 from eoca.bench.allocation import ALLOCATION_SOLVERS, _solver_call
 from eoca.bench.specs import SOLVER_REACH, registered_specs
+from eoca.testing import assert_valid_result
 
 CASES = [(spec.name, size) for spec in registered_specs().values() for size in spec.sizes]
 
@@ -23,7 +25,12 @@ CASES = [(spec.name, size) for spec in registered_specs().values() for size in s
 @functools.lru_cache(maxsize=1)
 def _problem(spec_name: str, size: int):
     problem = registered_specs()[spec_name].build(size)
-    return problem, eoca.solve(problem, solver="exact").objective
+    exact = eoca.solve(problem, solver="exact")
+    # the reference optimum is certified independently: its ETV and the dual value of its prices,
+    # recounted in plain numpy, agree
+    assert_valid_result(exact)
+    assert exact.status is eoca.Status.OPTIMAL
+    return problem, exact.objective
 
 
 @pytest.mark.parametrize("label", ALLOCATION_SOLVERS)
@@ -46,7 +53,10 @@ def test_allocation(benchmark, spec_name, size, label):
         risk_violations=result.checks.risk_violations,
         demand_misses=result.checks.demand_misses,
     )
+    assert_valid_result(result)  # every count, the status and the bound, recounted independently
     if name in ("exact", "ip"):
         assert result.status is eoca.Status.OPTIMAL
+        assert result.objective == pytest.approx(optimum, rel=1e-9)
     if label == "heuristic":
         assert result.checks.ok  # risk-safe: every rule met on these feasible instances
+        assert result.objective <= optimum * (1 + 1e-9)

@@ -1,4 +1,4 @@
-"""Memory that ``solve(problem, solver="exact")`` adds on top of the grid it is given (issue target: at most
+"""Memory that ``solve(problem, solver="exact")`` adds on top of the grid it is given (target: at most
 half the grid's bytes, at 10M users x 8 funds and at 1M users x 50 funds), run with
 ``python -m pytest benchmarks -k memory``.
 

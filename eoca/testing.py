@@ -1,70 +1,358 @@
-"""Helpers for users' own tests: check a result independently and brute-force tiny problems."""
+"""Helpers for users' own tests: an independent recount of a result, and reference optima.
+
+Nothing here shares code with :mod:`eoca.checks` or with a solver. The recount works in plain numpy on
+the problem's public arrays (the grid, the declared demands, the fund risk levels and user tolerances as
+given), so a fault in the library's checker, in its bound or in the problem's risk coding makes
+:func:`assert_valid_result` fail instead of agreeing with it. :func:`brute_force` enumerates tiny
+problems and :func:`milp_optimum` solves the allocation as the mixed-integer program of its definition
+with SciPy's HiGHS interface (not the Pyomo model of the ``ip`` solver).
+"""
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 
-from eoca.checks import check_allocation, dual_bound
 from eoca.problem import AllocationProblem
 from eoca.result import Result, Status
 
-__all__ = ["assert_valid_result", "brute_force", "etv_grid"]
+__all__ = ["Recount", "assert_valid_result", "brute_force", "dual_value", "etv_grid", "feasible", "milp_optimum", "recount"]
+
+_BLOCK = 1 << 18  # users per block where the recount needs a (users, funds) temporary
+
+#: Words the message of a result must contain for each rule its allocation breaks.
+RULE_WORDS = {
+    "risk_violations": "risk tolerance",
+    "demand_misses": "demand",
+    "unplaced": "unplaced",
+    "invalid": "no fund",
+}
 
 
 def etv_grid(values, users=None, funds=None) -> xr.DataArray:
-    """A small ETV grid for examples and tests: users "u1".., funds "f1".. unless ids are given."""
+    """A small ETV grid for examples and tests.
+
+    Parameters
+    ----------
+    values : array_like, shape (n_users, n_funds)
+    users, funds : sequence, optional
+        Ids; "u1", "u2", ... and "f1", "f2", ... by default.
+
+    Returns
+    -------
+    xarray.DataArray over ("user", "fund"), named "etv"
+    """
     values = np.asarray(values, dtype=float)
     users = list(users) if users is not None else [f"u{i + 1}" for i in range(values.shape[0])]
     funds = list(funds) if funds is not None else [f"f{j + 1}" for j in range(values.shape[1])]
     return xr.DataArray(values, dims=("user", "fund"), coords={"user": users, "fund": funds}, name="etv")
 
 
-def assert_valid_result(result: Result, *, rtol: float = 1e-9) -> None:
-    """Assert that a result's allocation, checks, objective and bound are what an independent recount says.
+@dataclass(frozen=True)
+class Recount:
+    """What an allocation does, counted again from the problem's public arrays.
 
-    Raises AssertionError (not used for input validation, only in tests) describing the first mismatch.
+    Attributes
+    ----------
+    counts : ndarray of int64, shape (n_funds,)
+        Users placed in each fund.
+    miss_per_fund : ndarray of int64, shape (n_funds,)
+        Users above the fund's maximum demand (positive) or below its minimum (negative).
+    unplaced : int
+        Users with no fund, counted only when the problem does not allow holdout.
+    invalid : int
+        Entries that name no fund (a code below -1 or past the last fund).
+    risk_violations : int
+        Users placed in a fund whose risk level is above their tolerance.
+    objective : float
+        Total ETV of the placed users.
     """
-    recount = check_allocation(result.problem, result.codes)
-    for name in ("ok", "unplaced", "demand_misses", "risk_violations", "invalid"):
-        got, want = getattr(result.checks, name), getattr(recount, name)
+
+    counts: np.ndarray
+    miss_per_fund: np.ndarray
+    unplaced: int
+    invalid: int
+    risk_violations: int
+    objective: float
+
+    @property
+    def demand_misses(self) -> int:
+        """Total users by which the funds miss their demands (over plus under)."""
+        return int(np.abs(self.miss_per_fund).sum())
+
+    @property
+    def ok(self) -> bool:
+        """True when the allocation breaks no rule."""
+        return self.unplaced == 0 and self.invalid == 0 and self.risk_violations == 0 and self.demand_misses == 0
+
+
+def _ranks(problem: AllocationProblem) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of each user's tolerance and each fund's risk level on one sorted scale of the raw values."""
+    tolerance = np.asarray(problem.risk_tolerance.values)
+    level = np.asarray(problem.risk_level.values)
+    numeric = tolerance.dtype.kind in "iuf" and level.dtype.kind in "iuf"
+    both = np.concatenate([tolerance, level]) if numeric else np.concatenate([tolerance.astype(object),
+                                                                              level.astype(object)])
+    _, positions = np.unique(both, return_inverse=True)
+    return positions[: len(tolerance)], positions[len(tolerance):]
+
+
+def _demands(problem: AllocationProblem) -> tuple[np.ndarray, np.ndarray]:
+    return (np.asarray(problem.demand_min.values, dtype=np.int64),
+            np.asarray(problem.demand_max.values, dtype=np.int64))
+
+
+def recount(problem: AllocationProblem, codes) -> Recount:
+    """Count what an allocation does, in plain numpy, without the library's checker.
+
+    Parameters
+    ----------
+    problem : AllocationProblem
+    codes : array_like of int, shape (n_users,)
+        Fund position per user in ``problem.funds``; -1 for no fund.
+
+    Returns
+    -------
+    Recount
+    """
+    etv = problem.etv.values
+    n, k = etv.shape
+    codes = np.asarray(codes).astype(np.int64)
+    if codes.shape != (n,):
+        raise AssertionError(f"the allocation has shape {codes.shape}; the problem has {n} users")
+    placed = np.flatnonzero((codes >= 0) & (codes < k))
+    funds = codes[placed]
+    counts = np.bincount(funds, minlength=k).astype(np.int64)
+    lo, hi = _demands(problem)
+    miss = np.maximum(counts - hi, 0) - np.maximum(lo - counts, 0)
+    user_rank, fund_rank = _ranks(problem)
+    return Recount(
+        counts=counts,
+        miss_per_fund=miss,
+        unplaced=0 if problem.holdout else int(np.count_nonzero(codes == -1)),
+        invalid=int(np.count_nonzero((codes < -1) | (codes >= k))),
+        risk_violations=int(np.count_nonzero(user_rank[placed] < fund_rank[funds])),
+        objective=float(np.asarray(etv[placed, funds], dtype=np.float64).sum()),
+    )
+
+
+def dual_value(problem: AllocationProblem, prices) -> float:
+    """The Lagrangian dual value of fund prices, from its formula: an upper bound on the optimum.
+
+    ``sum_i max_{j allowed} (etv[i, j] - prices[j])`` (at least 0 with holdout) plus, per fund,
+    ``prices[j]`` times the maximum demand where the price is positive, the minimum where it is negative.
+
+    Parameters
+    ----------
+    problem : AllocationProblem
+    prices : array_like of float, shape (n_funds,)
+
+    Returns
+    -------
+    float
+    """
+    etv = problem.etv.values
+    prices = np.asarray(prices, dtype=np.float64)
+    user_rank, fund_rank = _ranks(problem)
+    total = 0.0
+    for start in range(0, etv.shape[0], _BLOCK):  # blocks of users keep the temporaries small
+        stop = start + _BLOCK
+        allowed = user_rank[start:stop, None] >= fund_rank[None, :]
+        reduced = np.where(allowed, np.asarray(etv[start:stop], dtype=np.float64) - prices[None, :], -np.inf)
+        best = reduced.max(axis=1, initial=-np.inf)
+        if problem.holdout:
+            best = np.maximum(best, 0.0)
+        total += float(best.sum())
+    lo, hi = _demands(problem)
+    return float(total + np.sum(np.where(prices > 0, prices * hi, prices * lo)))
+
+
+def feasible(problem: AllocationProblem) -> bool:
+    """Whether some allocation meets every demand within the risk rule (Hall's condition on ordered levels).
+
+    A user may take any fund at or below its tolerance, so for every level L on the scale: the users who
+    tolerate L or more must cover the minimum demand of the funds at L or above, and (without holdout) the
+    users below L must fit into the maximum demand of the funds below L. The totals must fit as well.
+
+    Parameters
+    ----------
+    problem : AllocationProblem
+
+    Returns
+    -------
+    bool
+    """
+    user_rank, fund_rank = _ranks(problem)
+    lo, hi = _demands(problem)
+    n = len(user_rank)
+    if lo.sum() > n or (not problem.holdout and hi.sum() < n):
+        return False
+    for level in np.unique(np.concatenate([user_rank, fund_rank])):
+        if np.count_nonzero(user_rank >= level) < lo[fund_rank >= level].sum():
+            return False
+        if not problem.holdout and np.count_nonzero(user_rank < level) > hi[fund_rank < level].sum():
+            return False
+    return True
+
+
+def _fail(message: str) -> None:
+    raise AssertionError(message)
+
+
+def assert_valid_result(result: Result, *, rtol: float = 1e-9) -> None:
+    """Assert that a result says what an independent recount of its allocation says.
+
+    Checks, against :func:`recount`: every count of ``result.checks``; that ``optimal`` and ``feasible``
+    are claimed only for allocations that break no rule, and that any other allocation that breaks a rule
+    has status ``error`` (or ``time_limit``) and a message naming each broken rule; that ``infeasible`` is
+    claimed only for problems that are (see :func:`feasible`); the objective; that the bound is at least
+    the ETV of a valid allocation, equals the dual value of the result's prices when it has prices, and
+    equals the objective when ``optimal`` is claimed.
+
+    Parameters
+    ----------
+    result : Result
+    rtol : float
+        Relative tolerance on the objective and the bound.
+
+    Raises
+    ------
+    AssertionError
+        Describing the first mismatch (this is a test helper: it never validates user input).
+
+    Notes
+    -----
+    The recount reads the grid into memory (a Dask-backed grid is loaded whole), in blocks of users
+    where it needs a (users, funds) temporary.
+    """
+    problem = result.problem
+    again = recount(problem, result.codes)
+    checks = result.checks
+    for name in ("unplaced", "invalid", "risk_violations", "demand_misses"):
+        got, want = getattr(checks, name), getattr(again, name)
         if got != want:
-            raise AssertionError(f"result.checks.{name} is {got!r} but a recount gives {want!r}")
-    if result.status in (Status.OPTIMAL, Status.FEASIBLE) and not recount.ok:
-        raise AssertionError(f"status {result.status.value!r} claimed for an allocation that breaks rules: "
-                             f"{recount.describe()}")
-    if result.status is not Status.INFEASIBLE:
-        tol = rtol * max(1.0, abs(recount.objective))
-        if not np.isclose(result.objective, recount.objective, rtol=rtol, atol=tol):
-            raise AssertionError(f"objective {result.objective!r} but the grid gives {recount.objective!r}")
-        if recount.ok and result.bound < recount.objective - tol:
-            raise AssertionError(f"bound {result.bound!r} is below the allocation's ETV {recount.objective!r}")
-        if result.prices is not None:
-            again = dual_bound(result.problem.compile(), result.prices.values)
-            if not np.isclose(again, result.bound, rtol=rtol, atol=tol):
-                raise AssertionError(f"bound {result.bound!r} does not match its prices' dual value {again!r}")
-        if result.status is Status.OPTIMAL and result.bound - recount.objective > 1e-6 * max(1.0, abs(result.bound)):
-            raise AssertionError(f"optimal claimed with gap {result.bound - recount.objective!r} to the bound")
+            _fail(f"result.checks.{name} is {got!r} but a recount gives {want!r}")
+    if checks.ok != again.ok:
+        _fail(f"result.checks.ok is {checks.ok!r} but a recount gives {again.ok!r}")
+    for name, want in (("counts", again.counts), ("miss_per_fund", again.miss_per_fund)):
+        got = np.asarray(getattr(checks, name).values)
+        if not np.array_equal(got, want):
+            _fail(f"result.checks.{name} is {got.tolist()} but a recount gives {want.tolist()}")
+
+    if result.status is Status.INFEASIBLE:
+        if feasible(problem):
+            _fail("status 'infeasible' for a problem that Hall's condition on its risk levels says is feasible")
+        return
+    if result.status in (Status.OPTIMAL, Status.FEASIBLE) and not again.ok:
+        _fail(f"status {result.status.value!r} claimed for an allocation that breaks rules: {again}")
+    if not again.ok:
+        if result.status not in (Status.ERROR, Status.TIME_LIMIT):
+            _fail(f"status {result.status.value!r} for an allocation that breaks rules")
+        for name, words in RULE_WORDS.items():
+            if getattr(again, name) and words not in result.message:
+                _fail(f"the allocation breaks a rule ({name} = {getattr(again, name)}) but the message "
+                      f"does not say {words!r}: {result.message!r}")
+
+    tol = rtol * max(1.0, abs(again.objective))
+    if not abs(result.objective - again.objective) <= tol:
+        _fail(f"objective {result.objective!r} but the grid gives {again.objective!r}")
+    if not np.isfinite(result.bound):
+        _fail(f"bound {result.bound!r} is not a number")
+    if again.ok and result.bound < again.objective - tol:
+        _fail(f"bound {result.bound!r} is below the ETV {again.objective!r} of a valid allocation")
+    if result.prices is not None:
+        value = dual_value(problem, result.prices.values)
+        if not abs(value - result.bound) <= rtol * max(1.0, abs(value)):
+            _fail(f"bound {result.bound!r} but the dual value of the result's prices is {value!r}")
+    if result.status is Status.OPTIMAL and result.bound - again.objective > 1e-6 * max(1.0, abs(result.bound)):
+        _fail(f"optimal claimed with a gap of {result.bound - again.objective!r} to the bound")
 
 
 def brute_force(problem: AllocationProblem, limit: int = 2_000_000) -> tuple[float, np.ndarray | None]:
-    """The optimum of a tiny problem by enumerating every allocation; ``(nan, None)`` if none is feasible."""
-    c = problem.compile()
-    n, k = c.n_users, c.n_funds
-    options = [[j for j in range(k) if c.user_level[i] >= c.fund_level[j]] + ([-1] if c.holdout else [])
+    """The optimum of a tiny problem, by enumerating every allocation the risk rule allows.
+
+    Parameters
+    ----------
+    problem : AllocationProblem
+    limit : int
+        Most allocations to enumerate.
+
+    Returns
+    -------
+    (float, ndarray of int32 or None)
+        The best total ETV and one allocation reaching it (fund positions, -1 for none);
+        ``(nan, None)`` when no allocation meets every demand.
+    """
+    etv = np.asarray(problem.etv.values, dtype=np.float64)
+    n, k = etv.shape
+    user_rank, fund_rank = _ranks(problem)
+    lo, hi = _demands(problem)
+    options = [[j for j in range(k) if user_rank[i] >= fund_rank[j]] + ([-1] if problem.holdout else [])
                for i in range(n)]
-    size = int(np.prod([len(o) for o in options], dtype=float)) if n else 1
+    size = float(np.prod([len(o) for o in options], dtype=float))
     if size > limit:
-        raise ValueError(f"brute_force: {size} allocations exceed the limit of {limit}")
+        raise ValueError(f"brute_force: {size:.0f} allocations exceed the limit of {limit}")
     best, best_codes = float("nan"), None
     for combo in itertools.product(*options):
         codes = np.array(combo, dtype=np.int64)
         counts = np.bincount(codes[codes >= 0], minlength=k)
-        if (counts < c.demand_min).any() or (counts > c.demand_max).any():
+        if (counts < lo).any() or (counts > hi).any():
             continue
-        value = float(sum(c.etv[i, j] for i, j in enumerate(combo) if j >= 0))
+        value = float(sum(etv[i, j] for i, j in enumerate(combo) if j >= 0))
         if best_codes is None or value > best:
             best, best_codes = value, codes.astype(np.int32)
     return best, best_codes
+
+
+def milp_optimum(problem: AllocationProblem, *, relax: bool = False) -> tuple[float, np.ndarray | None]:
+    """The optimum of a small problem as the mixed-integer program of its definition (SciPy's ``milp``).
+
+    maximise ``sum etv[i, j] x[i, j]`` over the pairs the risk rule allows, with ``x`` binary, each user in
+    exactly one fund (at most one with holdout) and each fund's count within its demand.
+
+    Parameters
+    ----------
+    problem : AllocationProblem
+    relax : bool
+        Solve the linear relaxation (``0 <= x <= 1``) instead. The constraint matrix is totally unimodular,
+        so its optimum equals the integer one.
+
+    Returns
+    -------
+    (float, ndarray of int32 or None)
+        The optimum and an allocation reaching it (rounded from ``x`` with ``relax``); ``(nan, None)``
+        when no allocation meets every demand.
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_array
+
+    etv = np.asarray(problem.etv.values, dtype=np.float64)
+    n, k = etv.shape
+    user_rank, fund_rank = _ranks(problem)
+    users, funds = np.nonzero(user_rank[:, None] >= fund_rank[None, :])
+    m = len(users)
+    lo, hi = _demands(problem)
+    each_user = csr_array((np.ones(m), (users, np.arange(m))), shape=(n, m))
+    each_fund = csr_array((np.ones(m), (funds, np.arange(m))), shape=(k, m))
+    constraints = [
+        LinearConstraint(each_user, 0 if problem.holdout else 1, 1),
+        LinearConstraint(each_fund, lo, hi),
+    ]
+    if m == 0 or ((each_user.sum(axis=1) == 0).any() and not problem.holdout):
+        # nobody may take any fund (or some user none): feasible only if nobody has to
+        if problem.holdout and lo.sum() == 0:
+            return 0.0, np.full(n, -1, dtype=np.int32)
+        return float("nan"), None
+    out = milp(-etv[users, funds], constraints=constraints, bounds=Bounds(0, 1),
+               integrality=np.zeros(m) if relax else np.ones(m))
+    if out.status == 2:  # infeasible
+        return float("nan"), None
+    if not out.success:
+        raise RuntimeError(f"milp_optimum: HiGHS ended with {out.message}")
+    codes = np.full(n, -1, dtype=np.int32)
+    chosen = out.x > 0.5
+    codes[users[chosen]] = funds[chosen]
+    return float(-out.fun), codes

@@ -10,6 +10,7 @@ import xarray as xr
 import eoca
 from eoca.checks import check_allocation, dual_bound
 from eoca.instances import synthetic_problem
+from eoca.testing import dual_value, recount
 
 dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
@@ -97,14 +98,27 @@ def test_range_demands_and_an_empty_fund(client):
 
 
 def test_checker_and_bound_run_chunk_by_chunk(client):
+    """Planted violations in every chunk are counted the same on the Dask grid as a recount in memory."""
     problem = synthetic_problem(6_000, seed=1)
     lz = lazy(problem, 1_000)
-    codes = eoca.solve(problem, solver="heuristic").codes
-    a, b = check_allocation(problem, codes), check_allocation(lz, codes)
-    assert (a.ok, a.risk_violations, a.demand_misses) == (b.ok, b.risk_violations, b.demand_misses)
-    assert b.objective == pytest.approx(a.objective, rel=1e-12)
-    prices = np.linspace(0.0, 50.0, problem.n_funds)
-    assert dual_bound(lz.compile(), prices) == pytest.approx(dual_bound(problem.compile(), prices), rel=1e-12)
+    c = problem.compile()
+    codes = eoca.solve(problem).codes.copy()
+    rng = np.random.default_rng(0)
+    low = np.flatnonzero(c.user_level < c.fund_level.max())  # users some fund is too risky for
+    risky = rng.choice(low, 300, replace=False)
+    codes[risky] = int(np.argmax(c.fund_level))  # above their tolerance
+    rest = np.setdiff1d(np.arange(problem.n_users), risky)
+    unplaced, invalid = rng.choice(rest, 40, replace=False), rng.choice(rest, 7, replace=False)
+    codes[unplaced], codes[invalid] = -1, problem.n_funds
+    expected = recount(problem, codes)
+    assert expected.risk_violations >= 250 and expected.unplaced > 0 and expected.invalid > 0
+    for checks in (check_allocation(lz, codes), check_allocation(problem, codes)):
+        assert (checks.ok, checks.risk_violations, checks.unplaced, checks.invalid, checks.demand_misses) == (
+            False, expected.risk_violations, expected.unplaced, expected.invalid, expected.demand_misses)
+        np.testing.assert_array_equal(checks.counts.values, expected.counts)
+        assert checks.objective == pytest.approx(expected.objective, rel=1e-12)
+    prices = np.linspace(-30.0, 50.0, problem.n_funds)
+    assert dual_bound(lz.compile(), prices) == pytest.approx(dual_value(problem, prices), rel=1e-12)
 
 
 @pytest.mark.parametrize("solver", ["heuristic", "manual", "ip"])

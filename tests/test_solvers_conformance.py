@@ -1,4 +1,7 @@
-"""Every registered solver on canonical instances whose optima were worked out by hand."""
+"""Every registered solver on canonical instances whose optima were worked out by hand, and on generated
+families against the MILP of the definition."""
+
+import functools
 
 import numpy as np
 import pytest
@@ -6,7 +9,7 @@ import pytest
 import eoca
 from eoca.instances import synthetic_problem
 from eoca.solvers.base import registered_solvers
-from eoca.testing import assert_valid_result
+from eoca.testing import assert_valid_result, milp_optimum
 from eoca.testing import etv_grid as grid
 
 EXACT = {"exact", "ip"}  # solvers that promise the optimum
@@ -86,17 +89,37 @@ def test_every_solver_keeps_the_problem_unchanged(solver):
     np.testing.assert_array_equal(problem.etv.values, before)
 
 
+#: Least fraction of the optimum a solver without a proof of optimality must reach on the medium families
+#: (measured: the risk-safe heuristic 0.996-1.0, the priority baseline 0.84-0.92 where it meets every demand).
+FLOOR = {"heuristic": 0.99, "manual": 0.8}
+
+
+@functools.lru_cache(maxsize=None)
+def medium(family: str, holdout: bool) -> tuple[eoca.AllocationProblem, float]:
+    """A 400 x 5 delivery and its optimum by the MILP of the definition (SciPy's HiGHS interface)."""
+    problem = synthetic_problem(400, 5, family=family, seed=1, holdout=holdout)
+    return problem, milp_optimum(problem)[0]
+
+
+@pytest.mark.parametrize("holdout", [False, True], ids=["exact-demands", "holdout"])
 @pytest.mark.parametrize("family", ["matching", "fighting", "tight", "ties", "zeros"])
-def test_families_medium(family, solver):
-    problem = synthetic_problem(400, 5, family=family, seed=1)
+def test_families_medium(family, holdout, solver):
+    problem, optimum = medium(family, holdout)
     result = eoca.solve(problem, solver=solver)
     assert_valid_result(result)
+    assert result.bound >= optimum * (1 - 1e-9)
     if solver in EXACT:
         assert result.status is eoca.Status.OPTIMAL
-    reference = eoca.solve(problem, solver="exact")
-    if result.checks.ok:
-        assert result.objective <= reference.objective + 1e-6 * reference.objective
-    assert result.bound >= reference.objective - 1e-6 * reference.objective
+        assert result.objective == pytest.approx(optimum, rel=1e-9)
+    elif result.checks.ok:
+        assert FLOOR.get(solver, 0.0) * optimum <= result.objective <= optimum * (1 + 1e-9)
+    else:
+        # Only the priority baseline may miss a demand (a fund that picks first can take the users a
+        # later one needs); it never breaks the risk rule, and the result says what it missed.
+        assert solver == "manual"
+        assert result.status is eoca.Status.ERROR and "demand missed by" in result.message
+        assert result.checks.risk_violations == 0 and result.checks.invalid == 0
+        assert result.checks.demand_misses > 0
 
 
 def test_unknown_solver_lists_known():

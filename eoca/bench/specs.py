@@ -18,7 +18,7 @@ __all__ = ["BenchSpec", "register_spec", "get_spec", "registered_specs", "spec_f
 
 #: The largest number of users each solver is run at, and why not beyond (reported, never silent).
 SOLVER_REACH: dict[str, tuple[int, str]] = {
-    "ip": (50_000, "a generic MIP through Pyomo takes minutes beyond 50k users (paper §5.1.2, DESIGN §1)"),
+    "ip": (50_000, "a generic MIP through Pyomo takes minutes beyond 50k users (paper §5.1.2, docs/design.md)"),
     "manual": (10_000_000, ""),
     "heuristic": (10_000_000, ""),
     "exact": (50_000_000, ""),
