@@ -38,24 +38,29 @@ def _tally_bound(etv, user_level, fund_level, codes, prices, holdout, tally, bou
     bound_c = np.zeros(_CHUNKS)
     other_c = np.zeros((_CHUNKS, 3), dtype=np.int64)  # unplaced, invalid, risk
     for c in numba.prange(_CHUNKS):
+        # per-chunk accumulators in locals: threads never write the same cache line in the loop
         best = np.empty(_SWEEP)
+        cnt = np.zeros(k, dtype=np.int64)
         e = (c + 1) * n // _CHUNKS
         obj = 0.0
         total = 0.0
+        unplaced = 0
+        invalid = 0
+        risk = 0
         for s in range(c * n // _CHUNKS, e, _SWEEP):
             m = min(_SWEEP, e - s)
             if tally:
                 for i in range(s, s + m):
                     j = codes[i]
-                    if j < 0:
-                        other_c[c, 0 if j == -1 else 1] += 1
-                    elif j >= k:
-                        other_c[c, 1] += 1
+                    if j == -1:
+                        unplaced += 1
+                    elif j < 0 or j >= k:
+                        invalid += 1
                     else:
-                        counts_c[c, j] += 1
+                        cnt[j] += 1
                         obj += etv[i, j]
                         if user_level[i] < fund_level[j]:
-                            other_c[c, 2] += 1
+                            risk += 1
             if bound:
                 for t in range(m):
                     best[t] = floor
@@ -68,8 +73,12 @@ def _tally_bound(etv, user_level, fund_level, codes, prices, holdout, tally, bou
                         best[t] = v if v > best[t] else best[t]
                 for t in range(m):
                     total += best[t]
+        counts_c[c] = cnt
         objective_c[c] = obj
         bound_c[c] = total
+        other_c[c, 0] = unplaced
+        other_c[c, 1] = invalid
+        other_c[c, 2] = risk
     counts = np.zeros(k, dtype=np.int64)
     objective = 0.0
     users = 0.0
