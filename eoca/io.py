@@ -184,21 +184,16 @@ def _write_zarr(problem: AllocationProblem, tmp: Path) -> None:
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     n = c.n_users
 
-    def put(name: str, values: np.ndarray, chunks: tuple[int, ...]) -> None:
+    def put(name: str, values: Any, chunks: tuple[int, ...]) -> None:
+        # chunk by chunk: zarr encodes what it is handed all at once, so a whole grid would be copied
         arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks,
                                  compressors=[Crc32cCodec()], fill_value=0)
-        if values.size:
-            arr[...] = values
+        step = chunks[0]
+        for s in range(0, values.shape[0], step):
+            arr[s : s + step] = np.asarray(values[s : s + step])
 
     rows = max(1, min(CHUNK_USERS, n))
-    etv = c.etv
-    if c.is_lazy:  # chunk by chunk: a lazy grid is never loaded whole
-        arr = group.create_array("etv", shape=etv.shape, dtype=etv.dtype, chunks=(rows, c.n_funds),
-                                 compressors=[Crc32cCodec()], fill_value=0)
-        for s in range(0, n, rows):
-            arr[s : s + rows] = np.asarray(etv[s : s + rows])
-    else:
-        put("etv", np.asarray(etv), (rows, max(1, c.n_funds)))
+    put("etv", c.etv, (rows, max(1, c.n_funds)))  # a lazy grid is read one chunk at a time
     code_dtype = np.int8 if c.n_levels <= 127 else np.int32
     put("risk_code", np.asarray(c.user_level, dtype=code_dtype), (rows,))
     if id_kind(problem.users) == "integer":
@@ -265,16 +260,13 @@ def load_problem(path: str | os.PathLike, *, chunks: int | None = None) -> Alloc
 
 
 def _read_chunked(store: Path, arr: Any, name: str) -> np.ndarray:
-    """Read a Zarr array whole (zarr reads its chunks concurrently); if that fails, read it again chunk by
-    chunk so that the damaged chunk is named."""
-    try:
-        return arr[...]
-    except Exception:  # codecs raise many kinds on damaged bytes; find which chunk it was
-        pass
+    """Read a Zarr array whole, one chunk at a time: memory stays one array plus one chunk (zarr asked
+    for everything at once decodes many chunks side by side), and a damaged chunk is named."""
+    out = np.empty(arr.shape, dtype=arr.dtype)
     step = arr.chunks[0] if arr.ndim else 1
-    for i in range(-(-arr.shape[0] // step) if arr.ndim else 0):
-        read_zarr_chunk(store, arr, name, i)
-    raise FileFormatError(f"{store}: array {name!r} cannot be read (damaged store)")
+    for i, s in enumerate(range(0, arr.shape[0] if arr.ndim else 0, step)):
+        out[s : s + step] = read_zarr_chunk(store, arr, name, i)
+    return out
 
 
 def read_zarr_chunk(store: str | os.PathLike, arr: Any, name: str, index: int) -> np.ndarray:

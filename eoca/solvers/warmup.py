@@ -3,8 +3,8 @@
 The exact, heuristic and manual solvers and the checker are numba kernels. Each is compiled on its first
 call for each argument type (float64 and float32 grids are two types) and cached on disk, so the first
 solve in a fresh install pays that compile (about a minute on two cores) and every later process only
-loads the cached machine code (a second or two). The cache sits in ``__pycache__`` beside the eoca sources,
-or under ``NUMBA_CACHE_DIR`` if that is set (for a read-only install); numba recompiles a kernel whenever
+loads the cached machine code (a second or two). The cache sits in the ``__pycache__`` folder beside each
+eoca module that has kernels, or under ``NUMBA_CACHE_DIR`` if that is set (for a read-only install); numba recompiles a kernel whenever
 its source file changes, and after a numba upgrade.
 """
 
@@ -32,11 +32,12 @@ WARMUP_SOLVERS = ("exact", "heuristic", "manual")
 
 
 def cache_location() -> Path:
-    """Where numba keeps eoca's compiled kernels."""
+    """Where numba keeps eoca's compiled kernels: ``NUMBA_CACHE_DIR`` if set, else the eoca package
+    folder (the ``__pycache__`` folder beside each module that has kernels)."""
     configured = os.environ.get("NUMBA_CACHE_DIR")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parent / "__pycache__"
+    return Path(__file__).resolve().parents[1]
 
 
 def warmup(dtypes: tuple[str, ...] = ("float64", "float32"), *, echo: Callable[[str], None] | None = print,
@@ -76,5 +77,7 @@ def warmup(dtypes: tuple[str, ...] = ("float64", "float32"), *, echo: Callable[[
             echo(f"{dtype} grids: kernels ready in {seconds[0]:.1f} s of compiling or loading from the cache")
     out["total"] = time.perf_counter() - started
     if echo is not None:
-        echo(f"warmup done in {out['total']:.1f} s; compiled kernels are cached in {cache_location()}")
+        where = cache_location()
+        place = where if os.environ.get("NUMBA_CACHE_DIR") else f"the __pycache__ folders under {where}"
+        echo(f"warmup done in {out['total']:.1f} s; compiled kernels are cached in {place}")
     return out
