@@ -19,7 +19,7 @@ from eoca.result import Checks
 if TYPE_CHECKING:
     from eoca.result import Result
 
-__all__ = ["check_allocation", "dual_bound", "codes_from_assignment"]
+__all__ = ["check_allocation", "check_and_bound", "dual_bound", "codes_from_assignment"]
 
 
 _CHUNKS = 64  # fixed split of the users: sums never depend on the number of threads
@@ -27,70 +27,86 @@ _SWEEP = 512  # users whose best values are swept fund by fund together (vectori
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _tally(etv, user_level, fund_level, codes):  # pragma: no cover - compiled
+def _tally_bound(etv, user_level, fund_level, codes, prices, holdout, tally, bound):  # pragma: no cover
+    """One read of the grid: with ``tally``, the allocation's counts per fund, ETV, unplaced, invalid and
+    risk-breaking users; with ``bound``, the users' part of the dual value for ``prices``. Users are
+    swept in blocks of ``_SWEEP``, fund by fund, so the bound's inner loop runs across users."""
     n, k = etv.shape
+    floor = 0.0 if holdout else -np.inf
     counts_c = np.zeros((_CHUNKS, k), dtype=np.int64)
     objective_c = np.zeros(_CHUNKS)
+    bound_c = np.zeros(_CHUNKS)
     other_c = np.zeros((_CHUNKS, 3), dtype=np.int64)  # unplaced, invalid, risk
     for c in numba.prange(_CHUNKS):
+        # per-chunk accumulators in locals: threads never write the same cache line in the loop
+        best = np.empty(_SWEEP)
+        cnt = np.zeros(k, dtype=np.int64)
+        e = (c + 1) * n // _CHUNKS
         obj = 0.0
-        for i in range(c * n // _CHUNKS, (c + 1) * n // _CHUNKS):
-            j = codes[i]
-            if j < 0:
-                if j == -1:
-                    other_c[c, 0] += 1
-                else:
-                    other_c[c, 1] += 1
-                continue
-            if j >= k:
-                other_c[c, 1] += 1
-                continue
-            counts_c[c, j] += 1
-            obj += etv[i, j]
-            if user_level[i] < fund_level[j]:
-                other_c[c, 2] += 1
+        total = 0.0
+        unplaced = 0
+        invalid = 0
+        risk = 0
+        for s in range(c * n // _CHUNKS, e, _SWEEP):
+            m = min(_SWEEP, e - s)
+            if tally:
+                for i in range(s, s + m):
+                    j = codes[i]
+                    if j == -1:
+                        unplaced += 1
+                    elif j < 0 or j >= k:
+                        invalid += 1
+                    else:
+                        cnt[j] += 1
+                        obj += etv[i, j]
+                        if user_level[i] < fund_level[j]:
+                            risk += 1
+            if bound:
+                for t in range(m):
+                    best[t] = floor
+                for j in range(k):
+                    fj = fund_level[j]
+                    pj = prices[j]
+                    for t in range(m):
+                        v = etv[s + t, j] - pj
+                        v = v if user_level[s + t] >= fj else -np.inf
+                        best[t] = v if v > best[t] else best[t]
+                for t in range(m):
+                    total += best[t]
+        counts_c[c] = cnt
         objective_c[c] = obj
+        bound_c[c] = total
+        other_c[c, 0] = unplaced
+        other_c[c, 1] = invalid
+        other_c[c, 2] = risk
     counts = np.zeros(k, dtype=np.int64)
     objective = 0.0
+    users = 0.0
     unplaced = 0
     invalid = 0
     risk = 0
     for c in range(_CHUNKS):
         counts += counts_c[c]
         objective += objective_c[c]
+        users += bound_c[c]
         unplaced += other_c[c, 0]
         invalid += other_c[c, 1]
         risk += other_c[c, 2]
-    return counts, objective, unplaced, invalid, risk
+    return counts, objective, unplaced, invalid, risk, users
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _best_reduced(etv, user_level, fund_level, prices, holdout):  # pragma: no cover - compiled
-    n, k = etv.shape
-    floor = 0.0 if holdout else -np.inf
-    part = np.zeros(_CHUNKS)
-    for c in numba.prange(_CHUNKS):
-        best = np.empty(_SWEEP)
-        e = (c + 1) * n // _CHUNKS
-        total = 0.0
-        for s in range(c * n // _CHUNKS, e, _SWEEP):
-            m = min(_SWEEP, e - s)
-            for t in range(m):
-                best[t] = floor
-            for j in range(k):
-                fj = fund_level[j]
-                pj = prices[j]
-                for t in range(m):
-                    v = etv[s + t, j] - pj
-                    v = v if user_level[s + t] >= fj else -np.inf
-                    best[t] = v if v > best[t] else best[t]
-            for t in range(m):
-                total += best[t]
-        part[c] = total
-    out = 0.0
-    for c in range(_CHUNKS):
-        out += part[c]
-    return out
+_NO_PRICES = np.zeros(0)
+_NO_CODES = np.zeros(0, dtype=np.int32)
+
+
+def _tally(etv, user_level, fund_level, codes):
+    """Counts per fund, ETV, unplaced, invalid and risk-breaking users of an allocation (one pass)."""
+    return _tally_bound(etv, user_level, fund_level, codes, _NO_PRICES, True, True, False)[:5]
+
+
+def _best_reduced(etv, user_level, fund_level, prices, holdout):
+    """The users' part of the dual value for ``prices`` (one pass)."""
+    return _tally_bound(etv, user_level, fund_level, _NO_CODES, prices, holdout, False, True)[5]
 
 
 def _tally_block(etv, user_level, codes, fund_level):
@@ -110,6 +126,34 @@ def codes_from_assignment(problem: AllocationProblem, assignment: xr.DataArray) 
     return codes.astype(np.int32)
 
 
+def _codes(problem: AllocationProblem, codes: np.ndarray | xr.DataArray) -> np.ndarray:
+    if isinstance(codes, xr.DataArray):
+        codes = codes_from_assignment(problem, codes)
+    c = problem.compile()
+    codes = np.ascontiguousarray(codes, dtype=np.int32)
+    if codes.shape != (c.n_users,):
+        raise ValidationError("assignment", f"expected {c.n_users} entries, one per user; got shape {codes.shape}")
+    return codes
+
+
+def _checks(problem: AllocationProblem, counts, objective, unplaced, invalid, risk) -> Checks:
+    c = problem.compile()
+    miss = np.where(counts > c.demand_max, counts - c.demand_max, np.where(counts < c.demand_min, counts - c.demand_min, 0))
+    if c.holdout:
+        unplaced = 0
+    funds = problem.funds
+    return Checks(
+        ok=bool(unplaced == 0 and invalid == 0 and risk == 0 and not miss.any()),
+        unplaced=int(unplaced),
+        demand_misses=int(np.abs(miss).sum()),
+        risk_violations=int(risk),
+        invalid=int(invalid),
+        counts=xr.DataArray(counts, dims=(FUND,), coords={FUND: funds}, name="users"),
+        miss_per_fund=xr.DataArray(miss.astype(np.int64), dims=(FUND,), coords={FUND: funds}, name="miss"),
+        objective=float(objective),
+    )
+
+
 def check_allocation(problem: AllocationProblem, codes: np.ndarray | xr.DataArray) -> Checks:
     """Check an allocation against every rule of ``problem``.
 
@@ -123,12 +167,8 @@ def check_allocation(problem: AllocationProblem, codes: np.ndarray | xr.DataArra
     -------
     Checks
     """
-    if isinstance(codes, xr.DataArray):
-        codes = codes_from_assignment(problem, codes)
+    codes = _codes(problem, codes)
     c = problem.compile()
-    codes = np.ascontiguousarray(codes, dtype=np.int32)
-    if codes.shape != (c.n_users,):
-        raise ValidationError("assignment", f"expected {c.n_users} entries, one per user; got shape {codes.shape}")
     if c.is_lazy:  # chunk by chunk on the Dask workers, summed here
         from eoca.distributed import map_user_blocks
 
@@ -137,21 +177,45 @@ def check_allocation(problem: AllocationProblem, codes: np.ndarray | xr.DataArra
         objective, unplaced, invalid, risk = (sum(p[i] for p in parts) for i in range(1, 5))
     else:
         counts, objective, unplaced, invalid, risk = _tally(c.etv, c.user_level, c.fund_level, codes)
-    miss = np.where(counts > c.demand_max, counts - c.demand_max, np.where(counts < c.demand_min, counts - c.demand_min, 0))
-    if c.holdout:
-        unplaced = 0
-    funds = problem.funds
-    checks = Checks(
-        ok=bool(unplaced == 0 and invalid == 0 and risk == 0 and not miss.any()),
-        unplaced=int(unplaced),
-        demand_misses=int(np.abs(miss).sum()),
-        risk_violations=int(risk),
-        invalid=int(invalid),
-        counts=xr.DataArray(counts, dims=(FUND,), coords={FUND: funds}, name="users"),
-        miss_per_fund=xr.DataArray(miss.astype(np.int64), dims=(FUND,), coords={FUND: funds}, name="miss"),
-        objective=float(objective),
+    return _checks(problem, counts, objective, unplaced, invalid, risk)
+
+
+def check_and_bound(problem: AllocationProblem, codes: np.ndarray, prices: np.ndarray) -> tuple[Checks, float]:
+    """:func:`check_allocation` and :func:`dual_bound` together, in one read of an in-memory grid.
+
+    Parameters
+    ----------
+    problem : AllocationProblem
+    codes : ndarray of int, shape (n_users,)
+        Fund index per user, -1 for no fund.
+    prices : ndarray of float, shape (n_funds,)
+        Any finite fund prices.
+
+    Returns
+    -------
+    (Checks, float)
+        The checker's report and the Lagrangian dual value of ``prices`` (an upper bound on the optimum).
+    """
+    c = problem.compile()
+    if c.is_lazy:
+        return check_allocation(problem, codes), dual_bound(c, prices)
+    codes = _codes(problem, codes)
+    prices = _prices(c, prices)
+    counts, objective, unplaced, invalid, risk, users = _tally_bound(
+        c.etv, c.user_level, c.fund_level, codes, prices, c.holdout, True, True
     )
-    return checks
+    return _checks(problem, counts, objective, unplaced, invalid, risk), float(users + _fund_term(c, prices))
+
+
+def _prices(compiled: CompiledProblem, prices: np.ndarray) -> np.ndarray:
+    prices = np.ascontiguousarray(prices, dtype=np.float64)
+    if prices.shape != (compiled.n_funds,) or not np.isfinite(prices).all():
+        raise ValidationError("prices", f"expected {compiled.n_funds} finite prices; got {prices!r}")
+    return prices
+
+
+def _fund_term(compiled: CompiledProblem, prices: np.ndarray) -> float:
+    return float(np.where(prices >= 0, prices * compiled.demand_max, prices * compiled.demand_min).sum())
 
 
 def dual_bound(compiled: CompiledProblem, prices: np.ndarray) -> float:
@@ -162,9 +226,7 @@ def dual_bound(compiled: CompiledProblem, prices: np.ndarray) -> float:
     At optimal prices it equals the optimum (the problem is a transportation problem, so LP duality is
     exact).
     """
-    prices = np.ascontiguousarray(prices, dtype=np.float64)
-    if prices.shape != (compiled.n_funds,) or not np.isfinite(prices).all():
-        raise ValidationError("prices", f"expected {compiled.n_funds} finite prices; got {prices!r}")
+    prices = _prices(compiled, prices)
     if compiled.is_lazy:  # a sum over users: one map-reduce over the grid's chunks
         from eoca.distributed import map_user_blocks
 
@@ -176,8 +238,7 @@ def dual_bound(compiled: CompiledProblem, prices: np.ndarray) -> float:
         )
     else:
         users = _best_reduced(compiled.etv, compiled.user_level, compiled.fund_level, prices, compiled.holdout)
-    funds = np.where(prices >= 0, prices * compiled.demand_max, prices * compiled.demand_min).sum()
-    return float(users + funds)
+    return float(users + _fund_term(compiled, prices))
 
 
 def recount(result: Result) -> Checks:

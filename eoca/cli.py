@@ -1,4 +1,4 @@
-"""The ``eoca`` command line: solve a scenario file, list solvers."""
+"""The ``eoca`` command line: solve a scenario or a saved problem, warm the kernels up, list solvers."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from eoca.errors import EocaError, ValidationError
 from eoca.problem import AllocationProblem
 from eoca.result import Result
 
-__all__ = ["main", "load_scenario", "format_result"]
+__all__ = ["main", "load_scenario", "load_input", "format_result"]
 
 
 def _parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
@@ -86,20 +86,53 @@ def format_result(result: Result) -> str:
     return "\n".join(lines)
 
 
+def load_input(path: str | Path, **params: Any) -> AllocationProblem:
+    """A problem from the command line's argument: a saved problem (``.zarr`` store or ``.nc`` file,
+    see :func:`eoca.io.load_problem`) or a scenario ``.py`` file (see :func:`load_scenario`)."""
+    path = Path(path)
+    if path.suffix in (".zarr", ".nc"):
+        from eoca.io import load_problem
+
+        if params:
+            raise ValidationError("--param", f"{path} is a saved problem; it takes no parameters")
+        return load_problem(path)
+    return load_scenario(path, **params)
+
+
 def _cmd_solve(args: argparse.Namespace) -> int:
+    import time
+
     from eoca.io import save_problem, save_result
     from eoca.solve import solve
 
-    problem = load_scenario(args.scenario, **_parse_pairs(args.param, "--param"))
+    start = time.perf_counter()
+    problem = load_input(args.scenario, **_parse_pairs(args.param, "--param"))
+    stages = {"load": time.perf_counter() - start}
     result = solve(problem, solver=args.solver, **_parse_pairs(args.option, "--option"))
+    stages["solve"] = result.timings.get("solve", 0.0)
+    stages["check"] = result.timings.get("check", 0.0) + result.timings.get("bound", 0.0)
+    if "compile" in result.timings:
+        stages["compile"] = result.timings["compile"]
     print(format_result(result))
     if args.out:
         out = Path(args.out)
+        start = time.perf_counter()
         save_result(result, out, format=args.format)
         if args.save_problem:
-            save_problem(problem, out / "problem.nc")
+            save_problem(problem, out / "problem.zarr")
+        stages["write"] = time.perf_counter() - start
         print(f"\nwrote {out}")
+    print("\nstages     " + ", ".join(f"{k} {v:.3f} s" for k, v in stages.items())
+          + ("   (compile: numba's first-call JIT; run `eoca warmup` once to pay it ahead)"
+             if "compile" in stages else ""))
     return 0 if result.ok else 1
+
+
+def _cmd_warmup(args: argparse.Namespace) -> int:
+    from eoca.solvers.warmup import warmup
+
+    warmup(tuple(args.dtype.split(",")))
+    return 0
 
 
 def _cmd_solvers(args: argparse.Namespace) -> int:
@@ -137,15 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eoca", description="ETV-optimised customer allocation")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("solve", help="solve a scenario file from problems/")
-    p.add_argument("scenario", help="Python file defining build(**params) or `problem`")
+    p = sub.add_parser("solve", help="solve a scenario file from problems/ or a saved problem")
+    p.add_argument("scenario", help="Python file defining build(**params) or `problem`, or a saved problem "
+                                    "(.zarr store or .nc file written by eoca.io.save_problem)")
     p.add_argument("--solver", default="exact", help="solver name (see `eoca solvers`); default exact")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="scenario parameter")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="solver option")
     p.add_argument("--out", help="directory for assignment and summary.json")
     p.add_argument("--format", default="parquet", choices=["parquet", "csv"], help="assignment file format")
-    p.add_argument("--save-problem", action="store_true", help="also write problem.nc into --out")
+    p.add_argument("--save-problem", action="store_true", help="also write problem.zarr into --out")
     p.set_defaults(func=_cmd_solve)
+
+    p = sub.add_parser("warmup", help="compile and cache every numba kernel (pay the first-call JIT once)")
+    p.add_argument("--dtype", default="float64,float32", help="grid dtypes to compile for (default both)")
+    p.set_defaults(func=_cmd_warmup)
 
     p = sub.add_parser("demo", help="end-to-end run on built-in synthetic data: predict, allocate, simulate")
     p.add_argument("--users", type=int, default=10_000, help="users on the synthetic platform (default 10,000)")

@@ -629,7 +629,28 @@ def open_grid(path: str | os.PathLike, *, variable: str = "etv", chunk_users: in
     grid = ds[variable]
     if set(grid.dims) != {USER, FUND}:
         raise ETVError("etv", f"{variable!r} in {str(path)!r} has dims {grid.dims}; expected ({USER!r}, {FUND!r})")
-    return grid.transpose(USER, FUND).chunk({FUND: -1})
+    return _guarded(path, variable, grid, grid.transpose(USER, FUND).chunk({FUND: -1}))
+
+
+def _guarded(path, variable: str, stored: xr.DataArray, grid: xr.DataArray) -> xr.DataArray:
+    """The same lazy grid, read through :func:`eoca.io.lazy_zarr_array`: a damaged chunk then raises
+    :class:`~eoca.errors.FileFormatError` naming the store, the array and the chunk, not a codec's raw
+    error from inside Dask. Arrays that xarray decodes (packed with a scale or offset, or stored with
+    funds first) keep xarray's reader."""
+    import zarr
+
+    from eoca.io import lazy_zarr_array
+
+    encoding = stored.encoding
+    try:
+        arr = zarr.open_group(str(path), mode="r")[variable]
+    except Exception:  # a store xarray opened but zarr's group API cannot: keep xarray's reader
+        return grid
+    if (stored.dims != (USER, FUND) or "scale_factor" in encoding or "add_offset" in encoding
+            or arr.dtype != grid.dtype or tuple(arr.shape) != grid.shape):
+        return grid
+    step = grid.data.chunks[0][0] if grid.shape[0] else 1
+    return grid.copy(data=lazy_zarr_array(path, arr, variable, int(step)))
 
 
 def _predict_chunk(predictor, data, start, path, variable, merchant_h=None):

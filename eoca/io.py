@@ -1,8 +1,19 @@
-"""Saving and loading problems (NetCDF) and results (Parquet or CSV plus a JSON summary).
+"""Saving and loading problems (Zarr or NetCDF) and results (Parquet or CSV plus a JSON summary).
 
-Every write goes to a temporary file beside the target and is moved into place only when complete, so a
-crash never leaves a half-written file under the target name. Files carry a format marker; a file that
-lacks it, or cannot be parsed, raises :class:`eoca.errors.FileFormatError`.
+Every write goes to a temporary name beside the target and is moved into place only when complete, so a
+crash never leaves a half-written file under the target name. Files carry a versioned format marker; a
+file that lacks it, is truncated, corrupt or cannot be parsed raises :class:`eoca.errors.FileFormatError`
+naming the file (and, inside a Zarr store, the array and chunk).
+
+Problem files
+-------------
+``.zarr`` (a directory, Zarr v3): arrays ``etv`` (users x funds, in the grid's dtype, chunks of
+``CHUNK_USERS`` users, each chunk with a CRC-32C checksum), ``risk_code`` (each user's position on the risk
+scale) and the user ids (``user`` for integers; for strings ``user_offsets`` and ``user_bytes``: the UTF-8
+bytes of every id one after another, and where each starts, as in Arrow's string layout); the fund table,
+risk scale, holdout, name, id kinds, dtypes and the problem's fingerprint in the group's attributes. A Zarr
+problem can be opened lazily (``load_problem(path, chunks=...)``) for the distributed solve.
+``.nc`` (NetCDF through h5netcdf): the same content as one Dataset, read whole.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,16 +31,23 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from eoca.checks import check_allocation, codes_from_assignment
+from eoca.checks import check_allocation, dual_bound
 from eoca.errors import FileFormatError, ValidationError
-from eoca.problem import FUND, USER, AllocationProblem
+from eoca.problem import FUND, USER, AllocationProblem, id_kind
 from eoca.result import Result, Status
 
-__all__ = ["save_problem", "load_problem", "save_result", "load_result", "load_summary", "load_assignment"]
+__all__ = [
+    "save_problem", "load_problem", "save_result", "load_result", "load_summary", "load_assignment",
+    "CHUNK_USERS",
+]
 
-PROBLEM_FORMAT = "eoca.problem/1"
-RESULT_FORMAT = "eoca.result/1"
+PROBLEM_FORMAT = "eoca.problem/2"  # Zarr store
+PROBLEM_FORMAT_NC = "eoca.problem/1"  # NetCDF file
+RESULT_FORMAT = "eoca.result/2"
+_RESULT_FORMATS = ("eoca.result/1", RESULT_FORMAT)  # /1: written before the fingerprint and id kinds
 SUMMARY_NAME = "summary.json"
+#: Users per chunk of a Zarr problem's arrays (also the unit a lazy open reads).
+CHUNK_USERS = 1_000_000
 
 
 def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
@@ -43,9 +62,29 @@ def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def _atomic_write_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory (a Zarr store) under a temporary name, then swap it in."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / "store") if target.is_dir() else os.replace(target, old / "file")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _plain(values: np.ndarray) -> np.ndarray:
-    """Arrays NetCDF can store: labels as unicode, numbers as int64 or float64."""
+    """Arrays NetCDF can store: labels as unicode, numbers as they are (ints as int64)."""
     values = np.asarray(values)
+    if values.dtype.kind in "iufb":
+        return values.astype(np.int64) if values.dtype.kind in "iu" else values
     kind = pd.api.types.infer_dtype(values, skipna=False)
     if kind == "integer":
         return values.astype(np.int64)
@@ -53,13 +92,121 @@ def _plain(values: np.ndarray) -> np.ndarray:
         return values.astype(np.float64)
     if kind == "boolean":
         return values.astype(bool)
-    return np.asarray([str(v) for v in values.tolist()], dtype=str)
+    return np.asarray(values, dtype=str)
+
+
+def _levels_attrs(levels: np.ndarray) -> dict[str, Any]:
+    values = [v.item() if isinstance(v, np.generic) else v for v in levels.tolist()]
+    return {"levels": values, "levels_dtype": str(np.asarray(levels).dtype) if levels.dtype.kind != "O" else "object"}
+
+
+def _levels_from(attrs: dict[str, Any]) -> np.ndarray:
+    dtype = attrs.get("levels_dtype", "object")
+    return np.asarray(attrs["levels"], dtype=object if dtype.startswith("<U") or dtype == "object" else dtype)
+
+
+def _header(problem: AllocationProblem) -> dict[str, Any]:
+    """What a problem file says about itself beside the arrays (JSON-ready)."""
+    c = problem.compile()
+    funds = [f.item() if isinstance(f, np.generic) else f for f in problem.funds.tolist()]
+    tol = problem.risk_tolerance
+    return {
+        "name": problem.name,
+        "holdout": problem.holdout,
+        "n_users": problem.n_users,
+        "funds": funds,
+        "fund_id_kind": id_kind(problem.funds),
+        "user_id_kind": id_kind(problem.users),
+        "user_id_dtype": str(problem.users.dtype),
+        "demand_min": c.demand_min.tolist(),
+        "demand_max": c.demand_max.tolist(),
+        "fund_risk_code": c.fund_level.tolist(),
+        "risk_tolerance_dtype": str(tol.dtype) if tol.dtype.kind != "O" else "object",
+        "etv_dtype": str(c.etv.dtype),
+        "fingerprint": problem.fingerprint(),
+        **_levels_attrs(problem.risk_levels),
+    }
+
+
+def _string_layout(ids: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 bytes of every id one after another and the offset where each starts (n + 1 entries)."""
+    import pyarrow as pa
+
+    arr = pa.array(np.asarray(ids, dtype=object), type=pa.large_string())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    return offsets - offsets[0], data[offsets[0] : offsets[-1]]
+
+
+def _strings_from_layout(offsets: np.ndarray, data: np.ndarray, where: str) -> np.ndarray:
+    import pyarrow as pa
+
+    if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(data) or (
+        len(offsets) > 1 and (np.diff(offsets) < 0).any()
+    ):
+        raise FileFormatError(f"{where}: the user ids' offsets do not describe their bytes (corrupt file)")
+    try:
+        arr = pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(np.ascontiguousarray(offsets)),
+                                                pa.py_buffer(np.ascontiguousarray(data)))
+        arr.validate(full=True)
+    except (pa.ArrowException, ValueError) as exc:
+        raise FileFormatError(f"{where}: the user ids are not valid UTF-8 strings (corrupt file): {exc}") from None
+    return arr.to_numpy(zero_copy_only=False)
 
 
 def save_problem(problem: AllocationProblem, path: str | os.PathLike) -> Path:
-    """Write a problem to NetCDF (``.nc``): the ETV grid with demands, risk and holdout as metadata."""
+    """Write a problem to a file that :func:`load_problem` reads back exactly.
+
+    Parameters
+    ----------
+    problem : AllocationProblem
+    path : str or path-like
+        ``.zarr``: a Zarr v3 store (a directory; fastest, and it can be opened lazily); any other name
+        (``.nc``): NetCDF. See the module notes for what each holds.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``. The write is atomic: a crash leaves no partial file under ``path``.
+    """
     path = Path(path)
-    kinds = {"user": pd.Index(problem.users).inferred_type, "fund": pd.Index(problem.funds).inferred_type}
+    if path.suffix == ".zarr":
+        _atomic_write_dir(path, lambda tmp: _write_zarr(problem, tmp))
+        return path
+    return _save_netcdf(problem, path)
+
+
+def _write_zarr(problem: AllocationProblem, tmp: Path) -> None:
+    import zarr
+    from zarr.codecs import Crc32cCodec
+
+    c = problem.compile()
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    n = c.n_users
+
+    def put(name: str, values: Any, chunks: tuple[int, ...]) -> None:
+        # chunk by chunk: zarr encodes what it is handed all at once, so a whole grid would be copied
+        arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks,
+                                 compressors=[Crc32cCodec()], fill_value=0)
+        step = chunks[0]
+        for s in range(0, values.shape[0], step):
+            arr[s : s + step] = np.asarray(values[s : s + step])
+
+    rows = max(1, min(CHUNK_USERS, n))
+    put("etv", c.etv, (rows, max(1, c.n_funds)))  # a lazy grid is read one chunk at a time
+    code_dtype = np.int8 if c.n_levels <= 127 else np.int32
+    put("risk_code", np.asarray(c.user_level, dtype=code_dtype), (rows,))
+    if id_kind(problem.users) == "integer":
+        put("user", np.asarray(problem.users, dtype=np.int64), (rows,))
+    else:
+        offsets, data = _string_layout(problem.users)
+        put("user_offsets", offsets, (rows + 1,))
+        put("user_bytes", data, (max(1, min(len(data), 64 * CHUNK_USERS)),))
+    group.attrs.update({"eoca_format": PROBLEM_FORMAT, **_header(problem)})
+
+
+def _save_netcdf(problem: AllocationProblem, path: Path) -> Path:
+    header = _header(problem)
     ds = xr.Dataset(
         {
             "etv": ((USER, FUND), np.asarray(problem.etv.values)),
@@ -70,46 +217,223 @@ def save_problem(problem: AllocationProblem, path: str | os.PathLike) -> Path:
         },
         coords={USER: _plain(problem.users.to_numpy()), FUND: _plain(problem.funds.to_numpy())},
         attrs={
-            "eoca_format": PROBLEM_FORMAT,
+            "eoca_format": PROBLEM_FORMAT_NC,
             "holdout": int(problem.holdout),
             "name": problem.name or "",
-            "user_id_kind": kinds["user"],
-            "fund_id_kind": kinds["fund"],
+            "user_id_kind": header["user_id_kind"],
+            "fund_id_kind": header["fund_id_kind"],
+            "user_id_dtype": header["user_id_dtype"],
+            "risk_tolerance_dtype": header["risk_tolerance_dtype"],
+            "fingerprint": header["fingerprint"],
         },
     )
     _atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
     return path
 
 
-def load_problem(path: str | os.PathLike) -> AllocationProblem:
-    """Read a problem written by :func:`save_problem`; it is validated again on the way in."""
+def load_problem(path: str | os.PathLike, *, chunks: int | None = None) -> AllocationProblem:
+    """Read a problem written by :func:`save_problem`; it is validated again on the way in.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.zarr`` store or a NetCDF file.
+    chunks : int, optional
+        Zarr stores only: open the grid lazily as a Dask array of this many users per chunk (for the
+        distributed solve, see :mod:`eoca.distributed`); the ids and risk codes are loaded.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``path``.
+    FileFormatError
+        Not an eoca problem file, or truncated / corrupt (naming the file, array and chunk).
+    """
     path = Path(path)
+    if path.is_dir():
+        return _load_zarr(path, chunks)
     if not path.is_file():
         raise FileNotFoundError(f"no problem file at {path}")
+    if chunks is not None:
+        raise ValidationError("chunks", f"a lazy open needs a Zarr store; {path} is a NetCDF file")
+    return _load_netcdf(path)
+
+
+def _read_chunked(store: Path, arr: Any, name: str) -> np.ndarray:
+    """Read a Zarr array whole, one chunk at a time: memory stays one array plus one chunk (zarr asked
+    for everything at once decodes many chunks side by side), and a damaged chunk is named."""
+    out = np.empty(arr.shape, dtype=arr.dtype)
+    step = arr.chunks[0] if arr.ndim else 1
+    for i, s in enumerate(range(0, arr.shape[0] if arr.ndim else 0, step)):
+        out[s : s + step] = read_zarr_chunk(store, arr, name, i)
+    return out
+
+
+def read_zarr_chunk(store: str | os.PathLike, arr: Any, name: str, index: int) -> np.ndarray:
+    """Rows of chunk ``index`` (along the first axis) of the Zarr array ``arr`` named ``name`` in ``store``.
+
+    Raises
+    ------
+    FileFormatError
+        The chunk is missing, truncated or fails its checksum (naming the store, the array and the chunk).
+    """
+    step = arr.chunks[0]
+    try:
+        return arr[index * step : (index + 1) * step]
+    except Exception as exc:  # codecs raise many kinds on damaged bytes (checksum, size, decompression)
+        raise FileFormatError(
+            f"{store}: array {name!r}, chunk {index} (users {index * step:,} to "
+            f"{min((index + 1) * step, arr.shape[0]) - 1:,}) is damaged: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _open_zarr_group(path: Path) -> Any:
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+    except Exception as exc:  # missing or unparseable zarr.json
+        raise FileFormatError(f"{path} is not a readable eoca problem store (Zarr): {type(exc).__name__}: {exc}") from None
+    if attrs.get("eoca_format") != PROBLEM_FORMAT:
+        raise FileFormatError(
+            f"{path} was not written by eoca.save_problem (format {attrs.get('eoca_format')!r}, "
+            f"expected {PROBLEM_FORMAT!r})"
+        )
+    return group, attrs
+
+
+def _array(group: Any, path: Path, name: str, shape: tuple[int, ...]) -> Any:
+    try:
+        arr = group[name]
+    except Exception:
+        raise FileFormatError(f"{path} lacks the array {name!r} (truncated or not a problem store)") from None
+    if tuple(arr.shape) != shape:
+        raise FileFormatError(f"{path}: array {name!r} has shape {tuple(arr.shape)}, expected {shape}")
+    return arr
+
+
+def _load_zarr(path: Path, chunks: int | None) -> AllocationProblem:
+    group, attrs = _open_zarr_group(path)
+    try:
+        n, funds = int(attrs["n_users"]), list(attrs["funds"])
+        k = len(funds)
+        levels = _levels_from(attrs)
+        lo, hi = attrs["demand_min"], attrs["demand_max"]
+        fund_code = np.asarray(attrs["fund_risk_code"], dtype=np.int64)
+        kind = attrs["user_id_kind"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FileFormatError(f"{path}: the store's attributes are incomplete ({exc})") from None
+    codes = _read_chunked(path, _array(group, path, "risk_code", (n,)), "risk_code")
+    if n and (codes.min() < 0 or codes.max() >= len(levels)):
+        raise FileFormatError(f"{path}: array 'risk_code' holds codes outside the risk scale (corrupt file)")
+    if kind == "integer":
+        users = pd.Index(_read_chunked(path, _array(group, path, "user", (n,)), "user"))
+    else:
+        offsets = _read_chunked(path, _array(group, path, "user_offsets", (n + 1,)), "user_offsets")
+        data_arr = group.get("user_bytes")
+        if data_arr is None:
+            raise FileFormatError(f"{path} lacks the array 'user_bytes' (truncated or not a problem store)")
+        ids = _strings_from_layout(offsets, _read_chunked(path, data_arr, "user_bytes"), str(path))
+        dtype = attrs.get("user_id_dtype", "object")
+        users = pd.Index(ids, dtype=object) if dtype == "object" else pd.Index(ids, dtype=dtype)
+    etv_arr = _array(group, path, "etv", (n, k))
+    if chunks is None:
+        values = _read_chunked(path, etv_arr, "etv")
+    else:
+        values = lazy_zarr_array(path, etv_arr, "etv", chunks)
+    tol = levels[codes.astype(np.intp)]
+    tol_dtype = attrs.get("risk_tolerance_dtype", "object")
+    tol = tol.astype(object if tol_dtype == "object" else tol_dtype)
+    grid = xr.DataArray(values, dims=(USER, FUND), coords={USER: users, FUND: pd.Index(funds, dtype=object)
+                                                         if attrs.get("fund_id_kind") == "string" else funds})
+    demand = {f: (int(a) if a == b else (int(a), int(b))) for f, a, b in zip(funds, lo, hi)}
+    fund_risk = dict(zip(funds, levels[fund_code].tolist()))
+    problem = AllocationProblem(
+        etv=grid, demand=demand, risk_level=fund_risk,
+        risk_tolerance=pd.Series(tol, index=grid.get_index(USER), dtype=tol.dtype, copy=False),
+        holdout=bool(attrs.get("holdout", False)), name=attrs.get("name"),
+    )
+    if problem.fingerprint() != attrs.get("fingerprint"):
+        raise FileFormatError(f"{path}: its content does not match the fingerprint it was saved with (corrupt store)")
+    return problem
+
+
+def lazy_zarr_array(store: str | os.PathLike, arr: Any, name: str, chunk_users: int) -> Any:
+    """A Dask array over a Zarr array (all columns in one chunk) whose every read is guarded: a damaged
+    chunk raises :class:`FileFormatError` naming the store, the array and the chunk."""
+    import dask
+    import dask.array as da
+
+    if isinstance(chunk_users, bool) or not isinstance(chunk_users, int | np.integer) or chunk_users < 1:
+        raise ValidationError("chunks", f"must be a positive number of users per chunk; got {chunk_users!r}")
+    n = arr.shape[0]
+    read = dask.delayed(_read_rows, pure=True)
+    blocks = [
+        da.from_delayed(read(str(store), name, s, min(s + chunk_users, n)), (min(s + chunk_users, n) - s, *arr.shape[1:]),
+                        dtype=arr.dtype)
+        for s in range(0, n, chunk_users)
+    ]
+    if not blocks:
+        return da.zeros(arr.shape, dtype=arr.dtype, chunks=(1, *arr.shape[1:]))
+    return da.concatenate(blocks, axis=0)
+
+
+def _read_rows(store: str, name: str, start: int, stop: int) -> np.ndarray:
+    import zarr
+
+    try:
+        arr = zarr.open_array(store, path=name, mode="r")
+    except Exception as exc:
+        raise FileFormatError(f"{store}: array {name!r} cannot be opened: {type(exc).__name__}: {exc}") from None
+    step = arr.chunks[0]
+    parts = [read_zarr_chunk(store, arr, name, i) for i in range(start // step, (stop - 1) // step + 1)]
+    block = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    offset = (start // step) * step
+    return block[start - offset : stop - offset]
+
+
+def _load_netcdf(path: Path) -> AllocationProblem:
     try:
         with xr.open_dataset(path, engine="h5netcdf") as ds:
             ds = ds.load()
     except Exception as exc:  # h5py/h5netcdf raise many kinds on a corrupt file
         raise FileFormatError(f"{path} is not a readable eoca problem file (NetCDF): {exc}") from None
-    if ds.attrs.get("eoca_format") != PROBLEM_FORMAT:
+    if ds.attrs.get("eoca_format") != PROBLEM_FORMAT_NC:
         raise FileFormatError(
             f"{path} was not written by eoca.save_problem (format {ds.attrs.get('eoca_format')!r}, "
-            f"expected {PROBLEM_FORMAT!r})"
+            f"expected {PROBLEM_FORMAT_NC!r})"
         )
     missing = {"etv", "demand_min", "demand_max", "risk_level", "risk_tolerance"} - set(ds.data_vars)
     if missing:
         raise FileFormatError(f"{path} lacks {sorted(missing)}")
     funds = ds[FUND].values
+    users = pd.Index(ds[USER].values)
+    if ds.attrs.get("user_id_kind") == "string":
+        dtype = ds.attrs.get("user_id_dtype", "object")
+        users = pd.Index(ds[USER].values.astype(object), dtype=object if dtype == "object" else dtype)
+    if ds.attrs.get("fund_id_kind") == "string":
+        funds = funds.astype(object)
+    tol = ds["risk_tolerance"].values
+    tol_dtype = ds.attrs.get("risk_tolerance_dtype")
+    if tol_dtype:
+        tol = tol.astype(object if tol_dtype == "object" else tol_dtype)
     lo, hi = ds["demand_min"].values, ds["demand_max"].values
     demand = {f: (int(a) if a == b else (int(a), int(b))) for f, a, b in zip(funds.tolist(), lo, hi)}
-    return AllocationProblem(
-        etv=ds["etv"],
+    grid = xr.DataArray(ds["etv"].values, dims=(USER, FUND),
+                        coords={USER: users, FUND: pd.Index(funds, dtype=funds.dtype)})
+    problem = AllocationProblem(
+        etv=grid,
         demand=demand,
         risk_level=dict(zip(funds.tolist(), ds["risk_level"].values.tolist())),
-        risk_tolerance=pd.Series(ds["risk_tolerance"].values, index=ds[USER].values),
+        risk_tolerance=pd.Series(tol, index=grid.get_index(USER), dtype=tol.dtype, copy=False),
         holdout=bool(ds.attrs.get("holdout", 0)),
         name=ds.attrs.get("name") or None,
     )
+    saved = ds.attrs.get("fingerprint")
+    if saved is not None and problem.fingerprint() != saved:
+        raise FileFormatError(f"{path}: its content does not match the fingerprint it was saved with (corrupt file)")
+    return problem
 
 
 def _jsonable(value: Any) -> Any:
@@ -132,6 +456,9 @@ def result_summary(result: Result) -> dict[str, Any]:
         {
             "eoca_format": RESULT_FORMAT,
             "problem": result.problem.name,
+            "problem_fingerprint": result.problem.fingerprint(),
+            "user_id_kind": id_kind(result.problem.users),
+            "fund_id_kind": id_kind(result.problem.funds),
             "n_users": result.problem.n_users,
             "solver": result.solver,
             "status": result.status.value,
@@ -167,17 +494,60 @@ def result_summary(result: Result) -> dict[str, Any]:
     )
 
 
+def _assignment_table(result: Result) -> Any:
+    """The assignment as an Arrow table: ``user``, ``fund`` (dictionary-encoded: one small dictionary of
+    fund ids and an int32 code per user, null for no fund) and ``etv`` of the user's fund."""
+    import pyarrow as pa
+
+    problem = result.problem
+    codes = np.asarray(result.codes, dtype=np.int32)
+    users = problem.users
+    user_col = (pa.array(np.asarray(users, dtype=np.int64)) if id_kind(users) == "integer"
+                else pa.array(np.asarray(users, dtype=object), type=pa.string()))
+    funds = problem.funds
+    dictionary = (pa.array(np.asarray(funds, dtype=np.int64)) if id_kind(funds) == "integer"
+                  else pa.array([str(f) for f in funds], type=pa.string()))
+    fund_col = pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), dictionary)
+    etv = np.asarray(problem.compile().etv)
+    value = np.take_along_axis(etv, np.maximum(codes, 0).astype(np.intp)[:, None], axis=1)[:, 0]
+    value = np.where(codes >= 0, value, 0).astype(etv.dtype, copy=False)
+    meta = {"eoca_format": RESULT_FORMAT, "user_id_kind": id_kind(users), "fund_id_kind": id_kind(funds)}
+    return pa.table({USER: user_col, FUND: fund_col, "etv": pa.array(value)}, metadata=meta)
+
+
 def save_result(result: Result, directory: str | os.PathLike, *, format: str = "parquet") -> Path:
-    """Write ``assignment.parquet`` (or ``.csv``: user, fund, etv) and ``summary.json`` into ``directory``."""
+    """Write the assignment and ``summary.json`` into ``directory``.
+
+    Parameters
+    ----------
+    result : Result
+    directory : str or path-like
+        Created if missing. Holds ``assignment.parquet`` (or ``.csv``) with the columns ``user``,
+        ``fund`` (dictionary-encoded in Parquet; empty for no fund) and ``etv``, and ``summary.json``
+        (status, objective, bound, checks, per-fund counts and prices, the id kinds, the problem's
+        fingerprint and the assignment file's SHA-256).
+    format : {"parquet", "csv"}
+
+    Returns
+    -------
+    pathlib.Path
+        ``directory``. Each file is written under a temporary name and renamed when complete.
+    """
     if format not in ("parquet", "csv"):
         raise ValidationError("format", f"must be 'parquet' or 'csv'; got {format!r}")
     directory = Path(directory)
-    frame = result.to_frame()
+    table = _assignment_table(result)
     target = directory / f"assignment.{format}"
     if format == "parquet":
-        _atomic_write(target, lambda tmp: frame.to_parquet(tmp, index=False))
+        import pyarrow.parquet as pq
+
+        # page checksums: a damaged page is caught on reading even without the summary's file hash
+        _atomic_write(target, lambda tmp: pq.write_table(table, tmp, compression="zstd", compression_level=1,
+                                                         write_page_checksum=True))
     else:
-        _atomic_write(target, lambda tmp: frame.to_csv(tmp, index=False))
+        import pyarrow.csv as pcsv
+
+        _atomic_write(target, lambda tmp: pcsv.write_csv(table, tmp))
     summary = result_summary(result)
     summary["assignment_file"] = target.name
     # the summary names the exact assignment it describes, so a pair from two different saves is caught
@@ -189,13 +559,21 @@ def save_result(result: Result, directory: str | os.PathLike, *, format: str = "
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
+        for block in iter(lambda: fh.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 def load_summary(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read ``summary.json`` of a saved result."""
+    """Read ``summary.json`` of a saved result.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``summary.json`` in ``directory``.
+    FileFormatError
+        Not valid JSON, or not written by :func:`save_result`.
+    """
     path = Path(directory) / SUMMARY_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {SUMMARY_NAME} in {directory}")
@@ -203,55 +581,145 @@ def load_summary(directory: str | os.PathLike) -> dict[str, Any]:
         summary = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FileFormatError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(summary, dict) or summary.get("eoca_format") != RESULT_FORMAT:
+    if not isinstance(summary, dict) or summary.get("eoca_format") not in _RESULT_FORMATS:
         raise FileFormatError(f"{path} was not written by eoca.save_result (no {RESULT_FORMAT!r} marker)")
+    for key, kind in (("status", str), ("funds", dict)):
+        if not isinstance(summary.get(key), kind):
+            raise FileFormatError(f"{path} lacks a valid {key!r} entry")
+    if summary["status"] not in {s.value for s in Status}:
+        raise FileFormatError(f"{path}: unknown status {summary['status']!r}")
     return summary
 
 
-def load_assignment(directory: str | os.PathLike) -> xr.DataArray:
-    """The saved assignment as a DataArray over "user" of fund ids (missing for no fund)."""
-    summary = load_summary(directory)
-    path = Path(directory) / summary.get("assignment_file", "assignment.parquet")
-    if path.is_file() and summary.get("assignment_sha256") not in (None, _sha256(path)):
+def _read_assignment(directory: Path, summary: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user ids, fund code per row into the dictionary, -1 for none; the dictionary of fund ids)."""
+    import pyarrow as pa
+
+    path = directory / summary.get("assignment_file", "assignment.parquet")
+    if not path.is_file():
+        raise FileFormatError(f"{path} is missing: {directory / SUMMARY_NAME} names it as its assignment")
+    stored = summary.get("assignment_sha256")
+    if stored is not None and stored != _sha256(path):
         raise FileFormatError(
-            f"{path} is not the assignment {Path(directory) / SUMMARY_NAME} describes (it was replaced or the "
-            "save was interrupted); save the result again"
+            f"{path} is not the assignment {directory / SUMMARY_NAME} describes (it was replaced, damaged or "
+            "the save was interrupted); save the result again"
         )
+    user_kind = summary.get("user_id_kind")
+    fund_kind = summary.get("fund_id_kind")
     try:
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise FileFormatError(f"{path} is not a readable assignment table: {exc}") from None
-    if not {USER, FUND} <= set(frame.columns):
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path, page_checksum_verification=True)  # every column: damage anywhere counts
+        else:
+            import pyarrow.csv as pcsv
+
+            types = {"string": pa.string(), "integer": pa.int64()}
+            column_types = {c: types[k] for c, k in ((USER, user_kind), (FUND, fund_kind)) if k in types}
+            table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+                column_types=column_types, strings_can_be_null=True, include_columns=[USER, FUND]))
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError ... on a damaged file
+        raise FileFormatError(f"{path} is not a readable assignment table: {type(exc).__name__}: {exc}") from None
+    if not {USER, FUND} <= set(table.column_names):
         raise FileFormatError(f"{path} lacks the 'user' and 'fund' columns")
-    fund = frame[FUND].astype(object).where(frame[FUND].notna(), None)
-    return xr.DataArray(fund.to_numpy(), dims=(USER,), coords={USER: frame[USER].to_numpy()}, name="fund")
+    users = table.column(USER).to_numpy()
+    if users.dtype.kind == "O" or user_kind == "string":
+        users = users.astype(object)
+    fund = table.column(FUND).combine_chunks()
+    if not pa.types.is_dictionary(fund.type):
+        fund = fund.dictionary_encode()
+    codes = fund.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+    dictionary = fund.dictionary.to_numpy(zero_copy_only=False)
+    return users, codes, dictionary
+
+
+def load_assignment(directory: str | os.PathLike) -> xr.DataArray:
+    """The saved assignment as a DataArray over "user" of fund ids (missing for no fund).
+
+    Raises
+    ------
+    FileNotFoundError, FileFormatError
+        As :func:`load_summary`; and a missing, replaced or damaged assignment file.
+    """
+    directory = Path(directory)
+    users, codes, dictionary = _read_assignment(directory, load_summary(directory))
+    labels = np.empty(len(dictionary) + 1, dtype=object)
+    labels[:-1] = dictionary
+    user_index = pd.Index(users, dtype=object) if users.dtype.kind == "O" else pd.Index(users)
+    data = xr.Variable((USER,), labels.take(codes), fastpath=True)
+    return xr.DataArray(data, coords={USER: user_index}, name="fund")
 
 
 def load_result(directory: str | os.PathLike, problem: AllocationProblem) -> Result:
-    """Rebuild a saved result against its problem; the allocation is checked again on the way in."""
+    """Rebuild a saved result against ``problem``, checking the allocation again.
+
+    The checks decide: an allocation that breaks a rule of ``problem`` has status "error". When the
+    saved prices exist, the dual bound is recomputed on ``problem`` and "optimal" is kept only if it
+    certifies the allocation; without prices the saved status is kept only if the file was saved for
+    this very problem (same fingerprint), else the status is "feasible".
+
+    Raises
+    ------
+    FileNotFoundError, FileFormatError
+        As :func:`load_assignment`.
+    """
+    directory = Path(directory)
     summary = load_summary(directory)
-    assignment = load_assignment(directory)
-    checks = check_allocation(problem, assignment)
-    codes = codes_from_assignment(problem, assignment)
+    users, file_codes, dictionary = _read_assignment(directory, summary)
+    # fund ids of the file -> the problem's fund codes (-2: a fund the problem lacks)
+    to_problem = problem.funds.get_indexer(pd.Index(dictionary, dtype=object) if dictionary.dtype.kind == "O"
+                                           else pd.Index(dictionary))
+    lookup = np.append(np.where(to_problem < 0, -2, to_problem), -1).astype(np.int32)
+    mapped = lookup.take(file_codes)
+    file_users = pd.Index(users, dtype=object) if users.dtype.kind == "O" else pd.Index(users)
+    if len(file_users) == problem.n_users and file_users.equals(problem.users):
+        codes = mapped
+    else:  # another order, or other users: place each row by id (users not in the file get no fund)
+        pos = problem.users.get_indexer(file_users)
+        codes = np.full(problem.n_users, -1, dtype=np.int32)
+        codes[pos[pos >= 0]] = mapped[pos >= 0]
+    codes.flags.writeable = False
+    checks = check_allocation(problem, codes)
     prices = [summary["funds"].get(str(f), {}).get("price") for f in problem.funds]
+    has_prices = all(p is not None for p in prices)
     price_da = (
         xr.DataArray(np.array(prices, dtype=float), dims=(FUND,), coords={FUND: problem.funds}, name="price")
-        if all(p is not None for p in prices)
-        else None
+        if has_prices else None
     )
-    bound = summary.get("bound")
+    same = summary.get("problem_fingerprint") == problem.fingerprint()
+    saved = Status(summary["status"])
+    message = summary.get("message", "")
+    bound = float("nan") if summary.get("bound") is None else float(summary["bound"])
+    if has_prices:
+        bound = dual_bound(problem.compile(), price_da.values)
+    elif not same:
+        bound = float("nan")
+    if saved is Status.INFEASIBLE and same:
+        status = saved
+    elif not checks.ok:
+        status = Status.ERROR
+        message = f"the saved allocation breaks rules of this problem: {checks.describe()}"
+    elif has_prices:
+        from eoca.solve import CERTIFICATE_RTOL
+
+        tol = max(CERTIFICATE_RTOL * max(1.0, abs(bound)), 1e-7 * max(1.0, abs(checks.objective)))
+        status = Status.OPTIMAL if bound - checks.objective <= tol else Status.FEASIBLE
+    else:
+        status = saved if same else Status.FEASIBLE
+    if not same and status is not Status.ERROR:
+        why = ("the file records no problem fingerprint" if "problem_fingerprint" not in summary
+               else "saved for another problem (its fingerprint differs)")
+        message = f"{why}; checked again against this one" + (f"; {message}" if message else "")
     return Result(
         problem=problem,
         codes=codes,
         objective=checks.objective,
-        status=Status(summary["status"]),
+        status=status,
         checks=checks,
-        bound=float("nan") if bound is None else float(bound),
+        bound=bound,
         prices=price_da,
         timings=dict(summary.get("timings", {})),
         solver=summary.get("solver", ""),
-        message=summary.get("message", ""),
+        message=message,
         stats=dict(summary.get("stats", {})),
     )

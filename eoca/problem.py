@@ -25,8 +25,9 @@ class CompiledProblem:
 
     Attributes
     ----------
-    etv : ndarray of float64, shape (n_users, n_funds), or dask.array.Array
-        Read-only view of the ETV grid (never a copy when the grid already is C-contiguous float64).
+    etv : ndarray of float32 or float64, shape (n_users, n_funds), or dask.array.Array
+        Read-only view of the ETV grid in the dtype it was given (never a copy when the grid already is
+        C-contiguous float32 or float64; other numeric dtypes are converted to float64 once).
         For a Dask-backed grid (see :attr:`is_lazy`) a lazy float64 dask array chunked along users with
         all funds in one chunk; it is never loaded whole (see :mod:`eoca.distributed`).
     user_level : ndarray of int32, shape (n_users,)
@@ -154,14 +155,15 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return v
 
 
+_FINGERPRINT_ROWS = 4096  # users whose ids and ETV rows a fingerprint covers
+
+#: Grid dtypes a solver reads as given; any other numeric dtype is converted to float64 once.
+GRID_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _as_grid(etv: Any) -> xr.DataArray:
     if isinstance(etv, pd.DataFrame):
-        etv = xr.DataArray(
-            etv.to_numpy(),
-            dims=DIMS,
-            coords={USER: etv.index.to_numpy(), FUND: etv.columns.to_numpy()},
-            name="etv",
-        )
+        etv = xr.DataArray(etv.to_numpy(), dims=DIMS, coords={USER: etv.index, FUND: etv.columns}, name="etv")
     if not isinstance(etv, xr.DataArray):
         raise ETVError(
             "etv",
@@ -178,19 +180,42 @@ def _as_grid(etv: Any) -> xr.DataArray:
     return etv
 
 
-def _check_ids(index: pd.Index, field_name: str) -> None:
-    if index.has_duplicates:
+def id_kind(index: pd.Index) -> str:
+    """``"integer"`` or ``"string"``: the kind of a set of ids, or what else they are (``"mixed-integer"``,
+    ``"floating"``, ...) as :func:`pandas.api.types.infer_dtype` names it. Missing values count as a kind
+    of their own (``infer_dtype`` without ``skipna``), so one scan settles both the kind and the gaps."""
+    if isinstance(index, pd.CategoricalIndex):
+        return "mixed" if (index.codes < 0).any() else id_kind(index.categories)
+    if index.dtype.kind in "iu":
+        return "integer"
+    return pd.api.types.infer_dtype(index, skipna=False)
+
+
+def _check_ids(index: pd.Index, field_name: str) -> pd.Index:
+    """Check a set of ids once: all integers or all strings, none missing, each once. Returns the index
+    (object strings stay object: no conversion of millions of strings)."""
+    kind = id_kind(index)
+    if kind not in ("integer", "string", "empty"):
+        if index.hasnans:
+            raise IdError(field_name, "ids must not be missing (NaN/None)")
+        sample = pd.Index(index[:1000])
+        kinds = sorted({type(v).__name__ for v in sample.tolist()})
+        raise IdError(
+            field_name,
+            f"ids must be all integers or all strings; got {kind} ids ({', '.join(kinds)}): "
+            f"{show_values(index[:5])}",
+        )
+    if not index.is_unique:
         dup = index[index.duplicated()].unique()
         raise IdError(field_name, f"ids must be unique; duplicated: {show_values(dup)}")
-    if index.hasnans:
-        raise IdError(field_name, "ids must not be missing (NaN/None)")
+    return index
 
 
 def _is_dask(values: Any) -> bool:
     return type(values).__module__.startswith("dask.") and hasattr(values, "__dask_graph__")
 
 
-def _grid_values(etv: xr.DataArray) -> np.ndarray:
+def _grid_values(etv: xr.DataArray, users: pd.Index, funds: pd.Index) -> np.ndarray:
     values = etv.data
     if _is_dask(values):
         from eoca.distributed import lazy_grid_values
@@ -200,29 +225,49 @@ def _grid_values(etv: xr.DataArray) -> np.ndarray:
         values = np.asarray(values)
     if values.dtype.kind not in "fiub":
         raise ETVError("etv", f"values must be numeric; got dtype {values.dtype}")
-    values = np.ascontiguousarray(values, dtype=np.float64)
+    # float32 and float64 are read as given (no copy when C-contiguous); others become float64 once
+    values = np.ascontiguousarray(values, dtype=values.dtype if values.dtype in GRID_DTYPES else np.float64)
+    # two vectorised reductions settle the common case; NaN propagates through min
+    if values.size and not (values.min() >= 0 and np.isfinite(values.max())):
+        _raise_bad_entries(values, users, funds)
+    return values
+
+
+def _raise_bad_entries(values: np.ndarray, users: pd.Index, funds: pd.Index) -> None:
+    """Name the first NaN/infinite, else the first negative (user, fund) entries of a grid."""
     bad = ~np.isfinite(values)
     if bad.any():
+        count = int(bad.sum())
         rows, cols = np.nonzero(bad)
-        where = [(etv[USER].values[r].item(), etv[FUND].values[c].item()) for r, c in zip(rows[:5], cols[:5])]
+        where = [(_scalar(users[r]), _scalar(funds[c])) for r, c in zip(rows[:5], cols[:5])]
         raise ETVError(
             "etv",
-            f"values must be finite; {int(bad.sum())} NaN or infinite entries at (user, fund) {show_values(where)}"
-            + (" ..." if bad.sum() > 5 else ""),
+            f"values must be finite; {count} NaN or infinite entries at (user, fund) {show_values(where)}"
+            + (" ..." if count > 5 else ""),
         )
     del bad
-    if values.size and values.min() < 0:
-        rows, cols = np.nonzero(values < 0)
-        where = [
-            (etv[USER].values[r].item(), etv[FUND].values[c].item(), float(values[r, c]))
-            for r, c in zip(rows[:5], cols[:5])
-        ]
-        raise ETVError(
-            "etv",
-            f"values must be non-negative (an expected transaction value); {len(rows)} negative entries "
-            f"(user, fund, value): {show_values(where)}",
-        )
-    return values
+    rows, cols = np.nonzero(values < 0)
+    where = [(_scalar(users[r]), _scalar(funds[c]), float(values[r, c])) for r, c in zip(rows[:5], cols[:5])]
+    raise ETVError(
+        "etv",
+        f"values must be non-negative (an expected transaction value); {len(rows)} negative entries "
+        f"(user, fund, value): {show_values(where)}",
+    )
+
+
+def _share_index(grid: xr.DataArray, data: Any, name: str) -> xr.DataArray:
+    # handed over as a Variable, object data is taken as it is: otherwise xarray passes it through a pandas
+    # Series, which in pandas 3 converts millions of strings to Arrow and back
+    wrapped = xr.Variable(grid.dims, data, fastpath=True) if isinstance(data, np.ndarray) else data
+    out = grid.reset_coords(drop=True).copy(deep=False, data=wrapped).rename(name)
+    out.attrs = {}
+    return out
+
+
+def user_vector(grid: xr.DataArray, data: np.ndarray, name: str) -> xr.DataArray:
+    """A DataArray over "user" holding ``data`` and sharing ``grid``'s user index object (no copy of the
+    ids, and their hash table is kept)."""
+    return _share_index(grid.isel({FUND: 0}, drop=True), data, name)
 
 
 def _as_series(value: Any, field_name: str, dim: str) -> pd.Series:
@@ -232,7 +277,8 @@ def _as_series(value: Any, field_name: str, dim: str) -> pd.Series:
             raise IdError(field_name, f"expected a DataArray over ({dim!r},); got dims {tuple(value.dims)}")
         if dim not in value.coords:
             raise IdError(field_name, f"the DataArray needs a {dim!r} coordinate holding the ids")
-        return pd.Series(value.values, index=pd.Index(value[dim].values))
+        data = np.asarray(value.values)
+        return pd.Series(data, index=value.get_index(dim), dtype=data.dtype, copy=False)
     if isinstance(value, pd.Series):
         return value
     if isinstance(value, Mapping):
@@ -244,19 +290,32 @@ def _as_series(value: Any, field_name: str, dim: str) -> pd.Series:
 
 
 def _align(series: pd.Series, ids: pd.Index, field_name: str, dim: str, missing_error: type) -> pd.Series:
-    _check_ids(series.index, field_name)
-    extra = series.index.difference(ids)
-    missing = ids.difference(series.index)
-    if len(missing):
-        raise missing_error(field_name, f"missing for {len(missing)} {dim}(s) of the ETV grid: {show_values(missing)}")
-    if len(extra):
+    """``series`` in the order of ``ids`` (unique, checked). A Series already in that order is used as it
+    is (``Index.equals`` is one comparison pass); otherwise one hash lookup into ``ids`` places every
+    entry and finds duplicates, missing and unknown ids together."""
+    index = series.index
+    if index is ids or (len(index) == len(ids) and index.equals(ids)):
+        return series
+    pos = ids.get_indexer(index)
+    known = pos >= 0
+    seen = np.bincount(pos[known], minlength=len(ids))
+    if (seen > 1).any():
+        raise IdError(field_name, f"ids must be unique; duplicated: {show_values(ids[seen > 1])}")
+    missing = seen == 0
+    if missing.any():
+        raise missing_error(
+            field_name, f"missing for {int(missing.sum())} {dim}(s) of the ETV grid: {show_values(ids[missing])}"
+        )
+    if not known.all():
+        extra = index[~known]
         raise IdError(
             field_name,
             f"{len(extra)} {dim} id(s) that are not in the ETV grid's {dim!r} coordinate: {show_values(extra)}",
         )
-    if series.index.equals(ids):
-        return series
-    return series.reindex(ids)
+    data = series.to_numpy()
+    out = np.empty(len(ids), dtype=data.dtype)
+    out[pos] = data
+    return pd.Series(out, index=ids, dtype=series.dtype, copy=False)
 
 
 def _parse_demand(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -319,6 +378,9 @@ class AllocationProblem:
     etv : xarray.DataArray with dims ("user", "fund"), or pandas.DataFrame
         Expected transaction value of showing each fund to each user; coordinates hold the ids.
         A DataFrame has users as rows and funds as columns. Values must be finite and non-negative.
+        float32 and float64 grids are used as given (float32 halves the memory; every solver and the
+        checker read it without a float64 copy); other numeric dtypes are converted to float64 once.
+        User and fund ids must be all integers or all strings, each once.
     demand : mapping, pandas.Series or DataArray over "fund"
         Users each fund must receive: an integer, or a ``(min, max)`` range.
     risk_level : mapping, pandas.Series or DataArray over "fund"
@@ -338,7 +400,7 @@ class AllocationProblem:
 
     __slots__ = (
         "_etv", "_risk_level", "_risk_tolerance", "_demand_min", "_demand_max", "_holdout", "_name",
-        "_compiled", "_levels", "_frozen",
+        "_compiled", "_levels", "_users", "_funds", "_fingerprint", "_frozen",
     )
 
     def __init__(
@@ -352,13 +414,12 @@ class AllocationProblem:
         name: str | None = None,
     ):
         grid = _as_grid(etv)
-        users = pd.Index(grid[USER].values)
-        funds = pd.Index(grid[FUND].values)
-        _check_ids(users, "etv.user")
-        _check_ids(funds, "etv.fund")
+        # the grid's own indexes, checked once; their hash tables serve every alignment below
+        users = _check_ids(grid.get_index(USER), "etv.user").rename(USER)
+        funds = _check_ids(grid.get_index(FUND), "etv.fund").rename(FUND)
         if len(funds) == 0:
             raise ETVError("etv", "the grid has no funds")
-        values = _grid_values(grid)
+        values = _grid_values(grid, users, funds)
 
         if not isinstance(holdout, bool | np.bool_):
             raise DemandError("holdout", f"must be True or False; got {holdout!r}")
@@ -382,13 +443,15 @@ class AllocationProblem:
         levels, fund_codes, user_codes = _risk_codes(risk_s, tol_s)
 
         ro = values if _is_dask(values) else _readonly(values)
-        self._etv = xr.DataArray(ro, dims=DIMS, coords={USER: users, FUND: funds}, name="etv")
+        # shallow copies that share the grid's index objects: a DataArray built from coords deep-copies them
+        # (and drops their hash tables), which at millions of string ids costs more than the solve
+        self._etv = _share_index(grid, ro, "etv")
         self._risk_level = xr.DataArray(_readonly(risk_s.to_numpy()), dims=(FUND,), coords={FUND: funds}, name="risk_level")
-        self._risk_tolerance = xr.DataArray(
-            _readonly(np.asarray(tol_s.array)), dims=(USER,), coords={USER: users}, name="risk_tolerance"
-        )
+        self._risk_tolerance = user_vector(self._etv, _readonly(np.asarray(tol_s.array)), "risk_tolerance")
         self._demand_min = xr.DataArray(_readonly(lo), dims=(FUND,), coords={FUND: funds}, name="demand_min")
         self._demand_max = xr.DataArray(_readonly(hi), dims=(FUND,), coords={FUND: funds}, name="demand_max")
+        self._users = users
+        self._funds = funds
         self._holdout = bool(holdout)
         self._name = name
         self._levels = levels
@@ -416,11 +479,13 @@ class AllocationProblem:
 
     @property
     def users(self) -> pd.Index:
-        return pd.Index(self._etv[USER].values, name=USER)
+        """The user ids, in the grid's order (integers or strings, as given)."""
+        return self._users
 
     @property
     def funds(self) -> pd.Index:
-        return pd.Index(self._etv[FUND].values, name=FUND)
+        """The fund ids, in the grid's order."""
+        return self._funds
 
     @property
     def n_users(self) -> int:
@@ -471,6 +536,36 @@ class AllocationProblem:
     @property
     def name(self) -> str | None:
         return self._name
+
+    def fingerprint(self) -> str:
+        """A short hex digest that tells problems apart, recorded in the files of its results.
+
+        It covers the ids' kinds and count, the fund table (ids, demands, risk levels), holdout, every
+        user's risk level and, for a fixed sample of up to 4,096 users spread over the grid, their ids and
+        ETV rows, so it costs the same few milliseconds at any size (the checks, not the fingerprint, are
+        what judge an allocation). Computed once per problem.
+        """
+        if getattr(self, "_fingerprint", None) is None:
+            import hashlib
+            import json
+
+            c = self._compiled
+            n = c.n_users
+            rows = np.unique(np.linspace(0, max(n - 1, 0), min(n, _FINGERPRINT_ROWS)).astype(np.int64))
+            sample = np.asarray(c.etv[rows] if n else np.empty((0, c.n_funds)), dtype=np.float64)
+            digest = hashlib.blake2b(digest_size=16)
+            head = {
+                "users": n, "user_kind": id_kind(self._users), "fund_kind": id_kind(self._funds),
+                "funds": [str(f) for f in self._funds], "holdout": self._holdout,
+                "levels": [str(v) for v in self._levels], "fund_level": c.fund_level.tolist(),
+                "demand": [c.demand_min.tolist(), c.demand_max.tolist()],
+                "sample_ids": [str(u) for u in self._users[rows]],
+            }
+            digest.update(json.dumps(head).encode())
+            digest.update(np.ascontiguousarray(c.user_level, dtype=np.int32).tobytes())
+            digest.update(np.ascontiguousarray(sample).tobytes())
+            object.__setattr__(self, "_fingerprint", digest.hexdigest())
+        return self._fingerprint
 
     def compile(self) -> CompiledProblem:
         """The array form solvers work on (shared by every solver; computed once)."""

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from eoca.problem import FUND, USER
+from eoca.problem import FUND, USER, user_vector
 
 if TYPE_CHECKING:
     from eoca.problem import AllocationProblem
@@ -108,7 +108,9 @@ class Result:
         contracted user from fund a to fund b changes it by about ``price[b] - price[a]``. None when the
         solver has no prices.
     timings : dict
-        Seconds for "build", "solve", "check" and "bound".
+        Seconds of the solver's phases (at least "solve"), "check" (the independent recount and the dual
+        bound, one read of the grid) and, for a solver without prices, "bound" (computing optimal prices
+        for the bound). "compile" when the solve paid a first-call JIT compile (see ``eoca warmup``).
     solver : str
     message : str
     stats : dict
@@ -129,15 +131,25 @@ class Result:
 
     @property
     def assignment(self) -> xr.DataArray:
-        """The fund id given to each user, over "user"; missing (None/NaN) for a user with no fund."""
+        """The fund id given to each user, over "user"; missing (None) for a user with no fund.
+
+        Built from :attr:`codes` by one take from the fund ids (no loop over users); the user index is
+        the problem's own (not copied).
+        """
         funds = self.problem.funds.to_numpy()
         codes = self.codes
-        if (codes < 0).any():
-            values = np.asarray(funds, dtype=object)[np.where(codes < 0, 0, codes)]
-            values[codes < 0] = None
+        if codes.size and codes.min() < 0:
+            labels = np.empty(len(funds) + 1, dtype=object)  # code -1 takes the last entry: None
+            labels[:-1] = funds
+            values = labels.take(codes)
         else:
-            values = funds[codes]
-        return xr.DataArray(values, dims=(USER,), coords={USER: self.problem.users}, name="fund")
+            values = funds.take(codes)
+        return user_vector(self.problem.etv, values, "fund")
+
+    @property
+    def counts(self) -> xr.DataArray:
+        """Users placed in each fund, over "fund" (the checker's count)."""
+        return self.checks.counts
 
     @property
     def gap(self) -> float:
@@ -156,11 +168,14 @@ class Result:
         return self.checks.ok and self.status in (Status.OPTIMAL, Status.FEASIBLE, Status.TIME_LIMIT)
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per user: ``user``, ``fund`` (missing for no fund) and ``etv`` of the placement."""
-        etv = self.problem.compile().etv
-        rows = np.arange(len(self.codes))
-        value = np.where(self.codes >= 0, etv[rows, np.maximum(self.codes, 0)], 0.0)
-        return pd.DataFrame({USER: self.problem.users, FUND: self.assignment.values, "etv": value})
+        """One row per user: ``user`` id, ``fund`` (a categorical over the fund ids, missing for no fund)
+        and ``etv`` of the user's fund (0 for no fund), built from :attr:`codes` without a loop."""
+        etv = np.asarray(self.problem.compile().etv)
+        codes = self.codes
+        value = np.take_along_axis(etv, np.maximum(codes, 0).astype(np.intp)[:, None], axis=1)[:, 0]
+        value = np.where(codes >= 0, value, 0.0)
+        fund = pd.Categorical.from_codes(np.where(codes >= 0, codes, -1), categories=self.problem.funds)
+        return pd.DataFrame({USER: self.problem.users.to_numpy(), FUND: fund, "etv": value}, copy=False)
 
     def summary(self) -> pd.DataFrame:
         """Per fund: users placed against demand, the miss, the ETV delivered and the price."""

@@ -5,7 +5,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import xarray as xr
 
 import eoca
 from eoca.cli import main
@@ -24,12 +26,133 @@ def test_problem_round_trip(tmp_path, toy):
     assert eoca.solve(again).objective == pytest.approx(2.4)
 
 
-def test_problem_round_trip_with_ranges_holdout_and_int_ids(tmp_path):
-    problem = synthetic_problem(200, 4, family="zeros", seed=1, holdout=True)
-    again = load_problem(save_problem(problem, tmp_path / "p.nc"))
-    assert again.holdout and again.name == problem.name
-    assert again.users.dtype.kind == "i"
+def declared(user_kind="string", dtype=np.float64, n=240, k=4, seed=1):
+    """A problem with demand ranges, holdout, a name, labelled risk levels and ids of the given kind."""
+    rng = np.random.default_rng(seed)
+    ids = {"string": pd.Index([f"{i:03d}" for i in range(n)], dtype=object),
+           "pandas-string": pd.Index([f"c-{i}" for i in range(n)], dtype="str"),
+           "integer": pd.Index(rng.permutation(10 * n)[:n].astype(np.int64))}[user_kind]
+    funds = [f"fund {j}" for j in range(k)]
+    values = rng.random((n, k)).astype(dtype) * (rng.random((n, k)) < 0.7)
+    grid = xr.DataArray(values, dims=("user", "fund"), coords={"user": ids, "fund": funds})
+    tolerance = pd.Series(rng.choice(["R1", "R2", "R3"], size=n), index=ids, dtype=object)
+    risk = dict(zip(funds, ["R1", "R1", "R2", "R3"][:k]))
+    demand = {funds[0]: (10, n // 2), funds[1]: 20, funds[2]: (0, n // 4), funds[3]: (5, 30)}
+    return eoca.AllocationProblem(grid, demand, risk, tolerance, holdout=True, name="ranges and holdout")
+
+
+def assert_same_problem(again, problem):
+    assert again.users.tolist() == problem.users.tolist()
+    assert again.users.dtype == problem.users.dtype and again.funds.tolist() == problem.funds.tolist()
+    assert again.etv.dtype == problem.etv.dtype
+    np.testing.assert_array_equal(again.etv.values, problem.etv.values)
     np.testing.assert_array_equal(again.demand_min.values, problem.demand_min.values)
+    np.testing.assert_array_equal(again.demand_max.values, problem.demand_max.values)
+    assert again.has_ranges and again.holdout and again.name == problem.name
+    assert again.risk_tolerance.values.tolist() == problem.risk_tolerance.values.tolist()
+    assert again.risk_level.values.tolist() == problem.risk_level.values.tolist()
+    assert again.fingerprint() == problem.fingerprint()
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".nc"])
+@pytest.mark.parametrize("user_kind", ["string", "pandas-string", "integer"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_problem_round_trip_keeps_ids_dtypes_ranges_holdout_and_name(tmp_path, suffix, user_kind, dtype):
+    problem = declared(user_kind, dtype)
+    again = load_problem(save_problem(problem, tmp_path / f"p{suffix}"))
+    assert_same_problem(again, problem)
+    assert eoca.solve(again).objective == eoca.solve(problem).objective
+
+
+def test_saving_again_replaces_the_store_whole(tmp_path):
+    path = tmp_path / "p.zarr"
+    save_problem(declared(n=300), path)
+    smaller = declared(n=120, seed=5)
+    save_problem(smaller, path)
+    assert_same_problem(load_problem(path), smaller)
+    assert [p.name for p in tmp_path.iterdir()] == ["p.zarr"]
+
+
+def test_zarr_problem_opens_lazily_and_solves_the_same(tmp_path):
+    problem = declared("string", n=3000)
+    path = save_problem(problem, tmp_path / "p.zarr")
+    lazy = load_problem(path, chunks=1000)
+    assert lazy.compile().is_lazy and lazy.etv.data.chunks[0] == (1000, 1000, 1000)
+    assert eoca.solve(lazy).objective == pytest.approx(eoca.solve(problem).objective, rel=1e-12)
+
+
+def _chunk_files(store, array):
+    return sorted(p for p in (store / array / "c").rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("array", ["etv", "risk_code", "user_offsets", "user_bytes"])
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.99])
+def test_truncated_zarr_chunk_names_store_array_and_chunk(tmp_path, array, keep):
+    path = save_problem(declared(n=300), tmp_path / "p.zarr")
+    chunk = _chunk_files(path, array)[0]
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(eoca.FileFormatError, match=rf"{re.escape(str(path))}: array '{array}', chunk 0"):
+        load_problem(path)
+
+
+def test_flipped_byte_in_a_grid_chunk_fails_its_checksum(tmp_path):
+    path = save_problem(declared(n=300), tmp_path / "p.zarr")
+    chunk = _chunk_files(path, "etv")[0]
+    data = bytearray(chunk.read_bytes())
+    data[100] ^= 0x40
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(eoca.FileFormatError, match=r"array 'etv', chunk 0 .*damaged"):
+        load_problem(path)
+
+
+def test_damaged_chunk_of_a_lazily_opened_grid_is_named_when_read(tmp_path):
+    path = save_problem(declared(n=3000), tmp_path / "p.zarr", )
+    import zarr
+
+    zarr.open_group(str(path), mode="r")  # the store opens fine
+    lazy = load_problem(path, chunks=1000)
+    chunk = _chunk_files(path, "etv")[0]
+    chunk.write_bytes(chunk.read_bytes()[:50])
+    with pytest.raises(eoca.FileFormatError, match=r"array 'etv', chunk 0"):
+        eoca.solve(lazy)
+
+
+@pytest.mark.parametrize("damage", ["metadata", "missing-array", "foreign"])
+def test_damaged_zarr_store_metadata(tmp_path, damage):
+    path = save_problem(declared(n=100), tmp_path / "p.zarr")
+    if damage == "metadata":
+        (path / "zarr.json").write_text((path / "zarr.json").read_text()[:40])
+        match = "not a readable eoca problem store"
+    elif damage == "missing-array":
+        import shutil
+
+        shutil.rmtree(path / "risk_code")
+        match = "lacks the array 'risk_code'"
+    else:
+        import zarr
+
+        zarr.open_group(str(path), mode="a").attrs["eoca_format"] = "other"
+        match = "not written by eoca.save_problem"
+    with pytest.raises(eoca.FileFormatError, match=match):
+        load_problem(path)
+
+
+@pytest.mark.parametrize("keep", [0.02, 0.3, 0.7, 0.98])
+def test_truncated_netcdf_file(tmp_path, keep):
+    path = save_problem(declared(n=300), tmp_path / "p.nc")
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(eoca.FileFormatError, match=re.escape(str(path))):
+        load_problem(path)
+
+
+def test_netcdf_lacking_a_variable(tmp_path):
+    path = save_problem(declared(n=50), tmp_path / "p.nc")
+    ds = xr.load_dataset(path, engine="h5netcdf").drop_vars("demand_max")
+    ds.to_netcdf(tmp_path / "q.nc", engine="h5netcdf")
+    with pytest.raises(eoca.FileFormatError, match=r"q.nc lacks \['demand_max'\]"):
+        load_problem(tmp_path / "q.nc")
 
 
 def test_corrupt_and_foreign_files_give_clear_errors(tmp_path):
@@ -129,3 +252,142 @@ def test_assignment_and_summary_from_different_saves_are_caught(tmp_path):
     (tmp_path / "b" / "assignment.parquet").replace(tmp_path / "a" / "assignment.parquet")
     with pytest.raises(eoca.FileFormatError, match="not the assignment .* describes"):
         load_assignment(tmp_path / "a")
+
+
+def assert_same_result(again, result):
+    np.testing.assert_array_equal(again.codes, result.codes)
+    assert again.status is result.status and again.objective == result.objective
+    assert again.bound == pytest.approx(result.bound, rel=1e-12)
+    assert again.checks.describe() == result.checks.describe() and again.counts.equals(result.counts)
+    np.testing.assert_array_equal(again.prices.values, result.prices.values)
+    assert again.assignment.equals(result.assignment) and again.solver == result.solver
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+@pytest.mark.parametrize("user_kind", ["string", "integer"])
+def test_result_written_and_read_back_equals_the_one_in_memory(tmp_path, fmt, user_kind):
+    problem = declared(user_kind)  # string ids "000", "001", ... look like numbers in a CSV
+    result = eoca.solve(problem)
+    assert (result.codes < 0).any()  # holdout: some users get no fund
+    save_result(result, tmp_path, format=fmt)
+    again = load_result(tmp_path, problem)
+    assert_same_result(again, result)
+    assert load_assignment(tmp_path).equals(result.assignment)
+    assert load_summary(tmp_path)["problem_fingerprint"] == problem.fingerprint()
+
+
+def test_parquet_fund_column_is_dictionary_encoded(tmp_path):
+    import pyarrow.parquet as pq
+
+    result = eoca.solve(declared())
+    save_result(result, tmp_path)
+    table = pq.read_table(tmp_path / "assignment.parquet")
+    assert str(table.schema.field("fund").type) == "dictionary<values=string, indices=int32, ordered=0>"
+    assert table.column("user").to_pylist() == result.problem.users.tolist()
+    frame = result.to_frame()
+    np.testing.assert_array_equal(table.column("etv").to_numpy(), frame["etv"].to_numpy())
+
+
+def test_loaded_result_is_checked_against_the_problem_it_is_given(tmp_path):
+    problem = declared(seed=1)
+    save_result(eoca.solve(problem), tmp_path)
+    other = declared(seed=2)  # same ids and funds, other ETV and tolerances
+    again = load_result(tmp_path, other)
+    assert not again.checks.ok and again.status is eoca.Status.ERROR
+    assert "breaks rules of this problem" in again.message
+    # a problem with the same rules but other ETV: feasible there, optimal only if the prices certify it
+    values = problem.etv.values * 2 + 1
+    demand = {f: (int(a), int(b)) for f, a, b in zip(problem.funds, problem.demand_min.values,
+                                                     problem.demand_max.values)}
+    scaled = eoca.AllocationProblem(problem.etv.copy(data=values), demand, problem.risk_level,
+                                    problem.risk_tolerance, holdout=True)
+    again = load_result(tmp_path, scaled)
+    assert again.checks.ok and again.status in (eoca.Status.FEASIBLE, eoca.Status.OPTIMAL)
+    assert again.objective == pytest.approx(2 * eoca.solve(problem).objective + int((again.codes >= 0).sum()))
+    assert "fingerprint differs" in again.message
+    assert again.gap >= 0 and again.bound == pytest.approx(eoca.dual_bound(scaled.compile(), again.prices.values))
+
+
+@pytest.mark.parametrize("damage", ["invalid-json", "no-status", "missing-assignment", "corrupt-no-checksum",
+                                    "truncated-no-checksum", "no-summary"])
+def test_damaged_result_files_name_the_file(tmp_path, damage):
+    problem = declared()
+    save_result(eoca.solve(problem), tmp_path)
+    summary_path, table = tmp_path / "summary.json", tmp_path / "assignment.parquet"
+    summary = json.loads(summary_path.read_text())
+    error, named = eoca.FileFormatError, summary_path
+    if damage == "invalid-json":
+        summary_path.write_text(summary_path.read_text()[:-10])
+    elif damage == "no-status":
+        del summary["status"]
+        summary_path.write_text(json.dumps(summary))
+    elif damage == "missing-assignment":
+        table.unlink()
+        named = table
+    elif damage == "no-summary":
+        summary_path.unlink()
+        error = FileNotFoundError
+    else:
+        del summary["assignment_sha256"]
+        summary_path.write_text(json.dumps(summary))
+        data = bytearray(table.read_bytes())
+        if damage == "corrupt-no-checksum":
+            data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
+        else:
+            data = data[: len(data) // 2]
+        table.write_bytes(bytes(data))
+        named = table
+    with pytest.raises(error, match=re.escape(str(named if error is eoca.FileFormatError else tmp_path))):
+        load_result(tmp_path, problem)
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".nc"])
+def test_cli_solves_a_saved_problem_and_prints_each_stage(tmp_path, capsys, suffix):
+    problem = declared()
+    path = save_problem(problem, tmp_path / f"p{suffix}")
+    code = main(["solve", str(path), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0 and "all checks pass" in out
+    assert re.search(r"stages     load [\d.]+ s, solve [\d.]+ s, check [\d.]+ s, .*write [\d.]+ s", out), out
+    assert_same_result(load_result(tmp_path / "out", problem), eoca.solve(problem))
+
+
+def test_solve_reports_compile_time_apart_from_solving():
+    import numba
+
+    from eoca.solvers import Solver, SolverOutput
+
+    @numba.njit  # a kernel compiled on its first call, as the solvers' are in a fresh install
+    def first_eligible(user_level, fund_level):
+        out = np.empty(len(user_level), np.int32)
+        for i in range(len(user_level)):
+            out[i] = -1
+            for j in range(len(fund_level)):
+                if user_level[i] >= fund_level[j]:
+                    out[i] = j
+                    break
+        return out
+
+    class FirstEligible(Solver):
+        name = "first-eligible"
+
+        def run(self, problem):
+            c = problem.compile()
+            return SolverOutput(codes=first_eligible(c.user_level, c.fund_level), status="feasible")
+
+    problem = synthetic_problem(500, 4, seed=3)
+    first = eoca.solve(problem, solver=FirstEligible())
+    assert first.timings["compile"] > 0.01 > first.timings["solve"]
+    again = eoca.solve(problem, solver=FirstEligible())
+    assert "compile" not in again.timings
+
+
+def test_warmup_compiles_for_each_dtype_and_says_where_the_cache_is(monkeypatch, capsys):
+    from eoca.solvers import warmup as w
+
+    monkeypatch.setattr(w, "WARMUP_CASES", (("matching", 3000, False), ("zeros", 2000, True)))
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    assert main(["warmup", "--dtype", "float64,float32"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"float64 grids: kernels ready in [\d.]+ s", out) and "float32 grids" in out
+    assert f"the __pycache__ folders under {w.cache_location()}" in out

@@ -150,3 +150,89 @@ def test_infeasible_solve_returns_status_not_exception():
 def test_repr_lists_funds(toy):
     text = repr(toy)
     assert "3 users x 2 funds" in text and "f1" in text and "'R3'" in text
+
+
+# ---- ids: one rule, checked once; the fast path and the reindexing path agree ------------------------------
+
+VALUES = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+
+
+def id_variants():
+    """The same three users as Python-object strings, pandas strings and integers."""
+    return {
+        "object": pd.Index(np.array(["u1", "u2", "u3"], dtype=object), dtype=object),
+        "string": pd.Index(["u1", "u2", "u3"], dtype="string"),
+        "int": pd.Index([11, 12, 13], dtype=np.int64),
+    }
+
+
+@pytest.mark.parametrize("kind", ["object", "string", "int"])
+def test_object_string_and_int_ids_give_identical_problems(kind):
+    ids = id_variants()[kind]
+    reference = make()
+    p = make(etv=grid(VALUES, users=ids), tol=pd.Series([2, 2, 1], index=ids))
+    assert p.users.tolist() == ids.tolist() and p.users.name == "user"
+    np.testing.assert_array_equal(p.compile().etv, reference.compile().etv)
+    np.testing.assert_array_equal(p.compile().user_level, reference.compile().user_level)
+    assert eoca.solve(p).objective == eoca.solve(reference).objective
+
+
+@pytest.mark.parametrize("kind", ["object", "string", "int"])
+def test_tolerances_in_another_order_are_reindexed_like_the_fast_path(kind):
+    ids = id_variants()[kind]
+    g = grid(VALUES, users=ids)
+    in_order = make(etv=g, tol=pd.Series([2, 1, 1], index=ids))
+    shuffled = make(etv=g, tol=pd.Series([1, 2, 1], index=ids[[2, 0, 1]]))
+    as_dataarray = make(etv=g, tol=xr.DataArray([1, 2, 1], dims="user", coords={"user": ids[[1, 0, 2]]}))
+    for p in (shuffled, as_dataarray):
+        np.testing.assert_array_equal(p.compile().user_level, in_order.compile().user_level)
+        assert p.risk_tolerance.values.tolist() == [2, 1, 1]
+
+
+def object_grid(users=("u1", "u2", "u3"), funds=("f1", "f2")):
+    return xr.DataArray(np.array(VALUES), dims=("user", "fund"),
+                        coords={"user": np.array(users, dtype=object), "fund": np.array(funds, dtype=object)})
+
+
+def test_mixed_kind_ids_are_refused():
+    mixed = [1, "b", 3]
+    with pytest.raises(IdError, match=r"etv.user: ids must be all integers or all strings; got mixed-integer"):
+        make(etv=object_grid(users=mixed), tol=pd.Series([2, 2, 1], index=pd.Index(mixed, dtype=object)))
+    with pytest.raises(IdError, match=r"etv.fund: ids must be all integers or all strings"):
+        make(etv=object_grid(funds=["f1", 2]), demand={"f1": 2, 2: 1}, risk={"f1": 1, 2: 2})
+    with pytest.raises(IdError, match=r"etv.user: ids must not be missing"):
+        make(etv=object_grid(users=["u1", None, "u3"]))
+
+
+def test_duplicated_and_unknown_ids_on_the_reindexing_path():
+    with pytest.raises(IdError, match=r"risk_tolerance: ids must be unique; duplicated: \['u1'\]"):
+        make(tol=pd.Series([2, 2, 1, 1], index=["u1", "u2", "u3", "u1"]))
+    with pytest.raises(RiskError, match=r"risk_tolerance: missing for 1 user.*'u2'"):
+        make(tol=pd.Series([2, 1, 1], index=["u3", "u1", "u9"]))
+
+
+@pytest.mark.parametrize("kind", ["object", "string", "int"])
+@pytest.mark.parametrize("bad", [np.nan, -2.0])
+def test_bad_etv_names_the_pair_whatever_the_id_kind(kind, bad):
+    ids = id_variants()[kind]
+    values = np.array(VALUES)
+    values[1, 0] = bad
+    with pytest.raises(ETVError, match=rf"etv: .*\({ids.tolist()[1]!r}, 'f1'"):
+        make(etv=grid(values, users=ids), tol=pd.Series([2, 2, 1], index=ids))
+
+
+def test_float32_grid_is_used_without_a_copy_and_gives_the_float64_optimum():
+    from eoca.instances import synthetic_problem
+
+    p64 = synthetic_problem(2000, 5, family="ties", seed=4)
+    values = p64.compile().etv.astype(np.float32)
+    g32 = p64.etv.copy(data=values)
+    p32 = eoca.AllocationProblem(etv=g32, demand=p64.demand, risk_level=p64.risk_level,
+                                 risk_tolerance=p64.risk_tolerance)
+    assert p32.compile().etv.dtype == np.float32 and np.shares_memory(p32.compile().etv, values)
+    r32, r64 = eoca.solve(p32), eoca.solve(p64)
+    assert r32.status is r64.status is eoca.Status.OPTIMAL
+    assert r32.objective == r64.objective  # the "ties" grid holds values float32 represents exactly
+    with pytest.raises(ETVError, match="finite"):
+        eoca.AllocationProblem(etv=g32.where(g32.user != g32.user[0]), demand=p64.demand,
+                               risk_level=p64.risk_level, risk_tolerance=p64.risk_tolerance)

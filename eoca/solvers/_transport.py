@@ -153,8 +153,9 @@ def _as_inputs(etv, user_level, fund_level, demand_min, demand_max):
     etv = np.asarray(etv)
     if etv.ndim != 2:
         raise ValueError(f"etv must be a 2-d (users, funds) array; got shape {etv.shape}")
-    if etv.dtype != np.float64 or not etv.flags.c_contiguous:
-        # the core hands over float64 C-contiguous grids; anything else costs one conversion
+    if etv.dtype not in (np.float32, np.float64) or not etv.flags.c_contiguous:
+        # the core hands over float32 or float64 C-contiguous grids (the kernels are compiled for both);
+        # anything else costs one conversion
         etv = np.ascontiguousarray(etv, dtype=np.float64)
     n, k = etv.shape
     ul = np.ascontiguousarray(user_level, dtype=np.int32)
