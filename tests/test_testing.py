@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from strategies import allocations, small_problems
 
 import eoca
-from eoca.checks import check_allocation, dual_bound
+from eoca.checks import check_allocation, check_and_bound, dual_bound
 from eoca.instances import synthetic_problem
 from eoca.testing import assert_valid_result, brute_force, dual_value, feasible, milp_optimum, recount
 
@@ -20,9 +20,9 @@ SOLVE = sys.modules["eoca.solve"]  # the module whose checker and bound every re
 
 
 def _blind_to(rule):
-    """A checker that does not see one rule: counts it as never broken."""
-    def check(problem, codes):
-        checks = check_allocation(problem, codes)
+    """The checker and bound of `eoca.solve`, with a checker that does not see one rule: it counts that
+    rule as never broken."""
+    def blind(problem, checks):
         if rule == "risk":
             checks = dataclasses.replace(checks, risk_violations=0)
         else:
@@ -30,7 +30,19 @@ def _blind_to(rule):
                                          counts=problem.demand_min.copy())
         return dataclasses.replace(checks, ok=checks.risk_violations == 0 and checks.demand_misses == 0
                                    and checks.unplaced == 0 and checks.invalid == 0)
-    return check
+
+    def check_and_bound_blind(problem, codes, prices):
+        checks, bound = check_and_bound(problem, codes, prices)
+        return blind(problem, checks), bound
+    return check_and_bound_blind
+
+
+def _bound_times(factor):
+    """The checker and bound of `eoca.solve`, with the bound scaled by ``factor``."""
+    def check_and_bound_off(problem, codes, prices):
+        checks, bound = check_and_bound(problem, codes, prices)
+        return checks, bound * factor
+    return check_and_bound_off
 
 
 def test_helper_catches_a_checker_that_ignores_risk_violations(monkeypatch):
@@ -39,7 +51,7 @@ def test_helper_catches_a_checker_that_ignores_risk_violations(monkeypatch):
     assert honest.checks.risk_violations > 0  # Algorithm 1 as printed breaks the risk rule here
     assert_valid_result(honest)
 
-    monkeypatch.setattr(SOLVE, "check_allocation", _blind_to("risk"))
+    monkeypatch.setattr(SOLVE, "check_and_bound", _blind_to("risk"))
     fooled = eoca.solve(problem, solver="heuristic", risk_safe=False)
     assert fooled.checks.ok and fooled.status is eoca.Status.FEASIBLE  # the broken checker lets it through
     with pytest.raises(AssertionError, match=f"risk_violations is 0 but a recount gives {honest.checks.risk_violations}"):
@@ -50,7 +62,7 @@ def test_helper_catches_a_checker_that_ignores_demands(monkeypatch):
     problem = synthetic_problem(2_000, 8, family="tight", seed=0)
     honest = eoca.solve(problem, solver="manual")
     assert honest.checks.demand_misses > 0  # the priority baseline strands users on tight levels
-    monkeypatch.setattr(SOLVE, "check_allocation", _blind_to("demand"))
+    monkeypatch.setattr(SOLVE, "check_and_bound", _blind_to("demand"))
     with pytest.raises(AssertionError, match="demand_misses is 0 but a recount gives"):
         assert_valid_result(eoca.solve(problem, solver="manual"))
 
@@ -58,10 +70,10 @@ def test_helper_catches_a_checker_that_ignores_demands(monkeypatch):
 def test_helper_catches_a_wrong_bound(monkeypatch):
     problem = synthetic_problem(500, 5, family="fighting", seed=2)
     assert_valid_result(eoca.solve(problem))
-    monkeypatch.setattr(SOLVE, "dual_bound", lambda compiled, prices: dual_bound(compiled, prices) * 1.001)
+    monkeypatch.setattr(SOLVE, "check_and_bound", _bound_times(1.001))
     with pytest.raises(AssertionError, match="dual value of the result's prices"):
         assert_valid_result(eoca.solve(problem))
-    monkeypatch.setattr(SOLVE, "dual_bound", lambda compiled, prices: dual_bound(compiled, prices) * 0.9)
+    monkeypatch.setattr(SOLVE, "check_and_bound", _bound_times(0.9))
     with pytest.raises(AssertionError, match="below the ETV"):
         assert_valid_result(eoca.solve(problem, solver="heuristic"))  # no prices: only the recount sees it
 
