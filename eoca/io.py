@@ -70,8 +70,14 @@ def _atomic_write_dir(target: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, old / "store") if target.is_dir() else os.replace(target, old / "file")
-            os.replace(tmp, target)
+            kept = old / ("store" if target.is_dir() else "file")
+            os.replace(target, kept)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(kept, target)  # the new store could not be swapped in: the old one stays
+                shutil.rmtree(old, ignore_errors=True)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
@@ -690,9 +696,15 @@ def load_result(directory: str | os.PathLike, problem: AllocationProblem) -> Res
     saved = Status(summary["status"])
     message = summary.get("message", "")
     bound = float("nan") if summary.get("bound") is None else float(summary["bound"])
+    saved_objective = summary.get("objective")
+    # without prices the saved bound and status are only as good as the file's claim that it belongs to
+    # this problem: the fingerprint must match and the recounted ETV must be the one saved
+    same_objective = saved_objective is not None and np.isclose(
+        checks.objective, float(saved_objective), rtol=1e-9, atol=1e-9
+    )
     if has_prices:
         bound = dual_bound(problem.compile(), price_da.values)
-    elif not same:
+    elif not (same and same_objective):
         bound = float("nan")
     if saved is Status.INFEASIBLE and same:
         status = saved
@@ -705,7 +717,10 @@ def load_result(directory: str | os.PathLike, problem: AllocationProblem) -> Res
         tol = max(CERTIFICATE_RTOL * max(1.0, abs(bound)), 1e-7 * max(1.0, abs(checks.objective)))
         status = Status.OPTIMAL if bound - checks.objective <= tol else Status.FEASIBLE
     else:
-        status = saved if same else Status.FEASIBLE
+        status = saved if same and same_objective else Status.FEASIBLE
+    if same and not has_prices and not same_objective and status is not Status.ERROR:
+        message = "the ETV of the saved allocation differs from the one saved; checked again" + (
+            f"; {message}" if message else "")
     if not same and status is not Status.ERROR:
         why = ("the file records no problem fingerprint" if "problem_fingerprint" not in summary
                else "saved for another problem (its fingerprint differs)")

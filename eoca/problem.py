@@ -163,7 +163,9 @@ GRID_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def _as_grid(etv: Any) -> xr.DataArray:
     if isinstance(etv, pd.DataFrame):
-        etv = xr.DataArray(etv.to_numpy(), dims=DIMS, coords={USER: etv.index, FUND: etv.columns}, name="etv")
+        # renamed views (no copy of the ids): a named index or columns must not become a dimension of its own
+        coords = {USER: etv.index.rename(USER), FUND: etv.columns.rename(FUND)}
+        etv = xr.DataArray(etv.to_numpy(), dims=DIMS, coords=coords, name="etv")
     if not isinstance(etv, xr.DataArray):
         raise ETVError(
             "etv",
@@ -195,7 +197,8 @@ def _check_ids(index: pd.Index, field_name: str) -> pd.Index:
     """Check a set of ids once: all integers or all strings, none missing, each once. Returns the index
     (object strings stay object: no conversion of millions of strings)."""
     kind = id_kind(index)
-    if kind not in ("integer", "string", "empty"):
+    # pandas' string dtypes report "string" however many of their values are missing
+    if kind not in ("integer", "string", "empty") or (index.dtype != object and index.hasnans):
         if index.hasnans:
             raise IdError(field_name, "ids must not be missing (NaN/None)")
         sample = pd.Index(index[:1000])

@@ -138,10 +138,11 @@ class Result:
         """
         funds = self.problem.funds.to_numpy()
         codes = self.codes
-        if codes.size and codes.min() < 0:
-            labels = np.empty(len(funds) + 1, dtype=object)  # code -1 takes the last entry: None
+        if codes.size and (codes.min() < 0 or codes.max() >= len(funds)):
+            # any code that names no fund (no fund, or an invalid one) takes the last entry: None
+            labels = np.empty(len(funds) + 1, dtype=object)
             labels[:-1] = funds
-            values = labels.take(codes)
+            values = labels.take(np.where((codes >= 0) & (codes < len(funds)), codes, len(funds)))
         else:
             values = funds.take(codes)
         return user_vector(self.problem.etv, values, "fund")
@@ -171,10 +172,11 @@ class Result:
         """One row per user: ``user`` id, ``fund`` (a categorical over the fund ids, missing for no fund)
         and ``etv`` of the user's fund (0 for no fund), built from :attr:`codes` without a loop."""
         etv = np.asarray(self.problem.compile().etv)
-        codes = self.codes
+        placed = (self.codes >= 0) & (self.codes < etv.shape[1])  # an invalid code names no fund
+        codes = np.where(placed, self.codes, -1)
         value = np.take_along_axis(etv, np.maximum(codes, 0).astype(np.intp)[:, None], axis=1)[:, 0]
-        value = np.where(codes >= 0, value, 0.0)
-        fund = pd.Categorical.from_codes(np.where(codes >= 0, codes, -1), categories=self.problem.funds)
+        value = np.where(placed, value, 0.0)
+        fund = pd.Categorical.from_codes(codes, categories=self.problem.funds)
         return pd.DataFrame({USER: self.problem.users.to_numpy(), FUND: fund, "etv": value}, copy=False)
 
     def summary(self) -> pd.DataFrame:

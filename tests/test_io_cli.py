@@ -391,3 +391,63 @@ def test_warmup_compiles_for_each_dtype_and_says_where_the_cache_is(monkeypatch,
     out = capsys.readouterr().out
     assert re.search(r"float64 grids: kernels ready in [\d.]+ s", out) and "float32 grids" in out
     assert f"the __pycache__ folders under {w.cache_location()}" in out
+
+
+def test_result_without_prices_keeps_its_status_only_for_the_allocation_it_saved(tmp_path):
+    problem = synthetic_problem(5_000, 3, seed=1)
+    save_result(eoca.solve(problem), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for fund in summary["funds"].values():
+        fund["price"] = None  # as a solver without prices (ip at a time limit) saves it
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert load_result(tmp_path, problem).status is eoca.Status.OPTIMAL
+    # one user the fingerprint does not sample gets a huge ETV: same fingerprint, another problem
+    values = problem.etv.values.copy()
+    sampled = np.unique(np.linspace(0, 4_999, 4_096).astype(np.int64))
+    values[np.setdiff1d(np.arange(5_000), sampled)[0]] = 1e9
+    changed = eoca.AllocationProblem(problem.etv.copy(data=values), problem.demand, problem.risk_level,
+                                     problem.risk_tolerance)
+    assert changed.fingerprint() == problem.fingerprint()
+    again = load_result(tmp_path, changed)
+    assert again.checks.ok and again.status is eoca.Status.FEASIBLE
+    assert np.isnan(again.bound) and "differs from the one saved" in again.message
+
+
+def test_invalid_codes_name_no_fund(tmp_path):
+    users = ["u1", "u2", "u3", "u4"]
+    grid = xr.DataArray(np.arange(8.0).reshape(4, 2), dims=("user", "fund"),
+                        coords={"user": users, "fund": ["x", "b"]})
+    tol = pd.Series(1, index=users)
+    save_result(eoca.solve(eoca.AllocationProblem(grid, {"x": 2, "b": 2}, {"x": 1, "b": 1}, tol)), tmp_path)
+    other = eoca.AllocationProblem(grid.assign_coords(fund=["b", "c"]), {"b": 2, "c": 2}, {"b": 1, "c": 1}, tol)
+    again = load_result(tmp_path, other)  # fund "x" is not in this problem
+    assert again.status is eoca.Status.ERROR
+    x_users = again.codes < 0
+    assert x_users.sum() == 2
+    assert all(v is None for v in again.assignment.values[x_users])
+    assert again.to_frame()["fund"][x_users].isna().all()
+    assert (again.to_frame()["etv"][x_users] == 0).all()
+
+
+def test_failed_swap_of_a_store_keeps_the_old_one(tmp_path, monkeypatch):
+    import os
+
+    import eoca.io as io
+
+    target = tmp_path / "p.zarr"
+    target.mkdir()
+    (target / "good").write_text("old")
+    real, calls = os.replace, []
+
+    def replace(a, b):
+        calls.append((a, b))
+        if len(calls) == 2:  # the move of the new store into place
+            raise OSError("disk went away")
+        return real(a, b)
+
+    monkeypatch.setattr(io.os, "replace", replace)
+    with pytest.raises(OSError, match="disk went away"):
+        io._atomic_write_dir(target, lambda tmp: (tmp / "new").write_text("new"))
+    monkeypatch.undo()
+    assert (target / "good").read_text() == "old" and not (target / "new").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["p.zarr"]  # no temporary left beside it

@@ -236,3 +236,23 @@ def test_float32_grid_is_used_without_a_copy_and_gives_the_float64_optimum():
     with pytest.raises(ETVError, match="finite"):
         eoca.AllocationProblem(etv=g32.where(g32.user != g32.user[0]), demand=p64.demand,
                                risk_level=p64.risk_level, risk_tolerance=p64.risk_tolerance)
+
+
+@pytest.mark.parametrize("dtype", ["str", "string", object])
+@pytest.mark.parametrize("dim", ["user", "fund"])
+def test_missing_ids_of_any_string_dtype_are_refused(dim, dtype):
+    users, funds = ["x", None, "y"], ["a", "b", None]
+    ids = {"user": pd.Index(users if dim == "user" else ["x", "z", "y"], dtype=dtype),
+           "fund": pd.Index(funds if dim == "fund" else ["a", "b", "c"], dtype=dtype)}
+    grid = xr.DataArray(np.ones((3, 3)), dims=("user", "fund"), coords=ids)
+    with pytest.raises(eoca.IdError, match=f"etv.{dim}.*missing"):
+        eoca.AllocationProblem(grid, pd.Series(1, index=ids["fund"]), pd.Series(1, index=ids["fund"]),
+                               pd.Series(1, index=ids["user"]))
+
+
+def test_dataframe_with_named_index_and_columns():
+    frame = pd.DataFrame(np.arange(6.0).reshape(3, 2), index=pd.Index([1, 2, 3], name="customer"),
+                         columns=pd.Index(["a", "b"], name="product"))
+    problem = eoca.AllocationProblem(frame, {"a": 2, "b": 1}, {"a": 1, "b": 1}, pd.Series(1, index=[1, 2, 3]))
+    assert list(problem.users) == [1, 2, 3] and list(problem.funds) == ["a", "b"]
+    assert eoca.solve(problem).objective == 0 + 2 + 5  # users 1, 2 to "a", user 3 to "b"
