@@ -623,7 +623,10 @@ def _read_assignment(directory: Path, summary: dict[str, Any]) -> tuple[np.ndarr
             types = {"string": pa.string(), "integer": pa.int64()}
             column_types = {c: types[k] for c, k in ((USER, user_kind), (FUND, fund_kind)) if k in types}
             table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
-                column_types=column_types, strings_can_be_null=True, include_columns=[USER, FUND]))
+                # the writer quotes every string and leaves a missing fund unquoted and empty: only that is
+                # missing, so ids such as "NA" or "null" stay ids
+                column_types=column_types, null_values=[""], strings_can_be_null=True,
+                quoted_strings_can_be_null=False, include_columns=[USER, FUND]))
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError ... on a damaged file
         raise FileFormatError(f"{path} is not a readable assignment table: {type(exc).__name__}: {exc}") from None
     if not {USER, FUND} <= set(table.column_names):

@@ -451,3 +451,18 @@ def test_failed_swap_of_a_store_keeps_the_old_one(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert (target / "good").read_text() == "old" and not (target / "new").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["p.zarr"]  # no temporary left beside it
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_ids_that_read_like_missing_values_round_trip(tmp_path, fmt):
+    users = ["NA", "null", "", "001"]
+    grid = xr.DataArray(np.arange(8.0).reshape(4, 2), dims=("user", "fund"),
+                        coords={"user": users, "fund": ["NA", "None"]})
+    problem = eoca.AllocationProblem(grid, {"NA": 2, "None": 1}, {"NA": 1, "None": 1}, pd.Series(1, index=users),
+                                     holdout=True)
+    result = eoca.solve(problem)
+    save_result(result, tmp_path, format=fmt)
+    again = load_result(tmp_path, problem)
+    assert again.status is eoca.Status.OPTIMAL
+    np.testing.assert_array_equal(again.codes, result.codes)
+    assert list(again.assignment.values) == list(result.assignment.values)
