@@ -192,8 +192,9 @@ def _write_zarr(problem: AllocationProblem, tmp: Path) -> None:
 
     def put(name: str, values: Any, chunks: tuple[int, ...]) -> None:
         # chunk by chunk: zarr encodes what it is handed all at once, so a whole grid would be copied
+        # every chunk is written, zeros too, so that a chunk missing on reading is damage, not zeros
         arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks,
-                                 compressors=[Crc32cCodec()], fill_value=0)
+                                 compressors=[Crc32cCodec()], fill_value=0, config={"write_empty_chunks": True})
         step = chunks[0]
         for s in range(0, values.shape[0], step):
             arr[s : s + step] = np.asarray(values[s : s + step])
@@ -316,7 +317,17 @@ def _array(group: Any, path: Path, name: str, shape: tuple[int, ...]) -> Any:
         raise FileFormatError(f"{path} lacks the array {name!r} (truncated or not a problem store)") from None
     if tuple(arr.shape) != shape:
         raise FileFormatError(f"{path}: array {name!r} has shape {tuple(arr.shape)}, expected {shape}")
+    _all_chunks_stored(path, arr, name)
     return arr
+
+
+def _all_chunks_stored(path: Path, arr: Any, name: str) -> None:
+    """A chunk missing from the store would read as zeros: name it as damage instead."""
+    stored, expected = arr.nchunks_initialized, arr.nchunks
+    if stored != expected:
+        raise FileFormatError(
+            f"{path}: array {name!r} has {expected - stored} of its {expected} chunks missing (truncated store)"
+        )
 
 
 def _load_zarr(path: Path, chunks: int | None) -> AllocationProblem:
@@ -340,6 +351,7 @@ def _load_zarr(path: Path, chunks: int | None) -> AllocationProblem:
         data_arr = group.get("user_bytes")
         if data_arr is None:
             raise FileFormatError(f"{path} lacks the array 'user_bytes' (truncated or not a problem store)")
+        _all_chunks_stored(path, data_arr, "user_bytes")
         ids = _strings_from_layout(offsets, _read_chunked(path, data_arr, "user_bytes"), str(path))
         dtype = attrs.get("user_id_dtype", "object")
         users = pd.Index(ids, dtype=object) if dtype == "object" else pd.Index(ids, dtype=dtype)

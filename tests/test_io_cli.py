@@ -26,16 +26,19 @@ def test_problem_round_trip(tmp_path, toy):
     assert eoca.solve(again).objective == pytest.approx(2.4)
 
 
-def declared(user_kind="string", dtype=np.float64, n=240, k=4, seed=1):
-    """A problem with demand ranges, holdout, a name, labelled risk levels and ids of the given kind."""
+def declared(user_kind="string", dtype=np.float64, n=240, k=4, seed=1, zeros=False):
+    """A problem with demand ranges, holdout, a name, labelled risk levels and ids of the given kind
+    (``zeros``: an ETV of zeros and every user at the lowest risk level)."""
     rng = np.random.default_rng(seed)
     ids = {"string": pd.Index([f"{i:03d}" for i in range(n)], dtype=object),
            "pandas-string": pd.Index([f"c-{i}" for i in range(n)], dtype="str"),
            "integer": pd.Index(rng.permutation(10 * n)[:n].astype(np.int64))}[user_kind]
     funds = [f"fund {j}" for j in range(k)]
     values = rng.random((n, k)).astype(dtype) * (rng.random((n, k)) < 0.7)
-    grid = xr.DataArray(values, dims=("user", "fund"), coords={"user": ids, "fund": funds})
     tolerance = pd.Series(rng.choice(["R1", "R2", "R3"], size=n), index=ids, dtype=object)
+    if zeros:
+        values, tolerance[:] = values * 0, "R1"
+    grid = xr.DataArray(values, dims=("user", "fund"), coords={"user": ids, "fund": funds})
     risk = dict(zip(funds, ["R1", "R1", "R2", "R3"][:k]))
     demand = {funds[0]: (10, n // 2), funds[1]: 20, funds[2]: (0, n // 4), funds[3]: (5, 30)}
     return eoca.AllocationProblem(grid, demand, risk, tolerance, holdout=True, name="ranges and holdout")
@@ -466,3 +469,33 @@ def test_ids_that_read_like_missing_values_round_trip(tmp_path, fmt):
     assert again.status is eoca.Status.OPTIMAL
     np.testing.assert_array_equal(again.codes, result.codes)
     assert list(again.assignment.values) == list(result.assignment.values)
+
+
+@pytest.mark.parametrize("user_kind", ["string", "integer"])
+def test_missing_chunk_of_any_array_is_damage(tmp_path, monkeypatch, user_kind):
+    import eoca.io as io
+
+    monkeypatch.setattr(io, "CHUNK_USERS", 100)  # several chunks per array
+    problem = declared(user_kind=user_kind, n=300)
+    path = save_problem(problem, tmp_path / "p.zarr")
+    arrays = sorted(p.name for p in path.iterdir() if p.is_dir())
+    for array in arrays:
+        chunks = _chunk_files(path, array)
+        assert chunks, f"array {array} stored no chunk"
+        kept = chunks[-1].read_bytes()
+        chunks[-1].unlink()
+        with pytest.raises(eoca.FileFormatError, match=rf"array '{array}' has 1 of its \d+ chunks missing"):
+            load_problem(path)
+        chunks[-1].write_bytes(kept)
+    assert_same_problem(load_problem(path), problem)
+
+
+def test_chunks_of_zeros_are_stored(tmp_path, monkeypatch):
+    import eoca.io as io
+
+    monkeypatch.setattr(io, "CHUNK_USERS", 100)
+    problem = declared(n=300, zeros=True)  # a grid of zeros and every user at the lowest risk code
+    path = save_problem(problem, tmp_path / "p.zarr")
+    assert not problem.etv.values.any() and not problem.compile().user_level.any()
+    assert len(_chunk_files(path, "etv")) == 3 and len(_chunk_files(path, "risk_code")) == 3
+    assert_same_problem(load_problem(path), problem)
