@@ -132,7 +132,7 @@ def test_predict_a_million_users_by_eight_funds(benchmark):
     # chunked equals whole: 5,000 users scored apart, with the whole platform's merchants, give the same rows
     merchant_h = predictor._merchant_embeddings(predictor._merchant_partials(data))
     alone = predictor._predict(_piece(data, data.users["user_id"].to_numpy()[:5000]), merchant_h)
-    np.testing.assert_allclose(alone.values, grid.values[:5000], rtol=1e-5)
+    np.testing.assert_allclose(alone.values, grid.values[:5000], rtol=1e-4)
     solve_seconds, result = _solve(_allocation(grid.values, np.arange(grid.shape[0]), data))
     benchmark.extra_info.update(predict_seconds=seconds, peak_mib=memory.mib, solve_seconds=solve_seconds)
     print(f"\n1M x 8: predict {seconds:.1f} s (peak +{memory.mib:.0f} MiB), exact solve {solve_seconds:.2f} s")
