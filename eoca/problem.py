@@ -208,6 +208,8 @@ def _check_ids(index: pd.Index, field_name: str) -> pd.Index:
             f"ids must be all integers or all strings; got {kind} ids ({', '.join(kinds)}): "
             f"{show_values(index[:5])}",
         )
+    if index.dtype.kind == "u" and len(index) and index.max() > np.iinfo(np.int64).max:
+        raise IdError(field_name, f"integer ids must fit in int64 (files store them so); got {index.max()}")
     if not index.is_unique:
         dup = index[index.duplicated()].unique()
         raise IdError(field_name, f"ids must be unique; duplicated: {show_values(dup)}")

@@ -256,3 +256,14 @@ def test_dataframe_with_named_index_and_columns():
     problem = eoca.AllocationProblem(frame, {"a": 2, "b": 1}, {"a": 1, "b": 1}, pd.Series(1, index=[1, 2, 3]))
     assert list(problem.users) == [1, 2, 3] and list(problem.funds) == ["a", "b"]
     assert eoca.solve(problem).objective == 0 + 2 + 5  # users 1, 2 to "a", user 3 to "b"
+
+
+def test_integer_ids_beyond_int64_are_refused():
+    users = np.array([1, 2, 2**63 + 5], dtype=np.uint64)
+    g = xr.DataArray(np.ones((3, 2)), dims=("user", "fund"), coords={"user": users, "fund": ["a", "b"]})
+    with pytest.raises(IdError, match=r"etv.user.*int64.*9223372036854775813"):
+        eoca.AllocationProblem(g, {"a": 2, "b": 1}, {"a": 1, "b": 1}, pd.Series(1, index=users))
+    fits = users.copy()
+    fits[2] = 2**62
+    g = g.assign_coords(user=fits)
+    assert eoca.AllocationProblem(g, {"a": 2, "b": 1}, {"a": 1, "b": 1}, pd.Series(1, index=fits)).n_users == 3
