@@ -111,6 +111,21 @@ def _levels_from(attrs: dict[str, Any]) -> np.ndarray:
     return np.asarray(attrs["levels"], dtype=object if dtype.startswith("<U") or dtype == "object" else dtype)
 
 
+def _tolerance_series(values: np.ndarray, levels: np.ndarray, index: pd.Index, dtype: str | None) -> pd.Series:
+    """The users' risk tolerances as declared: on an ordered categorical scale where the problem's levels
+    are not in their sort order (the scale came from an ordered categorical), else in their saved dtype."""
+    labels = levels.tolist()
+    try:
+        declared_order = labels != sorted(labels)
+    except TypeError:
+        declared_order = True
+    if declared_order:
+        return pd.Series(pd.Categorical(values, categories=levels, ordered=True), index=index, copy=False)
+    if dtype:
+        values = values.astype(object if dtype == "object" else dtype)
+    return pd.Series(values, index=index, dtype=values.dtype, copy=False)
+
+
 def _header(problem: AllocationProblem) -> dict[str, Any]:
     """What a problem file says about itself beside the arrays (JSON-ready)."""
     c = problem.compile()
@@ -231,6 +246,7 @@ def _save_netcdf(problem: AllocationProblem, path: Path) -> Path:
             "fund_id_kind": header["fund_id_kind"],
             "user_id_dtype": header["user_id_dtype"],
             "risk_tolerance_dtype": header["risk_tolerance_dtype"],
+            "risk_scale": json.dumps(header["levels"]),  # the scale's order (an ordered categorical keeps it)
             "fingerprint": header["fingerprint"],
         },
     )
@@ -361,15 +377,13 @@ def _load_zarr(path: Path, chunks: int | None) -> AllocationProblem:
     else:
         values = lazy_zarr_array(path, etv_arr, "etv", chunks)
     tol = levels[codes.astype(np.intp)]
-    tol_dtype = attrs.get("risk_tolerance_dtype", "object")
-    tol = tol.astype(object if tol_dtype == "object" else tol_dtype)
     grid = xr.DataArray(values, dims=(USER, FUND), coords={USER: users, FUND: pd.Index(funds, dtype=object)
                                                          if attrs.get("fund_id_kind") == "string" else funds})
     demand = {f: (int(a) if a == b else (int(a), int(b))) for f, a, b in zip(funds, lo, hi)}
     fund_risk = dict(zip(funds, levels[fund_code].tolist()))
     problem = AllocationProblem(
         etv=grid, demand=demand, risk_level=fund_risk,
-        risk_tolerance=pd.Series(tol, index=grid.get_index(USER), dtype=tol.dtype, copy=False),
+        risk_tolerance=_tolerance_series(tol, levels, grid.get_index(USER), attrs.get("risk_tolerance_dtype", "object")),
         holdout=bool(attrs.get("holdout", False)), name=attrs.get("name"),
     )
     if problem.fingerprint() != attrs.get("fingerprint"):
@@ -433,9 +447,6 @@ def _load_netcdf(path: Path) -> AllocationProblem:
     if ds.attrs.get("fund_id_kind") == "string":
         funds = funds.astype(object)
     tol = ds["risk_tolerance"].values
-    tol_dtype = ds.attrs.get("risk_tolerance_dtype")
-    if tol_dtype:
-        tol = tol.astype(object if tol_dtype == "object" else tol_dtype)
     lo, hi = ds["demand_min"].values, ds["demand_max"].values
     demand = {f: (int(a) if a == b else (int(a), int(b))) for f, a, b in zip(funds.tolist(), lo, hi)}
     grid = xr.DataArray(ds["etv"].values, dims=(USER, FUND),
@@ -444,7 +455,8 @@ def _load_netcdf(path: Path) -> AllocationProblem:
         etv=grid,
         demand=demand,
         risk_level=dict(zip(funds.tolist(), ds["risk_level"].values.tolist())),
-        risk_tolerance=pd.Series(tol, index=grid.get_index(USER), dtype=tol.dtype, copy=False),
+        risk_tolerance=_tolerance_series(tol, np.asarray(json.loads(ds.attrs["risk_scale"]), dtype=object) if "risk_scale" in ds.attrs else np.unique(tol),
+                                         grid.get_index(USER), ds.attrs.get("risk_tolerance_dtype")),
         holdout=bool(ds.attrs.get("holdout", 0)),
         name=ds.attrs.get("name") or None,
     )

@@ -360,10 +360,22 @@ def _risk_codes(fund_risk: pd.Series, user_tol: pd.Series) -> tuple[np.ndarray, 
             "risk_level",
             f"risk levels and tolerances must be on one scale (all numbers or all labels); got {sorted(kinds)}",
         )
-    try:
-        levels = np.sort(np.asarray(distinct.tolist()))
-    except TypeError as exc:
-        raise RiskError("risk_level", f"risk levels and tolerances must be comparable: {exc}") from None
+    scales = [s.dtype.categories for s in (fund_risk, user_tol)
+              if isinstance(s.dtype, pd.CategoricalDtype) and s.dtype.ordered]
+    if scales:  # an ordered categorical declares the scale: its order, not the labels' sort order
+        if any(not other.equals(scales[0]) for other in scales[1:]):
+            raise RiskError("risk_level", f"risk levels and tolerances are ordered categoricals with different "
+                                          f"orders: {show_values(scales[0])} and {show_values(scales[1])}")
+        levels = np.asarray(scales[0])
+        off = [v for v in distinct if v not in set(scales[0])]
+        if off:
+            raise RiskError("risk_level", f"values not on the ordered risk scale {show_values(scales[0])}: "
+                                          f"{show_values(off)}")
+    else:
+        try:
+            levels = np.sort(np.asarray(distinct.tolist()))
+        except TypeError as exc:
+            raise RiskError("risk_level", f"risk levels and tolerances must be comparable: {exc}") from None
     if levels.dtype.kind == "f" and not np.isfinite(levels).all():
         raise RiskError("risk_level", f"risk levels and tolerances must be finite; got {show_values(levels)}")
     index = pd.Index(levels)

@@ -499,3 +499,16 @@ def test_chunks_of_zeros_are_stored(tmp_path, monkeypatch):
     assert not problem.etv.values.any() and not problem.compile().user_level.any()
     assert len(_chunk_files(path, "etv")) == 3 and len(_chunk_files(path, "risk_code")) == 3
     assert_same_problem(load_problem(path), problem)
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".nc"])
+def test_an_ordered_risk_scale_survives_the_file(tmp_path, suffix):
+    scale = pd.CategoricalDtype(["low", "mid", "high"], ordered=True)
+    users = [f"u{i}" for i in range(6)]
+    g = xr.DataArray(np.arange(12.0).reshape(6, 2), dims=("user", "fund"),
+                     coords={"user": users, "fund": ["safe", "bold"]})
+    tol = pd.Series(["high", "low", "mid", "high", "low", "mid"], index=users, dtype=scale)
+    problem = eoca.AllocationProblem(g, {"safe": 4, "bold": 2}, {"safe": "low", "bold": "high"}, tol)
+    again = load_problem(save_problem(problem, tmp_path / f"p{suffix}"))
+    assert list(again.risk_levels) == ["low", "mid", "high"] and again.fingerprint() == problem.fingerprint()
+    assert eoca.solve(again).objective == eoca.solve(problem).objective

@@ -267,3 +267,18 @@ def test_integer_ids_beyond_int64_are_refused():
     fits[2] = 2**62
     g = g.assign_coords(user=fits)
     assert eoca.AllocationProblem(g, {"a": 2, "b": 1}, {"a": 1, "b": 1}, pd.Series(1, index=fits)).n_users == 3
+
+
+def test_an_ordered_categorical_tolerance_sets_the_risk_scale():
+    scale = pd.CategoricalDtype(["low", "mid", "high"], ordered=True)
+    users = ["u1", "u2", "u3"]
+    g = xr.DataArray([[1.0, 5.0], [1.0, 5.0], [1.0, 5.0]], dims=("user", "fund"),
+                     coords={"user": users, "fund": ["safe", "bold"]})
+    tol = pd.Series(["high", "low", "mid"], index=users, dtype=scale)
+    problem = eoca.AllocationProblem(g, {"safe": 2, "bold": 1}, {"safe": "low", "bold": "high"}, tol)
+    assert list(problem.risk_levels) == ["low", "mid", "high"]  # not the labels' sort order
+    result = eoca.solve(problem)
+    assert result.status is eoca.Status.OPTIMAL and result.assignment.sel(user="u1").item() == "bold"
+    # a fund level that the scale does not hold is named
+    with pytest.raises(RiskError, match="not on the ordered risk scale.*'extreme'"):
+        eoca.AllocationProblem(g, {"safe": 2, "bold": 1}, {"safe": "low", "bold": "extreme"}, tol)
