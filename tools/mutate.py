@@ -36,16 +36,15 @@ TESTS = {
         "tests/test_testing.py::test_references_on_a_worked_example",
         "tests/test_testing.py::test_the_checker_agrees_with_the_recount_on_any_allocation",
         "tests/test_testing.py::test_the_bound_is_the_dual_value_of_any_prices",
+        "tests/test_testing.py::test_the_bound_is_the_dual_value_on_a_grid_of_many_users",
         "tests/test_solvers_conformance.py::test_canonical",
         "tests/test_testing.py::test_helper_catches_a_checker_that_ignores_risk_violations",
-        "tests/test_heuristic_manual.py",
     ],
     "eoca/problem.py": [
         "tests/test_problem.py",
         "tests/test_testing.py::test_the_risk_coding_and_the_diagnosis_agree_with_the_declaration",
         "tests/test_testing.py::test_brute_force_milp_lp_and_hall_condition_agree",
         "tests/test_solvers_conformance.py::test_canonical",
-        "tests/test_docs.py",
     ],
 }
 
@@ -151,7 +150,7 @@ def _copy_repo(dest: Path) -> None:
 
 
 def run(files: list[str], timeout: float, cache: Path, work: Path,
-        only: list[int] | None = None) -> list[tuple[Mutant, str, float]]:
+        only: list[int] | None = None, first: int = 1) -> list[tuple[Mutant, str, float]]:
     repo = work / "repo"
     if repo.exists():
         shutil.rmtree(repo)
@@ -163,6 +162,8 @@ def run(files: list[str], timeout: float, cache: Path, work: Path,
         todo = [m for m in mutants(path) if not only or m.line in only]
         print(f"{path}: {len(todo)} mutants; tests {' '.join(TESTS[path])}", flush=True)
         for number, mutant in enumerate(todo, 1):
+            if number < first:
+                continue
             (repo / path).write_text(mutant.apply(original))
             start = time.perf_counter()
             try:
@@ -177,8 +178,11 @@ def run(files: list[str], timeout: float, cache: Path, work: Path,
                     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("FAILED ", "ERROR "))]
                     verdict = "killed by " + (lines[0].split(" - ")[0].split(" ", 1)[1] if lines
                                               else f"pytest exit code {proc.returncode}")
+                    if not lines:  # not a test failure: show why, it may be the run, not the mutant
+                        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+                        verdict += " (" + " | ".join(tail) + ")"
             except subprocess.TimeoutExpired:
-                verdict = "killed (timeout)"
+                verdict = "timeout"  # undecided: the tests did not finish
             seconds = time.perf_counter() - start
             outcomes.append((mutant, verdict, seconds))
             print(f"  [{number}/{len(todo)}] {path}:{mutant.line} {mutant.label}: {verdict} ({seconds:.0f} s)",
@@ -193,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="mutate only this file (repeatable); default both")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per mutant's test run")
-    parser.add_argument("--only", type=int, action="append", help="run only the mutant at this line (repeatable)")
+    parser.add_argument("--only", type=int, action="append", help="run only the mutants at this line (repeatable)")
+    parser.add_argument("--start", type=int, default=1, help="resume: skip the mutants numbered below this")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "eoca-mutate-numba")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "eoca-mutate")
     args = parser.parse_args(argv)
@@ -203,12 +208,13 @@ def main(argv: list[str] | None = None) -> int:
             for m in mutants(path):
                 print(f"{path}:{m.line} {m.label}")
         return 0
-    outcomes = run(files, args.timeout, args.cache, args.work, args.only)
-    survived = [(m, s) for m, v, s in outcomes if v == "survived"]
-    print(f"\n{len(outcomes)} mutants: {len(outcomes) - len(survived)} killed, {len(survived)} survived")
-    for m, _ in survived:
-        print(f"  survived: {m.path}:{m.line} {m.label}")
-    return 1 if survived else 0
+    outcomes = run(files, args.timeout, args.cache, args.work, args.only, args.start)
+    left = [(m, v) for m, v, _ in outcomes if not v.startswith("killed")]
+    killed = len(outcomes) - len(left)
+    print(f"\n{len(outcomes)} mutants: {killed} killed, {len(left)} survived or undecided")
+    for m, v in left:
+        print(f"  {v}: {m.path}:{m.line} {m.label}")
+    return 1 if left else 0
 
 
 if __name__ == "__main__":
