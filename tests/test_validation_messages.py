@@ -30,3 +30,20 @@ def test_the_first_five_non_finite_entries_are_named_and_more_are_marked(bad):
         declare(values)
     assert str(info.value).count("('u") == 5
     assert str(info.value).endswith("...") == (bad > 5)
+
+
+def test_the_checker_and_the_bound_reject_malformed_input_by_name():
+    import xarray as xr
+
+    from eoca.checks import check_allocation, dual_bound
+
+    problem = declare([[1.0, 2.0], [3.0, 4.0]])
+    wrong_dims = xr.DataArray(["f1", "f2"], dims=("fund",), coords={"fund": ["f1", "f2"]})
+    with pytest.raises(eoca.ValidationError, match="assignment: expected a DataArray over \\('user',\\)"):
+        check_allocation(problem, wrong_dims)
+    with pytest.raises(eoca.ValidationError, match="assignment: expected 2 entries, one per user"):
+        check_allocation(problem, np.array([0, 1, 1]))
+    for prices in (np.zeros(3), np.array([0.0, np.nan])):
+        with pytest.raises(eoca.ValidationError, match="prices: expected 2 finite prices"):
+            dual_bound(problem.compile(), prices)
+    assert dual_bound(problem.compile(), np.zeros(2)) == 6.0  # each user's best: 2 + 4

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The tests that cover each file, fastest killers first.
 TESTS = {
     "eoca/checks.py": [
+        "tests/test_validation_messages.py::test_the_checker_and_the_bound_reject_malformed_input_by_name",
         "tests/test_testing.py::test_the_bound_is_the_dual_value_on_a_grid_of_many_users",
         "tests/test_testing.py::test_references_on_a_worked_example",
         "tests/test_testing.py::test_the_checker_agrees_with_the_recount_on_any_allocation",
@@ -42,6 +43,7 @@ TESTS = {
     ],
     "eoca/problem.py": [
         "tests/test_problem.py",
+        "tests/test_validation_messages.py",
         "tests/test_testing.py::test_the_risk_coding_and_the_diagnosis_agree_with_the_declaration",
         "tests/test_testing.py::test_brute_force_milp_lp_and_hall_condition_agree",
         "tests/test_solvers_conformance.py::test_canonical",
