@@ -47,3 +47,11 @@ def test_the_checker_and_the_bound_reject_malformed_input_by_name():
         with pytest.raises(eoca.ValidationError, match="prices: expected 2 finite prices"):
             dual_bound(problem.compile(), prices)
     assert dual_bound(problem.compile(), np.zeros(2)) == 6.0  # each user's best: 2 + 4
+
+
+def test_integer_levels_and_fractional_tolerances_share_one_scale():
+    problem = eoca.AllocationProblem(etv_grid([[1.0, 2.0], [3.0, 4.0]]), {"f1": 1, "f2": 1}, {"f1": 1, "f2": 2},
+                                     {"u1": 2.0, "u2": 1.5})
+    assert problem.compile().eligible().tolist() == [[True, True], [True, False]]
+    with pytest.raises(eoca.RiskError, match="one scale"):
+        eoca.AllocationProblem(etv_grid([[1.0]]), {"f1": 1}, {"f1": "R1"}, {"u1": 1})
