@@ -55,3 +55,10 @@ def test_integer_levels_and_fractional_tolerances_share_one_scale():
     assert problem.compile().eligible().tolist() == [[True, True], [True, False]]
     with pytest.raises(eoca.RiskError, match="one scale"):
         eoca.AllocationProblem(etv_grid([[1.0]]), {"f1": 1}, {"f1": "R1"}, {"u1": 1})
+
+
+def test_demands_short_of_the_users_say_how_many_would_be_held_out():
+    with pytest.raises(eoca.DemandError, match="demands total at most 2 but all 3 users must be placed; pass "
+                                               "holdout=True to let 1 users receive no fund"):
+        eoca.AllocationProblem(etv_grid(np.ones((3, 2))), {"f1": 1, "f2": (0, 1)}, {"f1": 0, "f2": 0},
+                               {"u1": 0, "u2": 0, "u3": 0})
