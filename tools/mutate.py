@@ -124,8 +124,11 @@ def mutants(path: str) -> list[Mutant]:
             pairs = [(node.values[i], node.values[i + 1], type(node.op)) for i in range(len(node.values) - 1)]
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             start = pos(node.lineno, node.col_offset)
-            operand = pos(node.operand.lineno, node.operand.col_offset)
-            found.append(Mutant(path, node.lineno, start, operand, "", f"drop 'not' ({text[start:operand + 20].split(chr(10))[0]!r})"))
+            end = start + 3  # "not" and the spaces after it (a bracket after them stays)
+            while text[end] == " ":
+                end += 1
+            shown = text[start:end + 20].split(chr(10))[0]
+            found.append(Mutant(path, node.lineno, start, end, "", f"drop 'not' ({shown!r})"))
             continue
         for left, right, op in pairs:
             if op not in _SWAP:
