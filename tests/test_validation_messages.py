@@ -1,4 +1,5 @@
-"""What the declaration's errors count and show: the offending entries, and only those."""
+"""What the declaration's errors count and show (the offending entries, and only those), and what a problem
+shows of itself."""
 
 import numpy as np
 import pytest
@@ -62,3 +63,12 @@ def test_demands_short_of_the_users_say_how_many_would_be_held_out():
                                                "holdout=True to let 1 users receive no fund"):
         eoca.AllocationProblem(etv_grid(np.ones((3, 2))), {"f1": 1, "f2": (0, 1)}, {"f1": 0, "f2": 0},
                                {"u1": 0, "u2": 0, "u3": 0})
+
+
+def test_a_problem_shows_its_name_and_each_fund_s_demand_and_risk():
+    problem = eoca.AllocationProblem(etv_grid(np.ones((3, 2))), {"f1": 2, "f2": (0, 1)}, {"f1": "R1", "f2": "R3"},
+                                     {"u1": "R3", "u2": "R3", "u3": "R3"}, name="june")
+    lines = repr(problem).splitlines()
+    assert lines[0] == "<eoca.AllocationProblem 'june': 3 users x 2 funds, demands ranges>"
+    assert lines[1].split() == ["f1", "demand", "2", "risk", "'R1'"]
+    assert lines[2].split() == ["f2", "demand", "0..1", "risk", "'R3'"]
