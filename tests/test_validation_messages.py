@@ -72,3 +72,11 @@ def test_a_problem_shows_its_name_and_each_fund_s_demand_and_risk():
     assert lines[0] == "<eoca.AllocationProblem 'june': 3 users x 2 funds, demands ranges>"
     assert lines[1].split() == ["f1", "demand", "2", "risk", "'R1'"]
     assert lines[2].split() == ["f2", "demand", "0..1", "risk", "'R3'"]
+
+
+def test_with_ranges_a_level_can_lack_both_users_and_places_and_both_are_said():
+    # Nobody tolerates level 2: B's minimum of 2 lacks users, and A alone cannot take the 3 users.
+    problem = eoca.AllocationProblem(etv_grid(np.ones((3, 2)), funds=["A", "B"]), {"A": (0, 1), "B": (2, 3)},
+                                     {"A": 1, "B": 2}, {"u1": 1, "u2": 1, "u3": 1})
+    found = [(s.level, s.kind, s.available, s.required) for s in problem.diagnose().shortfalls]
+    assert found == [(2, "risk", 0, 2), (2, "capacity", 1, 3)]
