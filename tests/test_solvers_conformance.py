@@ -94,7 +94,7 @@ def test_every_solver_keeps_the_problem_unchanged(solver):
 FLOOR = {"heuristic": 0.99, "manual": 0.8}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def medium(family: str, holdout: bool) -> tuple[eoca.AllocationProblem, float]:
     """A 400 x 5 delivery and its optimum by the MILP of the definition (SciPy's HiGHS interface)."""
     problem = synthetic_problem(400, 5, family=family, seed=1, holdout=holdout)

@@ -135,6 +135,21 @@ def test_the_bound_is_the_dual_value_of_any_prices(data):
     assert dual_value(problem, prices) >= optimum - 1e-9  # weak duality: any prices bound the optimum
 
 
+@pytest.mark.parametrize("holdout", [False, True])
+def test_the_bound_is_the_dual_value_on_a_grid_of_many_users(holdout):
+    """Thousands of users: the checker's bound works through blocks of users, each of many users."""
+    problem = synthetic_problem(5_000, 8, family="fighting", seed=4, holdout=holdout)
+    rng = np.random.default_rng(1)
+    for prices in (rng.normal(0, 300, problem.n_funds), np.zeros(problem.n_funds)):
+        assert dual_bound(problem.compile(), prices) == pytest.approx(dual_value(problem, prices), rel=1e-12)
+    codes = rng.integers(-2, problem.n_funds + 1, problem.n_users)
+    checks, again = check_allocation(problem, codes), recount(problem, codes)
+    assert (checks.risk_violations, checks.unplaced, checks.invalid) == (
+        again.risk_violations, again.unplaced, again.invalid)
+    np.testing.assert_array_equal(checks.counts.values, again.counts)
+    assert checks.objective == pytest.approx(again.objective, rel=1e-12)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(small_problems())
 def test_brute_force_milp_lp_and_hall_condition_agree(problem):
