@@ -3,7 +3,7 @@
 Assign each of n users one of k funds (or none, with ``holdout``) to maximise the total ETV subject to
 ``demand_min[j] <= count_j <= demand_max[j]`` and the risk rule ``user_level[i] >= fund_level[j]``.
 
-Method (DESIGN.md §1, "What an exact solver at 10M users looks like")
+Method (docs/design.md, "The solvers")
 ----------------------------------------------------------------------
 The problem is a transportation problem whose dual has one price per fund. Add a sink node T (value 0 for
 every user, price fixed to 0 in the output): held-out users sit at T, and fund j sends ``f_j`` units to T
@@ -62,7 +62,7 @@ with ``min_j <= f_j <= max_j``, which turns demand ranges into ordinary arcs j -
    held-out users), and every fund with a positive price is at its max, every fund with a negative price
    at its min, so the assignment's value equals the Lagrangian dual value of the prices.
 
-**Tight risk levels** (DESIGN.md §1 step 4). Where the users whose level reaches fund level L are exactly
+**Tight risk levels** (docs/design.md, "The solvers"). Where the users whose level reaches fund level L are exactly
 as many as the demand_min of the funds at level >= L, every one of them must take one of those funds,
 which get exactly their demand_min. This is made explicit as eligibility before solving (users at or
 above L may not take lower funds nor be held out; those funds' demand_max becomes demand_min), which
