@@ -264,7 +264,7 @@ def test_integer_ids_beyond_int64_are_refused():
     with pytest.raises(IdError, match=r"etv.user.*int64.*9223372036854775813"):
         eoca.AllocationProblem(g, {"a": 2, "b": 1}, {"a": 1, "b": 1}, pd.Series(1, index=users))
     fits = users.copy()
-    fits[2] = 2**62
+    fits[2] = 2**63 - 1  # the largest int64 fits
     g = g.assign_coords(user=fits)
     assert eoca.AllocationProblem(g, {"a": 2, "b": 1}, {"a": 1, "b": 1}, pd.Series(1, index=fits)).n_users == 3
 
