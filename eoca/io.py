@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from eoca.checks import check_allocation, dual_bound
+from eoca.checks import check_allocation, check_and_bound
 from eoca.errors import FileFormatError, ValidationError
 from eoca.problem import FUND, USER, AllocationProblem, id_kind
 from eoca.result import Result, Status
@@ -712,13 +712,15 @@ def load_result(directory: str | os.PathLike, problem: AllocationProblem) -> Res
         codes = np.full(problem.n_users, -1, dtype=np.int32)
         codes[pos[pos >= 0]] = mapped[pos >= 0]
     codes.flags.writeable = False
-    checks = check_allocation(problem, codes)
     prices = [summary["funds"].get(str(f), {}).get("price") for f in problem.funds]
     has_prices = all(p is not None for p in prices)
     price_da = (
         xr.DataArray(np.array(prices, dtype=float), dims=(FUND,), coords={FUND: problem.funds}, name="price")
         if has_prices else None
     )
+    # with prices, the checks and the bound on this problem in one read of the grid
+    checks, price_bound = (check_and_bound(problem, codes, price_da.values) if has_prices
+                           else (check_allocation(problem, codes), float("nan")))
     same = summary.get("problem_fingerprint") == problem.fingerprint()
     saved = Status(summary["status"])
     message = summary.get("message", "")
@@ -730,7 +732,7 @@ def load_result(directory: str | os.PathLike, problem: AllocationProblem) -> Res
         checks.objective, float(saved_objective), rtol=1e-9, atol=1e-9
     )
     if has_prices:
-        bound = dual_bound(problem.compile(), price_da.values)
+        bound = price_bound
     elif not (same and same_objective):
         bound = float("nan")
     if saved is Status.INFEASIBLE and same:
