@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -524,25 +524,71 @@ def result_summary(result: Result) -> dict[str, Any]:
     )
 
 
-def _assignment_table(result: Result) -> Any:
-    """The assignment as an Arrow table: ``user``, ``fund`` (dictionary-encoded: one small dictionary of
-    fund ids and an int32 code per user, null for no fund) and ``etv`` of the user's fund."""
+#: Users per row group of a saved assignment (and per batch converted to Arrow while the last is written).
+_RESULT_ROWS = 1 << 20
+
+
+def _assignment_batches(result: Result, rows: int | None = None) -> tuple[Any, Iterator[Any]]:
+    """The assignment as Arrow record batches of ``rows`` users: ``user``, ``fund`` (dictionary-encoded:
+    one small dictionary of fund ids and an int32 code per user, null for no fund) and ``etv`` of the
+    user's fund. Returns the schema (with eoca's metadata) and a generator of the batches."""
     import pyarrow as pa
 
+    rows = rows or _RESULT_ROWS
     problem = result.problem
     codes = np.asarray(result.codes, dtype=np.int32)
     users = problem.users
-    user_col = (pa.array(np.asarray(users, dtype=np.int64)) if id_kind(users) == "integer"
-                else pa.array(np.asarray(users, dtype=object), type=pa.string()))
+    integer_users = id_kind(users) == "integer"
+    user_values = np.asarray(users, dtype=np.int64 if integer_users else object)
     funds = problem.funds
     dictionary = (pa.array(np.asarray(funds, dtype=np.int64)) if id_kind(funds) == "integer"
                   else pa.array([str(f) for f in funds], type=pa.string()))
-    fund_col = pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), dictionary)
     etv = np.asarray(problem.compile().etv)
-    value = np.take_along_axis(etv, np.maximum(codes, 0).astype(np.intp)[:, None], axis=1)[:, 0]
-    value = np.where(codes >= 0, value, 0).astype(etv.dtype, copy=False)
     meta = {"eoca_format": RESULT_FORMAT, "user_id_kind": id_kind(users), "fund_id_kind": id_kind(funds)}
-    return pa.table({USER: user_col, FUND: fund_col, "etv": pa.array(value)}, metadata=meta)
+    schema = pa.schema([(USER, pa.int64() if integer_users else pa.string()),
+                        (FUND, pa.dictionary(pa.int32(), dictionary.type)),
+                        ("etv", pa.from_numpy_dtype(etv.dtype))], metadata=meta)
+
+    def batches() -> Iterator[Any]:
+        for s in range(0, len(codes), rows) if len(codes) else [0]:
+            part = codes[s:s + rows]
+            placed = part >= 0
+            value = etv[s + np.arange(len(part)), np.where(placed, part, 0)]
+            value = np.where(placed, value, 0).astype(etv.dtype, copy=False)
+            user = pa.array(user_values[s:s + rows], type=schema.field(USER).type)
+            fund = pa.DictionaryArray.from_arrays(pa.array(part, mask=~placed), dictionary)
+            yield pa.record_batch([user, fund, pa.array(value)], schema=schema)
+
+    return schema, batches()
+
+
+def _assignment_table(result: Result) -> Any:
+    """The whole assignment as one Arrow table (see :func:`_assignment_batches`)."""
+    import pyarrow as pa
+
+    schema, batches = _assignment_batches(result)
+    return pa.Table.from_batches(list(batches), schema=schema)
+
+
+def _write_parquet(result: Result, path: Path) -> None:
+    """Write the assignment to Parquet one row group per batch, converting the next batch (ids to Arrow
+    strings, which holds the GIL) while the writer encodes and compresses the last (which releases it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    schema, batches = _assignment_batches(result)
+    # page checksums: a damaged page is caught on reading even without the summary's file hash; the user
+    # ids and values are (nearly) all distinct, so only the fund column is dictionary-encoded
+    with pq.ParquetWriter(path, schema, compression="zstd", compression_level=1, write_page_checksum=True,
+                          use_dictionary=[FUND]) as writer, ThreadPoolExecutor(1) as pool:
+        pending = None
+        for batch in batches:
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.write_batch, batch, row_group_size=len(batch) or None)
+        if pending is not None:
+            pending.result()
 
 
 def save_result(result: Result, directory: str | os.PathLike, *, format: str = "parquet") -> Path:
@@ -566,17 +612,13 @@ def save_result(result: Result, directory: str | os.PathLike, *, format: str = "
     if format not in ("parquet", "csv"):
         raise ValidationError("format", f"must be 'parquet' or 'csv'; got {format!r}")
     directory = Path(directory)
-    table = _assignment_table(result)
     target = directory / f"assignment.{format}"
     if format == "parquet":
-        import pyarrow.parquet as pq
-
-        # page checksums: a damaged page is caught on reading even without the summary's file hash
-        _atomic_write(target, lambda tmp: pq.write_table(table, tmp, compression="zstd", compression_level=1,
-                                                         write_page_checksum=True))
+        _atomic_write(target, lambda tmp: _write_parquet(result, tmp))
     else:
         import pyarrow.csv as pcsv
 
+        table = _assignment_table(result)
         _atomic_write(target, lambda tmp: pcsv.write_csv(table, tmp))
     summary = result_summary(result)
     summary["assignment_file"] = target.name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -66,11 +67,18 @@ class CompiledProblem:
     def exact_demands(self) -> bool:
         return bool(np.array_equal(self.demand_min, self.demand_max))
 
+    @cached_property
+    def users_per_level(self) -> np.ndarray:
+        """Users whose tolerance is each risk level (int64, length ``n_levels``); counted once, when the
+        problem is declared."""
+        counts = np.bincount(self.user_level, minlength=self.n_levels).astype(np.int64)
+        counts.flags.writeable = False
+        return counts
+
     def level_counts(self) -> dict[str, np.ndarray]:
         """Per risk level L (arrays of length ``n_levels``): the counts behind feasibility, see
         :func:`level_counts`."""
-        return level_counts(np.bincount(self.user_level, minlength=self.n_levels), self.fund_level,
-                            self.demand_min, self.demand_max)
+        return level_counts(self.users_per_level, self.fund_level, self.demand_min, self.demand_max)
 
     def eligible(self, users: slice | np.ndarray = slice(None)) -> np.ndarray:
         """Boolean (users, funds) mask of the pairs the risk rule allows; built on demand, never stored."""
@@ -481,6 +489,7 @@ class AllocationProblem:
             holdout=bool(holdout),
             n_levels=len(levels),
         )
+        _ = self._compiled.users_per_level  # counted here, with the declaration, not on every solve
         self._frozen = True
 
     def __setattr__(self, key: str, value: Any) -> None:

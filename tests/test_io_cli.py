@@ -291,6 +291,26 @@ def test_parquet_fund_column_is_dictionary_encoded(tmp_path):
     np.testing.assert_array_equal(table.column("etv").to_numpy(), frame["etv"].to_numpy())
 
 
+@pytest.mark.parametrize("user_kind", ["string", "integer"])
+def test_parquet_assignment_written_in_several_row_groups_reads_back_whole(tmp_path, monkeypatch, user_kind):
+    import pyarrow.parquet as pq
+
+    import eoca.io
+
+    monkeypatch.setattr(eoca.io, "_RESULT_ROWS", 7)  # batches of 7 users: the last one is partial
+    problem = declared(user_kind)
+    result = eoca.solve(problem)
+    assert problem.n_users % 7 and (result.codes < 0).any()
+    save_result(result, tmp_path)
+    file = pq.ParquetFile(tmp_path / "assignment.parquet")
+    assert file.metadata.num_row_groups == -(-problem.n_users // 7)
+    assert_same_result(load_result(tmp_path, problem), result)
+    frame = result.to_frame()
+    table = file.read()
+    assert table.column("user").to_pylist() == problem.users.tolist()
+    np.testing.assert_array_equal(table.column("etv").to_numpy(), frame["etv"].to_numpy())
+
+
 def test_loaded_result_is_checked_against_the_problem_it_is_given(tmp_path):
     problem = declared(seed=1)
     save_result(eoca.solve(problem), tmp_path)
