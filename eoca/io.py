@@ -34,7 +34,7 @@ import xarray as xr
 from eoca.checks import check_allocation, check_and_bound
 from eoca.errors import FileFormatError, ValidationError
 from eoca.problem import FUND, USER, AllocationProblem, id_kind
-from eoca.result import Result, Status
+from eoca.result import Result, Status, assigned_values
 
 __all__ = [
     "save_problem", "load_problem", "save_result", "load_result", "load_summary", "load_assignment",
@@ -543,18 +543,17 @@ def _assignment_batches(result: Result, rows: int | None = None) -> tuple[Any, I
     funds = problem.funds
     dictionary = (pa.array(np.asarray(funds, dtype=np.int64)) if id_kind(funds) == "integer"
                   else pa.array([str(f) for f in funds], type=pa.string()))
-    etv = np.asarray(problem.compile().etv)
+    etv = problem.compile().etv  # in memory or Dask-backed: read one batch of users at a time
     meta = {"eoca_format": RESULT_FORMAT, "user_id_kind": id_kind(users), "fund_id_kind": id_kind(funds)}
     schema = pa.schema([(USER, pa.int64() if integer_users else pa.string()),
                         (FUND, pa.dictionary(pa.int32(), dictionary.type)),
-                        ("etv", pa.from_numpy_dtype(etv.dtype))], metadata=meta)
+                        ("etv", pa.from_numpy_dtype(np.dtype(etv.dtype)))], metadata=meta)
 
     def batches() -> Iterator[Any]:
         for s in range(0, len(codes), rows) if len(codes) else [0]:
             part = codes[s:s + rows]
-            placed = part >= 0
-            value = etv[s + np.arange(len(part)), np.where(placed, part, 0)]
-            value = np.where(placed, value, 0).astype(etv.dtype, copy=False)
+            placed = (part >= 0) & (part < len(funds))  # an invalid code names no fund
+            value = assigned_values(etv[s:s + rows], part)
             user = pa.array(user_values[s:s + rows], type=schema.field(USER).type)
             fund = pa.DictionaryArray.from_arrays(pa.array(part, mask=~placed), dictionary)
             yield pa.record_batch([user, fund, pa.array(value)], schema=schema)

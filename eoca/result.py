@@ -37,6 +37,23 @@ class Status(enum.StrEnum):
         return self.value
 
 
+#: Users whose grid rows are read at once where a lazy grid is read block by block.
+_VALUE_ROWS = 1 << 20
+
+
+def assigned_values(etv: Any, codes: np.ndarray) -> np.ndarray:
+    """ETV of each user's fund (0 for a code outside ``0..n_funds-1``), in the grid's dtype. A Dask-backed
+    grid is read one block of users at a time, never whole."""
+    k = etv.shape[1]
+    out = np.zeros(len(codes), dtype=np.dtype(etv.dtype))
+    for s in range(0, len(codes), _VALUE_ROWS):
+        part = codes[s:s + _VALUE_ROWS]
+        placed = (part >= 0) & (part < k)
+        block = np.asarray(etv[s:s + _VALUE_ROWS])
+        out[s:s + len(part)] = np.where(placed, block[np.arange(len(part)), np.where(placed, part, 0)], 0)
+    return out
+
+
 @dataclass(frozen=True)
 class Checks:
     """The independent checker's report on an allocation (see :func:`eoca.checks.check_allocation`).
@@ -171,11 +188,10 @@ class Result:
     def to_frame(self) -> pd.DataFrame:
         """One row per user: ``user`` id, ``fund`` (a categorical over the fund ids, missing for no fund)
         and ``etv`` of the user's fund (0 for no fund), built from :attr:`codes` without a loop."""
-        etv = np.asarray(self.problem.compile().etv)
+        etv = self.problem.compile().etv
         placed = (self.codes >= 0) & (self.codes < etv.shape[1])  # an invalid code names no fund
         codes = np.where(placed, self.codes, -1)
-        value = np.take_along_axis(etv, np.maximum(codes, 0).astype(np.intp)[:, None], axis=1)[:, 0]
-        value = np.where(placed, value, 0.0)
+        value = assigned_values(etv, codes)
         fund = pd.Categorical.from_codes(codes, categories=self.problem.funds)
         return pd.DataFrame({USER: self.problem.users.to_numpy(), FUND: fund, "etv": value}, copy=False)
 

@@ -10,6 +10,7 @@ import xarray as xr
 import eoca
 from eoca.checks import check_allocation, dual_bound
 from eoca.instances import synthetic_problem
+from eoca.io import save_result
 from eoca.testing import dual_value, recount
 
 dask = pytest.importorskip("dask")
@@ -176,3 +177,35 @@ def test_predict_to_zarr_matches_predict(client, tmp_path, model):
     expected = predictor.predict(platform.data)
     np.testing.assert_allclose(grid.values, expected.values, rtol=1e-5)
     np.testing.assert_array_equal(grid["user"].values, expected["user"].values)
+
+
+def test_frame_and_saved_result_of_a_dask_grid_match_memory(client, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+    from dask.callbacks import Callback
+
+    import eoca.io
+    import eoca.result
+
+    # blocks of 1,000 users across chunks of 2,500: the grid is read block by block, never whole
+    monkeypatch.setattr(eoca.result, "_VALUE_ROWS", 1_000)
+    monkeypatch.setattr(eoca.io, "_RESULT_ROWS", 1_500)
+    problem = synthetic_problem(12_000, family="matching", seed=3)
+    expected = eoca.solve(problem)
+    result = eoca.solve(lazy(problem))
+    rows = []
+
+    class Rows(Callback):  # the users of every piece of grid the reads compute
+        def _posttask(self, key, value, dsk, state, id):
+            if isinstance(value, np.ndarray) and value.ndim == 2:
+                rows.append(value.shape[0])
+
+    result.problem.fingerprint()  # a fixed sample of 4,096 rows, computed once per problem
+    with dask.config.set(scheduler="sync"), Rows():
+        frame = result.to_frame()
+        save_result(result, tmp_path / "lazy")
+    assert rows and max(rows) <= 2_500  # a chunk at most, never the whole grid of 12,000 users
+    pd.testing.assert_frame_equal(frame, expected.to_frame())
+    save_result(expected, tmp_path / "memory")
+    lazy_table = pq.read_table(tmp_path / "lazy" / "assignment.parquet")
+    assert lazy_table.equals(pq.read_table(tmp_path / "memory" / "assignment.parquet"))
+    np.testing.assert_array_equal(lazy_table.column("etv").to_numpy(), expected.to_frame()["etv"].to_numpy())
