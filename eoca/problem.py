@@ -19,6 +19,8 @@ USER = "user"
 FUND = "fund"
 DIMS = (USER, FUND)
 
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
 
 @dataclass(frozen=True, eq=False)
 class CompiledProblem:
@@ -216,7 +218,7 @@ def _check_ids(index: pd.Index, field_name: str) -> pd.Index:
             f"ids must be all integers or all strings; got {kind} ids ({', '.join(kinds)}): "
             f"{show_values(index[:5])}",
         )
-    if index.dtype.kind == "u" and len(index) and index.max() > np.iinfo(np.int64).max:
+    if index.dtype.kind == "u" and len(index) and index.max() > _INT64_MAX:
         raise IdError(field_name, f"integer ids must fit in int64 (files store them so); got {index.max()}")
     if not index.is_unique:
         dup = index[index.duplicated()].unique()
@@ -302,6 +304,26 @@ def _as_series(value: Any, field_name: str, dim: str) -> pd.Series:
     )
 
 
+def _demand_series(demand: Any) -> pd.Series:
+    """Demands as a Series over funds; ranges as (min, max) pairs. Besides what ``_as_series`` takes, a
+    DataArray over ("fund", "bound") (what ``problem.demand`` returns for ranges) and a DataFrame with
+    "min" and "max" columns indexed by fund are read as ranges."""
+    if isinstance(demand, xr.DataArray) and set(demand.dims) == {FUND, "bound"}:
+        if FUND not in demand.coords or "bound" not in demand.coords:
+            raise IdError("demand", 'a range DataArray needs "fund" and "bound" coordinates')
+        bounds = [str(b) for b in demand.coords["bound"].values.tolist()]
+        if sorted(bounds) != ["max", "min"]:
+            raise DemandError("demand", f'the "bound" coordinate must be ("min", "max"); got {tuple(bounds)}')
+        demand = demand.transpose(FUND, "bound").to_pandas()
+        demand.columns = bounds
+    if isinstance(demand, pd.DataFrame):
+        if sorted(map(str, demand.columns)) != ["max", "min"]:
+            raise DemandError("demand", f'a DataFrame of ranges needs columns "min" and "max"; got {list(demand.columns)}')
+        pairs = list(zip(demand["min"].tolist(), demand["max"].tolist(), strict=True))
+        return pd.Series(pairs, index=demand.index, dtype=object)
+    return _as_series(demand, "demand", FUND)
+
+
 def _align(series: pd.Series, ids: pd.Index, field_name: str, dim: str, missing_error: type) -> pd.Series:
     """``series`` in the order of ``ids`` (unique, checked). A Series already in that order is used as it
     is (``Index.equals`` is one comparison pass); otherwise one hash lookup into ``ids`` places every
@@ -341,8 +363,11 @@ def _parse_demand(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         for bound in pair:
             if isinstance(bound, bool | np.bool_) or not isinstance(bound, int | np.integer | float | np.floating):
                 raise DemandError("demand", f"fund {fund!r}: demand must be a non-negative integer; got {value!r}")
-            if not np.isfinite(bound) or bound != int(bound) or bound < 0:
+            whole = isinstance(bound, int | np.integer) or (np.isfinite(bound) and bound == int(bound))
+            if not whole or bound < 0:
                 raise DemandError("demand", f"fund {fund!r}: demand must be a non-negative integer; got {value!r}")
+            if int(bound) > _INT64_MAX:
+                raise DemandError("demand", f"fund {fund!r}: demand must be at most 2**63 - 1; got {value!r}")
         lo[pos], hi[pos] = int(pair[0]), int(pair[1])
         if lo[pos] > hi[pos]:
             raise DemandError("demand", f"fund {fund!r}: range minimum exceeds maximum; got {value!r}")
@@ -448,18 +473,19 @@ class AllocationProblem:
 
         if not isinstance(holdout, bool | np.bool_):
             raise DemandError("holdout", f"must be True or False; got {holdout!r}")
-        demand_s = _align(_as_series(demand, "demand", FUND), funds, "demand", FUND, DemandError)
+        demand_s = _align(_demand_series(demand), funds, "demand", FUND, DemandError)
         lo, hi = _parse_demand(demand_s)
         n = len(users)
-        if lo.sum() > n:
+        lo_total, hi_total = sum(lo.tolist()), sum(hi.tolist())  # Python ints: int64 sums could wrap
+        if lo_total > n:
             raise DemandError(
-                "demand", f"funds demand at least {int(lo.sum())} users in total but the grid has only {n} users"
+                "demand", f"funds demand at least {lo_total} users in total but the grid has only {n} users"
             )
-        if not holdout and hi.sum() < n:
+        if not holdout and hi_total < n:
             raise DemandError(
                 "demand",
-                f"demands total at most {int(hi.sum())} but all {n} users must be placed; pass holdout=True "
-                f"to let {n - int(hi.sum())} users receive no fund, or raise the demands",
+                f"demands total at most {hi_total} but all {n} users must be placed; pass holdout=True "
+                f"to let {n - hi_total} users receive no fund, or raise the demands",
             )
         risk_s = _align(_as_series(risk_level, "risk_level", FUND), funds, "risk_level", FUND, RiskError)
         tol_s = _align(
@@ -485,7 +511,8 @@ class AllocationProblem:
             user_level=_readonly(user_codes),
             fund_level=_readonly(fund_codes),
             demand_min=_readonly(lo),
-            demand_max=_readonly(hi),
+            # no fund can take more than every user: the solvers sum and subtract these in int64
+            demand_max=_readonly(np.minimum(hi, n)),
             holdout=bool(holdout),
             n_levels=len(levels),
         )

@@ -42,14 +42,8 @@ def client():
 
 def lazy(problem: eoca.AllocationProblem, chunk_users: int = 2_500) -> eoca.AllocationProblem:
     """The same problem with its grid as a Dask array chunked along users."""
-    c = problem.compile()
-    demand = (
-        {f: (int(lo), int(hi)) for f, lo, hi in zip(problem.funds, c.demand_min, c.demand_max)}
-        if problem.has_ranges
-        else problem.demand
-    )
     return eoca.AllocationProblem(
-        problem.etv.chunk({"user": chunk_users}), demand, problem.risk_level, problem.risk_tolerance,
+        problem.etv.chunk({"user": chunk_users}), problem.demand, problem.risk_level, problem.risk_tolerance,
         holdout=problem.holdout,
     )
 

@@ -65,6 +65,36 @@ def test_demands_short_of_the_users_say_how_many_would_be_held_out():
                                {"u1": 0, "u2": 0, "u3": 0})
 
 
+@pytest.mark.parametrize("bound", [10**20, 1e20, np.uint64(2**64 - 1)])
+def test_a_demand_beyond_int64_is_a_demand_error_naming_the_fund(bound):
+    with pytest.raises(eoca.DemandError, match="fund 'f2': demand must be at most 2\\*\\*63 - 1"):
+        eoca.AllocationProblem(etv_grid(np.ones((3, 2))), {"f1": 1, "f2": (0, bound)}, {"f1": 0, "f2": 0},
+                               {"u1": 0, "u2": 0, "u3": 0})
+
+
+def test_maxima_as_large_as_int64_mean_no_cap_and_every_solver_places_everyone():
+    big = 2**63 - 1  # their int64 sum would wrap: each solver must still see "at most every user"
+    problem = eoca.AllocationProblem(etv_grid([[1.0, 5.0], [4.0, 1.0], [2.0, 3.0]]), {"f1": (0, big), "f2": (1, big)},
+                                     {"f1": 0, "f2": 0}, {"u1": 0, "u2": 0, "u3": 0})
+    assert problem.demand.sel(fund="f2").values.tolist() == [1, big]  # the declaration is kept as written
+    for solver in ("exact", "ip", "heuristic"):
+        result = eoca.solve(problem, solver=solver)
+        assert result.objective == 12.0, solver
+        assert result.assignment.values.tolist() == ["f2", "f1", "f2"], solver
+
+
+def test_a_problem_s_range_demands_declare_the_same_problem_again_as_dataarray_or_dataframe():
+    problem = eoca.AllocationProblem(etv_grid(np.ones((4, 2))), {"f1": (1, 3), "f2": 2}, {"f1": 0, "f2": 0},
+                                     {f"u{i}": 0 for i in range(1, 5)}, holdout=True)
+    for demand in (problem.demand, problem.demand.T, problem.demand.to_pandas()):
+        again = eoca.AllocationProblem(problem.etv, demand, problem.risk_level, problem.risk_tolerance, holdout=True)
+        assert again.demand.equals(problem.demand)
+        assert again.demand.sel(fund="f2").values.tolist() == [2, 2]
+    with pytest.raises(eoca.DemandError, match='columns "min" and "max"; got \\[\'lo\', \'hi\'\\]'):
+        eoca.AllocationProblem(problem.etv, problem.demand.to_pandas().set_axis(["lo", "hi"], axis=1),
+                               problem.risk_level, problem.risk_tolerance, holdout=True)
+
+
 def test_a_problem_shows_its_name_and_each_fund_s_demand_and_risk():
     problem = eoca.AllocationProblem(etv_grid(np.ones((3, 2))), {"f1": 2, "f2": (0, 1)}, {"f1": "R1", "f2": "R3"},
                                      {"u1": "R3", "u2": "R3", "u3": "R3"}, name="june")
