@@ -130,6 +130,12 @@ def _codes(problem: AllocationProblem, codes: np.ndarray | xr.DataArray) -> np.n
     if isinstance(codes, xr.DataArray):
         codes = codes_from_assignment(problem, codes)
     c = problem.compile()
+    codes = np.asarray(codes)
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise ValidationError("assignment", f"fund codes must be integers; got dtype {codes.dtype}")
+    # codes outside int32 are invalid, never wrapped onto a fund: -2 (below) and int32's max (above)
+    if codes.dtype != np.int32:
+        codes = np.clip(codes, -2, np.iinfo(np.int32).max)
     codes = np.ascontiguousarray(codes, dtype=np.int32)
     if codes.shape != (c.n_users,):
         raise ValidationError("assignment", f"expected {c.n_users} entries, one per user; got shape {codes.shape}")

@@ -32,7 +32,7 @@ import pandas as pd
 import xarray as xr
 
 from eoca.checks import check_allocation, check_and_bound
-from eoca.errors import FileFormatError, ValidationError
+from eoca.errors import FileFormatError, ValidationError, show_values
 from eoca.problem import FUND, USER, AllocationProblem, id_kind
 from eoca.result import Result, Status, assigned_values
 
@@ -50,12 +50,28 @@ SUMMARY_NAME = "summary.json"
 CHUNK_USERS = 1_000_000
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_of(target: Path, default: int) -> int:
+    """The permissions ``target`` gets: those of the file it replaces, else what ``open`` would give (the
+    temporary names are created private, 0600 / 0700, and must not stay so)."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return default & ~_umask()
+
+
 def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _mode_of(target, 0o666))
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -68,6 +84,7 @@ def _atomic_write_dir(target: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         write(tmp)
+        os.chmod(tmp, _mode_of(target, 0o777) if target.is_dir() else 0o777 & ~_umask())
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             kept = old / ("store" if target.is_dir() else "file")
@@ -740,18 +757,25 @@ def load_result(directory: str | os.PathLike, problem: AllocationProblem) -> Res
     directory = Path(directory)
     summary = load_summary(directory)
     users, file_codes, dictionary = _read_assignment(directory, summary)
+    assignment_path = directory / summary.get("assignment_file", "assignment.parquet")
     # fund ids of the file -> the problem's fund codes (-2: a fund the problem lacks)
     to_problem = problem.funds.get_indexer(pd.Index(dictionary, dtype=object) if dictionary.dtype.kind == "O"
                                            else pd.Index(dictionary))
     lookup = np.append(np.where(to_problem < 0, -2, to_problem), -1).astype(np.int32)
     mapped = lookup.take(file_codes)
     file_users = pd.Index(users, dtype=object) if users.dtype.kind == "O" else pd.Index(users)
+    foreign: pd.Index = file_users[:0]
     if len(file_users) == problem.n_users and file_users.equals(problem.users):
         codes = mapped
     else:  # another order, or other users: place each row by id (users not in the file get no fund)
         pos = problem.users.get_indexer(file_users)
+        known = pos >= 0
+        repeated = np.bincount(pos[known], minlength=problem.n_users) > 1
+        if repeated.any():
+            raise FileFormatError(f"{assignment_path} lists users more than once: {show_values(problem.users[repeated])}")
+        foreign = file_users[~known]
         codes = np.full(problem.n_users, -1, dtype=np.int32)
-        codes[pos[pos >= 0]] = mapped[pos >= 0]
+        codes[pos[known]] = mapped[known]
     codes.flags.writeable = False
     prices = [summary["funds"].get(str(f), {}).get("price") for f in problem.funds]
     has_prices = all(p is not None for p in prices)
@@ -778,6 +802,10 @@ def load_result(directory: str | os.PathLike, problem: AllocationProblem) -> Res
         bound = float("nan")
     if saved is Status.INFEASIBLE and same:
         status = saved
+    elif len(foreign):
+        status = Status.ERROR
+        message = (f"the saved allocation is not one of this problem: {len(foreign)} of its users are not users "
+                   f"of this problem: {show_values(foreign)}")
     elif not checks.ok:
         status = Status.ERROR
         message = f"the saved allocation breaks rules of this problem: {checks.describe()}"

@@ -39,7 +39,9 @@ class CompiledProblem:
         Each fund's risk level as a code on the same scale. User i may get fund j iff
         ``user_level[i] >= fund_level[j]``.
     demand_min, demand_max : ndarray of int64, shape (n_funds,)
-        Bounds on the number of users each fund receives (equal for an exact demand).
+        Bounds on the number of users each fund receives (equal for an exact demand). A declared maximum
+        above the number of users is clipped to it here (no fund can take more), so that the solvers' int64
+        sums of the maxima cannot wrap; ``AllocationProblem.demand_max`` keeps the value as declared.
     holdout : bool
         Whether a user may receive no fund.
     """
@@ -558,7 +560,8 @@ class AllocationProblem:
 
     @property
     def has_ranges(self) -> bool:
-        return not self._compiled.exact_demands
+        """Whether some fund's demand is a range, as declared (the compiled maxima are clipped to the users)."""
+        return not np.array_equal(self._demand_min.values, self._demand_max.values)
 
     @property
     def demand(self) -> xr.DataArray:
@@ -655,7 +658,7 @@ class AllocationProblem:
             f"{self.n_funds} funds, demands {kind}{', holdout' if self._holdout else ''}>",
         ]
         for j, fund in enumerate(self.funds):
-            lo, hi = int(self._compiled.demand_min[j]), int(self._compiled.demand_max[j])
+            lo, hi = int(self._demand_min.values[j]), int(self._demand_max.values[j])
             dem = f"{lo:,}" if lo == hi else f"{lo:,}..{hi:,}"
             lines.append(f"  {fund!s:<16} demand {dem:>14}   risk {self._risk_level.values[j]!r}")
         return "\n".join(lines)

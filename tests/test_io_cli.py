@@ -320,15 +320,55 @@ def test_loaded_result_is_checked_against_the_problem_it_is_given(tmp_path):
     assert "breaks rules of this problem" in again.message
     # a problem with the same rules but other ETV: feasible there, optimal only if the prices certify it
     values = problem.etv.values * 2 + 1
-    demand = {f: (int(a), int(b)) for f, a, b in zip(problem.funds, problem.demand_min.values,
-                                                     problem.demand_max.values)}
-    scaled = eoca.AllocationProblem(problem.etv.copy(data=values), demand, problem.risk_level,
+    scaled = eoca.AllocationProblem(problem.etv.copy(data=values), problem.demand, problem.risk_level,
                                     problem.risk_tolerance, holdout=True)
     again = load_result(tmp_path, scaled)
     assert again.checks.ok and again.status in (eoca.Status.FEASIBLE, eoca.Status.OPTIMAL)
     assert again.objective == pytest.approx(2 * eoca.solve(problem).objective + int((again.codes >= 0).sum()))
     assert "fingerprint differs" in again.message
     assert again.gap >= 0 and again.bound == pytest.approx(eoca.dual_bound(scaled.compile(), again.prices.values))
+
+
+def test_a_saved_allocation_with_users_the_problem_lacks_or_repeats_is_not_taken_for_its_allocation(tmp_path):
+    import pyarrow.parquet as pq
+
+    problem = declared(seed=1)
+    save_result(eoca.solve(problem), tmp_path)
+    fewer = eoca.AllocationProblem(problem.etv.isel(user=slice(0, 200)), {f: (0, 200) for f in problem.funds},
+                                   problem.risk_level, problem.risk_tolerance.isel(user=slice(0, 200)), holdout=True)
+    again = load_result(tmp_path, fewer)
+    assert again.status is eoca.Status.ERROR
+    assert "40 of its users are not users of this problem: ['200', '201', '202', '203', '204', ... (35 more)]" in again.message
+    # a file that lists a user twice contradicts itself, whatever problem it is read against
+    table = tmp_path / "assignment.parquet"
+    rows = pq.read_table(table)
+    pq.write_table(rows.take(list(range(1, len(rows))) + [5]), table)  # user 0 gone, user 5 twice
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    del summary["assignment_sha256"]
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(eoca.FileFormatError, match=re.escape(f"{table} lists users more than once: ['005']")):
+        load_result(tmp_path, problem)
+
+
+def test_saved_files_get_the_permissions_a_plain_write_gives_or_keep_those_they_replace(tmp_path):
+    import os
+    import stat
+
+    problem = declared()
+    old = os.umask(0o027)
+    try:
+        save_result(eoca.solve(problem), tmp_path / "r")
+        paths = [tmp_path / "r" / "summary.json", tmp_path / "r" / "assignment.parquet",
+                 save_problem(problem, tmp_path / "p.nc"), save_problem(problem, tmp_path / "p.zarr")]
+        assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [0o640, 0o640, 0o640, 0o750]
+        for p in paths:
+            p.chmod(0o604 if p.is_file() else 0o705)
+        save_result(eoca.solve(problem), tmp_path / "r")
+        save_problem(problem, tmp_path / "p.nc")
+        save_problem(problem, tmp_path / "p.zarr")
+        assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [0o604, 0o604, 0o604, 0o705]
+    finally:
+        os.umask(old)
 
 
 @pytest.mark.parametrize("damage", ["invalid-json", "no-status", "missing-assignment", "corrupt-no-checksum",

@@ -216,7 +216,7 @@ def test_the_risk_coding_and_the_diagnosis_agree_with_the_declaration(problem):
     np.testing.assert_array_equal(c.user_level[:, None] >= c.fund_level[None, :], allowed)
     np.testing.assert_array_equal(c.eligible(), allowed)
     np.testing.assert_array_equal(c.demand_min, problem.demand_min.values)
-    np.testing.assert_array_equal(c.demand_max, problem.demand_max.values)
+    np.testing.assert_array_equal(c.demand_max, np.minimum(problem.demand_max.values, problem.n_users))
     diagnosis = problem.diagnose()
     assert diagnosis.feasible == feasible(problem) == bool(diagnosis)
     assert not diagnosis.shortfalls if diagnosis.feasible else all(s.short_by > 0 for s in diagnosis.shortfalls)

@@ -50,6 +50,22 @@ def test_the_checker_and_the_bound_reject_malformed_input_by_name():
     assert dual_bound(problem.compile(), np.zeros(2)) == 6.0  # each user's best: 2 + 4
 
 
+def test_the_checker_never_wraps_a_wide_code_onto_a_fund_and_rejects_non_integer_codes():
+    from eoca.checks import check_allocation
+
+    problem = declare([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    good = np.array([0, 1, 1], dtype=np.int64)
+    assert check_allocation(problem, good).ok and check_allocation(problem, good.astype(np.uint64)).ok
+    for wide in (2**32, 2**32 + 1, -(2**32) + 1, -(2**40)):  # int32 casts would make these 0, 1, 1, 0
+        codes = good.copy()
+        codes[0] = wide
+        checks = check_allocation(problem, codes)
+        assert not checks.ok and checks.invalid == 1, wide
+    for dtype in (float, bool):
+        with pytest.raises(eoca.ValidationError, match=f"assignment: fund codes must be integers; got dtype {np.dtype(dtype)}"):
+            check_allocation(problem, good.astype(dtype))
+
+
 def test_integer_levels_and_fractional_tolerances_share_one_scale():
     problem = eoca.AllocationProblem(etv_grid([[1.0, 2.0], [3.0, 4.0]]), {"f1": 1, "f2": 1}, {"f1": 1, "f2": 2},
                                      {"u1": 2.0, "u2": 1.5})
