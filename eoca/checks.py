@@ -23,56 +23,52 @@ __all__ = ["check_allocation", "check_and_bound", "dual_bound", "codes_from_assi
 
 
 _CHUNKS = 64  # fixed split of the users: sums never depend on the number of threads
-_SWEEP = 512  # users whose best values are swept fund by fund together (vectorised across users)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _tally_bound(etv, user_level, fund_level, codes, prices, holdout, tally, bound):  # pragma: no cover
-    """One read of the grid: with ``tally``, the allocation's counts per fund, ETV, unplaced, invalid and
-    risk-breaking users; with ``bound``, the users' part of the dual value for ``prices``. Users are
-    swept in blocks of ``_SWEEP``, fund by fund, so the bound's inner loop runs across users."""
+    """One read of the grid, row by row: with ``tally``, the allocation's counts per fund, ETV, unplaced,
+    invalid and risk-breaking users; with ``bound``, the users' part of the dual value for ``prices``.
+    The risk rule enters the bound as a price table per risk level (+inf where a fund is above the level),
+    so each user's best reduced value is a branch-free max over one row."""
     n, k = etv.shape
     floor = 0.0 if holdout else -np.inf
+    top = fund_level.max() if k and bound else 0  # levels at or above the riskiest fund may take every fund
+    level_price = np.empty((top + 1, k))
+    for lv in range(top + 1):
+        for j in range(k):
+            level_price[lv, j] = prices[j] if lv >= fund_level[j] else np.inf
     counts_c = np.zeros((_CHUNKS, k), dtype=np.int64)
     objective_c = np.zeros(_CHUNKS)
     bound_c = np.zeros(_CHUNKS)
     other_c = np.zeros((_CHUNKS, 3), dtype=np.int64)  # unplaced, invalid, risk
     for c in numba.prange(_CHUNKS):
         # per-chunk accumulators in locals: threads never write the same cache line in the loop
-        best = np.empty(_SWEEP)
         cnt = np.zeros(k, dtype=np.int64)
-        e = (c + 1) * n // _CHUNKS
         obj = 0.0
         total = 0.0
         unplaced = 0
         invalid = 0
         risk = 0
-        for s in range(c * n // _CHUNKS, e, _SWEEP):
-            m = min(_SWEEP, e - s)
+        for i in range(c * n // _CHUNKS, (c + 1) * n // _CHUNKS):
+            lv = user_level[i]
             if tally:
-                for i in range(s, s + m):
-                    j = codes[i]
-                    if j == -1:
-                        unplaced += 1
-                    elif j < 0 or j >= k:
-                        invalid += 1
-                    else:
-                        cnt[j] += 1
-                        obj += etv[i, j]
-                        if user_level[i] < fund_level[j]:
-                            risk += 1
+                j = codes[i]
+                if j == -1:
+                    unplaced += 1
+                elif j < 0 or j >= k:
+                    invalid += 1
+                else:
+                    cnt[j] += 1
+                    obj += etv[i, j]
+                    if lv < fund_level[j]:
+                        risk += 1
             if bound:
-                for t in range(m):
-                    best[t] = floor
+                best = floor
+                row = min(lv, top)
                 for j in range(k):
-                    fj = fund_level[j]
-                    pj = prices[j]
-                    for t in range(m):
-                        v = etv[s + t, j] - pj
-                        v = v if user_level[s + t] >= fj else -np.inf
-                        best[t] = v if v > best[t] else best[t]
-                for t in range(m):
-                    total += best[t]
+                    best = max(best, etv[i, j] - level_price[row, j])
+                total += best
         counts_c[c] = cnt
         objective_c[c] = obj
         bound_c[c] = total

@@ -101,8 +101,10 @@ def _ranks(problem: AllocationProblem) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _demands(problem: AllocationProblem) -> tuple[np.ndarray, np.ndarray]:
+    # No fund takes more than every user, so a maximum above the users states the same problem as the
+    # users themselves; the dual of that stated problem is the one with the tighter (and finite) value.
     return (np.asarray(problem.demand_min.values, dtype=np.int64),
-            np.asarray(problem.demand_max.values, dtype=np.int64))
+            np.minimum(np.asarray(problem.demand_max.values, dtype=np.int64), problem.n_users))
 
 
 def recount(problem: AllocationProblem, codes) -> Recount:
@@ -143,7 +145,8 @@ def dual_value(problem: AllocationProblem, prices) -> float:
     """The Lagrangian dual value of fund prices, from its formula: an upper bound on the optimum.
 
     ``sum_i max_{j allowed} (etv[i, j] - prices[j])`` (at least 0 with holdout) plus, per fund,
-    ``prices[j]`` times the maximum demand where the price is positive, the minimum where it is negative.
+    ``prices[j]`` times the maximum demand (at most the users) where the price is positive, the minimum where
+    it is negative.
 
     Parameters
     ----------

@@ -5,6 +5,7 @@ import dataclasses
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from hypothesis import HealthCheck, given, settings
@@ -133,6 +134,18 @@ def test_the_bound_is_the_dual_value_of_any_prices(data):
     assert dual_bound(problem.compile(), prices) == pytest.approx(dual_value(problem, prices), abs=1e-9)
     optimum, _ = brute_force(problem)
     assert dual_value(problem, prices) >= optimum - 1e-9  # weak duality: any prices bound the optimum
+
+
+def test_a_maximum_above_the_users_bounds_like_the_users():
+    """One user, f1 allowed 0..2: a fund never takes more than every user, so a positive price on f1 adds
+    the price times one user, not two (the tighter bound of the same problem)."""
+    problem = eoca.AllocationProblem(etv=eoca.testing.etv_grid([[1.0, 2.0]], funds=["f0", "f1"]),
+                                     demand=pd.DataFrame({"min": [0, 0], "max": [1, 2]}, index=["f0", "f1"]),
+                                     risk_tolerance={"u1": 1}, risk_level={"f0": 1, "f1": 1})
+    prices = np.array([0.0, 1.0])
+    # sum_i max_j (v - p) = max(1, 1) = 1, plus 1 * min(2, 1 user) = 2
+    assert dual_value(problem, prices) == dual_bound(problem.compile(), prices) == 2.0
+    assert problem.demand_max.sel(fund="f1").item() == 2  # the declared maximum is kept as written
 
 
 @pytest.mark.parametrize("holdout", [False, True])
