@@ -7,7 +7,8 @@ ids. Each case runs in a fresh process: it pays the JIT compile (and every lazy 
 of the same shape, then times every stage once and samples the resident memory every millisecond:
 
 - ``build``: ``AllocationProblem(...)`` from the grid, the tolerance Series and the demands;
-- ``solve``: ``eoca.solve`` (warm) as a whole, and ``solver`` the solver's own share of it (the reference);
+- ``solve``: ``eoca.solve`` (warm) as a whole, ``solver`` the solver's own share of it (the reference) and
+  ``compile`` what it reports as JIT compile (kernels the warm-up size never reached);
 - ``assignment``: ``result.assignment``; ``save_result``; ``save_problem``; ``load_problem``.
 
 Peak memory is reported against the bytes of the inputs (grid + ids + tolerances): sampled from the
@@ -96,6 +97,8 @@ def pipeline(n, k, out, timings, measuring=None):
     result = eoca.solve(problem)
     timings["solve"] = time.perf_counter() - t
     timings["solver"] = result.timings["solve"]
+    # a kernel the warm-up size never reached is loaded from numba's cache here: eoca reports it apart
+    timings["compile"] = result.timings.get("compile", 0.0)
     stage("assignment")
     t = time.perf_counter()
     assignment = result.assignment
@@ -173,7 +176,8 @@ def test_pipeline_stages(benchmark, n_users):
     figures = benchmark.pedantic(run_pipeline, args=(n_users,), rounds=1, iterations=1)
     benchmark.extra_info.update(figures)
     print(json.dumps(figures))
-    assert figures["solve"] <= SOLVE_OVERHEAD * figures["solver"], figures
+    # the overhead of eoca.solve over its solver, less the JIT compile that it reports on its own
+    assert figures["solve"] - figures["compile"] <= SOLVE_OVERHEAD * figures["solver"], figures
     if n_users >= 10_000_000:
         slow = {s: round(figures[s], 2) for s, limit in TARGETS_10M.items() if figures[s] > limit}
         assert not slow, f"stages over their target {TARGETS_10M}: {slow}"

@@ -282,3 +282,63 @@ def test_an_ordered_categorical_tolerance_sets_the_risk_scale():
     # a fund level that the scale does not hold is named
     with pytest.raises(RiskError, match="not on the ordered risk scale.*'extreme'"):
         eoca.AllocationProblem(g, {"safe": 2, "bold": 1}, {"safe": "low", "bold": "extreme"}, tol)
+
+
+def test_fund_levels_and_tolerances_on_one_ordered_scale_declare_it():
+    scale = pd.CategoricalDtype(["low", "mid", "high"], ordered=True)
+    users = ["u1", "u2", "u3"]
+    g = xr.DataArray([[1.0, 5.0], [1.0, 5.0], [1.0, 5.0]], dims=("user", "fund"),
+                     coords={"user": users, "fund": ["safe", "bold"]})
+    tol = pd.Series(["high", "low", "mid"], index=users, dtype=scale)
+    levels = pd.Series(["low", "high"], index=["safe", "bold"], dtype=scale)
+    problem = eoca.AllocationProblem(g, {"safe": 2, "bold": 1}, levels, tol)
+    assert list(problem.risk_levels) == ["low", "mid", "high"]
+    assert problem.compile().user_level.tolist() == [2, 0, 1]
+    other = pd.Series(["low", "high"], index=["safe", "bold"],
+                      dtype=pd.CategoricalDtype(["high", "mid", "low"], ordered=True))
+    with pytest.raises(RiskError, match="different orders"):
+        eoca.AllocationProblem(g, {"safe": 2, "bold": 1}, other, tol)
+
+
+def test_categorical_user_ids_are_ids_of_their_categories():
+    users = pd.CategoricalIndex(["u1", "u2", "u3"])
+    g = xr.DataArray([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dims=("user", "fund"),
+                     coords={"user": users, "fund": ["f1", "f2"]})
+    problem = make(etv=g)
+    assert [str(u) for u in problem.users] == ["u1", "u2", "u3"]
+    assert eoca.solve(problem).status is eoca.Status.OPTIMAL
+
+
+def test_the_fingerprint_tells_problems_apart():
+    problem = make()
+    again = make()
+    digest = problem.fingerprint()
+    assert isinstance(digest, str) and len(digest) == 32 and int(digest, 16) >= 0
+    assert again.fingerprint() == digest  # the same declaration, the same digest
+    assert make(demand={"f1": 1, "f2": 2}).fingerprint() != digest
+    assert make(etv=grid([[1.0, 2.0], [3.0, 4.0], [5.0, 7.0]])).fingerprint() != digest  # the last user's row
+    assert make(tol={"u1": 2, "u2": 1, "u3": 1}).fingerprint() != digest
+
+
+def test_a_series_in_the_grid_order_is_taken_without_a_lookup(monkeypatch):
+    """The fast path: a tolerance Series whose index equals the grid's users (another object, same ids)
+    is used as it is; only one in another order is looked up (and both give the same problem)."""
+    n = 1_237
+    users = [f"u{i}" for i in range(n)]
+    g = xr.DataArray(np.ones((n, 2)), dims=("user", "fund"), coords={"user": users, "fund": ["f1", "f2"]})
+    tol = pd.Series(np.arange(n) % 2 + 1, index=pd.Index(list(users)))
+    lookups = []
+    original = pd.Index.get_indexer
+
+    def spy(self, target, *args, **kwargs):
+        if len(target) == n:
+            lookups.append(len(self))
+        return original(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(pd.Index, "get_indexer", spy)
+    declare = lambda t: eoca.AllocationProblem(g, {"f1": n - 600, "f2": 600}, {"f1": 1, "f2": 2}, t)  # noqa: E731
+    aligned = declare(tol)
+    assert lookups == []
+    shuffled = declare(tol.iloc[::-1])
+    assert lookups == [n]
+    np.testing.assert_array_equal(aligned.compile().user_level, shuffled.compile().user_level)
