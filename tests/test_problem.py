@@ -342,3 +342,11 @@ def test_a_series_in_the_grid_order_is_taken_without_a_lookup(monkeypatch):
     shuffled = declare(tol.iloc[::-1])
     assert lookups == [n]
     np.testing.assert_array_equal(aligned.compile().user_level, shuffled.compile().user_level)
+
+
+@pytest.mark.parametrize("drop", ["fund", "bound"])
+def test_a_range_dataarray_without_its_coordinates_is_refused_by_name(drop):
+    ranges = xr.DataArray([[1, 2], [0, 1]], dims=("fund", "bound"),
+                          coords={"fund": ["f1", "f2"], "bound": ["min", "max"]}).drop_vars(drop)
+    with pytest.raises(IdError, match='demand.*"fund" and "bound" coordinates'):
+        make(demand=ranges)
