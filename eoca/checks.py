@@ -33,7 +33,7 @@ def _tally_bound(etv, user_level, fund_level, codes, prices, holdout, tally, bou
     so each user's best reduced value is a branch-free max over one row."""
     n, k = etv.shape
     floor = 0.0 if holdout else -np.inf
-    top = fund_level.max() if k and bound else 0  # levels at or above the riskiest fund may take every fund
+    top = fund_level.max() if bound else 0  # levels at or above the riskiest fund may take every fund
     level_price = np.empty((top + 1, k))
     for lv in range(top + 1):
         for j in range(k):

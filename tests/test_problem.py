@@ -269,12 +269,17 @@ def test_integer_ids_beyond_int64_are_refused():
     assert eoca.AllocationProblem(g, {"a": 2, "b": 1}, {"a": 1, "b": 1}, pd.Series(1, index=fits)).n_users == 3
 
 
-def test_an_ordered_categorical_tolerance_sets_the_risk_scale():
+def _on_an_ordered_scale():
+    """Three users on the scale low < mid < high (not the labels' sort order): the scale, grid, tolerances."""
     scale = pd.CategoricalDtype(["low", "mid", "high"], ordered=True)
     users = ["u1", "u2", "u3"]
     g = xr.DataArray([[1.0, 5.0], [1.0, 5.0], [1.0, 5.0]], dims=("user", "fund"),
                      coords={"user": users, "fund": ["safe", "bold"]})
-    tol = pd.Series(["high", "low", "mid"], index=users, dtype=scale)
+    return scale, g, pd.Series(["high", "low", "mid"], index=users, dtype=scale)
+
+
+def test_an_ordered_categorical_tolerance_sets_the_risk_scale():
+    _, g, tol = _on_an_ordered_scale()
     problem = eoca.AllocationProblem(g, {"safe": 2, "bold": 1}, {"safe": "low", "bold": "high"}, tol)
     assert list(problem.risk_levels) == ["low", "mid", "high"]  # not the labels' sort order
     result = eoca.solve(problem)
@@ -285,11 +290,7 @@ def test_an_ordered_categorical_tolerance_sets_the_risk_scale():
 
 
 def test_fund_levels_and_tolerances_on_one_ordered_scale_declare_it():
-    scale = pd.CategoricalDtype(["low", "mid", "high"], ordered=True)
-    users = ["u1", "u2", "u3"]
-    g = xr.DataArray([[1.0, 5.0], [1.0, 5.0], [1.0, 5.0]], dims=("user", "fund"),
-                     coords={"user": users, "fund": ["safe", "bold"]})
-    tol = pd.Series(["high", "low", "mid"], index=users, dtype=scale)
+    scale, g, tol = _on_an_ordered_scale()
     levels = pd.Series(["low", "high"], index=["safe", "bold"], dtype=scale)
     problem = eoca.AllocationProblem(g, {"safe": 2, "bold": 1}, levels, tol)
     assert list(problem.risk_levels) == ["low", "mid", "high"]
