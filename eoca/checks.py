@@ -12,6 +12,7 @@ import numba
 import numpy as np
 import xarray as xr
 
+from eoca.distributed.blocks import map_user_blocks
 from eoca.errors import ValidationError
 from eoca.problem import FUND, AllocationProblem, CompiledProblem
 from eoca.result import Checks
@@ -106,7 +107,7 @@ def _best_reduced(etv, user_level, fund_level, prices, holdout):
 
 
 def _tally_block(etv, user_level, codes, fund_level):
-    """:func:`_tally` on one chunk of users (argument order of :func:`eoca.distributed.map_user_blocks`)."""
+    """:func:`_tally` on one chunk of users (argument order of :func:`eoca.distributed.blocks.map_user_blocks`)."""
     return _tally(etv, user_level, fund_level, codes)
 
 
@@ -172,8 +173,6 @@ def check_allocation(problem: AllocationProblem, codes: np.ndarray | xr.DataArra
     codes = _codes(problem, codes)
     c = problem.compile()
     if c.is_lazy:  # chunk by chunk on the Dask workers, summed here
-        from eoca.distributed import map_user_blocks
-
         parts = map_user_blocks(_tally_block, c.etv, [c.user_level, codes], args=(c.fund_level,))
         counts = np.sum([p[0] for p in parts], axis=0, dtype=np.int64) if parts else np.zeros(c.n_funds, np.int64)
         objective, unplaced, invalid, risk = (sum(p[i] for p in parts) for i in range(1, 5))
@@ -230,8 +229,6 @@ def dual_bound(compiled: CompiledProblem, prices: np.ndarray) -> float:
     """
     prices = _prices(compiled, prices)
     if compiled.is_lazy:  # a sum over users: one map-reduce over the grid's chunks
-        from eoca.distributed import map_user_blocks
-
         users = sum(
             map_user_blocks(
                 _best_reduced, compiled.etv, [compiled.user_level],

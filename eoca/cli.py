@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import runpy
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from eoca.errors import EocaError, ValidationError
-from eoca.problem import AllocationProblem
 from eoca.result import Result
+from eoca.scenarios import load_input, load_scenario
 
 __all__ = ["main", "load_scenario", "load_input", "format_result"]
 
@@ -30,26 +29,6 @@ def _parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             out[key] = raw
     return out
-
-
-def load_scenario(path: str | Path, **params: Any) -> AllocationProblem:
-    """Load a scenario file: a Python file that defines ``build(**params) -> AllocationProblem``
-    (preferred, so sizes can be set from the command line) or a module-level ``problem``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no scenario file at {path}")
-    namespace = runpy.run_path(str(path))
-    if "build" in namespace:
-        problem = namespace["build"](**params)
-    elif "problem" in namespace:
-        if params:
-            raise ValidationError("--param", f"{path} defines no build() function, so it takes no parameters")
-        problem = namespace["problem"]
-    else:
-        raise ValidationError("scenario", f"{path} must define build(**params) or a `problem` variable")
-    if not isinstance(problem, AllocationProblem):
-        raise ValidationError("scenario", f"{path} produced {type(problem).__name__}, not an AllocationProblem")
-    return problem
 
 
 def format_result(result: Result) -> str:
@@ -86,19 +65,6 @@ def format_result(result: Result) -> str:
     return "\n".join(lines)
 
 
-def load_input(path: str | Path, **params: Any) -> AllocationProblem:
-    """A problem from the command line's argument: a saved problem (``.zarr`` store or ``.nc`` file,
-    see :func:`eoca.io.load_problem`) or a scenario ``.py`` file (see :func:`load_scenario`)."""
-    path = Path(path)
-    if path.suffix in (".zarr", ".nc"):
-        from eoca.io import load_problem
-
-        if params:
-            raise ValidationError("--param", f"{path} is a saved problem; it takes no parameters")
-        return load_problem(path)
-    return load_scenario(path, **params)
-
-
 def _cmd_solve(args: argparse.Namespace) -> int:
     import time
 
@@ -129,7 +95,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
 
 
 def _cmd_warmup(args: argparse.Namespace) -> int:
-    from eoca.solvers.warmup import warmup
+    from eoca.warmup import warmup
 
     warmup(tuple(args.dtype.split(",")))
     return 0

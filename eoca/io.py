@@ -35,6 +35,7 @@ from eoca.checks import check_allocation, check_and_bound
 from eoca.errors import FileFormatError, ValidationError, show_values
 from eoca.problem import FUND, USER, AllocationProblem, id_kind
 from eoca.result import Result, Status, assigned_values
+from eoca.zarr_chunks import _read_chunked, lazy_zarr_array, read_zarr_chunk  # noqa: F401 - public here too
 
 __all__ = [
     "save_problem", "load_problem", "save_result", "load_result", "load_summary", "load_assignment",
@@ -299,34 +300,6 @@ def load_problem(path: str | os.PathLike, *, chunks: int | None = None) -> Alloc
     return _load_netcdf(path)
 
 
-def _read_chunked(store: Path, arr: Any, name: str) -> np.ndarray:
-    """Read a Zarr array whole, one chunk at a time: memory stays one array plus one chunk (zarr asked
-    for everything at once decodes many chunks side by side), and a damaged chunk is named."""
-    out = np.empty(arr.shape, dtype=arr.dtype)
-    step = arr.chunks[0] if arr.ndim else 1
-    for i, s in enumerate(range(0, arr.shape[0] if arr.ndim else 0, step)):
-        out[s : s + step] = read_zarr_chunk(store, arr, name, i)
-    return out
-
-
-def read_zarr_chunk(store: str | os.PathLike, arr: Any, name: str, index: int) -> np.ndarray:
-    """Rows of chunk ``index`` (along the first axis) of the Zarr array ``arr`` named ``name`` in ``store``.
-
-    Raises
-    ------
-    FileFormatError
-        The chunk is missing, truncated or fails its checksum (naming the store, the array and the chunk).
-    """
-    step = arr.chunks[0]
-    try:
-        return arr[index * step : (index + 1) * step]
-    except Exception as exc:  # codecs raise many kinds on damaged bytes (checksum, size, decompression)
-        raise FileFormatError(
-            f"{store}: array {name!r}, chunk {index} (users {index * step:,} to "
-            f"{min((index + 1) * step, arr.shape[0]) - 1:,}) is damaged: {type(exc).__name__}: {exc}"
-        ) from None
-
-
 def _open_zarr_group(path: Path) -> Any:
     import zarr
 
@@ -406,40 +379,6 @@ def _load_zarr(path: Path, chunks: int | None) -> AllocationProblem:
     if problem.fingerprint() != attrs.get("fingerprint"):
         raise FileFormatError(f"{path}: its content does not match the fingerprint it was saved with (corrupt store)")
     return problem
-
-
-def lazy_zarr_array(store: str | os.PathLike, arr: Any, name: str, chunk_users: int) -> Any:
-    """A Dask array over a Zarr array (all columns in one chunk) whose every read is guarded: a damaged
-    chunk raises :class:`FileFormatError` naming the store, the array and the chunk."""
-    import dask
-    import dask.array as da
-
-    if isinstance(chunk_users, bool) or not isinstance(chunk_users, int | np.integer) or chunk_users < 1:
-        raise ValidationError("chunks", f"must be a positive number of users per chunk; got {chunk_users!r}")
-    n = arr.shape[0]
-    read = dask.delayed(_read_rows, pure=True)
-    blocks = [
-        da.from_delayed(read(str(store), name, s, min(s + chunk_users, n)), (min(s + chunk_users, n) - s, *arr.shape[1:]),
-                        dtype=arr.dtype)
-        for s in range(0, n, chunk_users)
-    ]
-    if not blocks:
-        return da.zeros(arr.shape, dtype=arr.dtype, chunks=(1, *arr.shape[1:]))
-    return da.concatenate(blocks, axis=0)
-
-
-def _read_rows(store: str, name: str, start: int, stop: int) -> np.ndarray:
-    import zarr
-
-    try:
-        arr = zarr.open_array(store, path=name, mode="r")
-    except Exception as exc:
-        raise FileFormatError(f"{store}: array {name!r} cannot be opened: {type(exc).__name__}: {exc}") from None
-    step = arr.chunks[0]
-    parts = [read_zarr_chunk(store, arr, name, i) for i in range(start // step, (stop - 1) // step + 1)]
-    block = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    offset = (start // step) * step
-    return block[start - offset : stop - offset]
 
 
 def _load_netcdf(path: Path) -> AllocationProblem:

@@ -167,6 +167,23 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return v
 
 
+class _Alias:
+    """Holds an array interface so that numpy can build a writeable-typed view of read-only memory."""
+
+    def __init__(self, arr):
+        self.base = arr
+        self.__array_interface__ = dict(arr.__array_interface__, data=(arr.__array_interface__["data"][0], False))
+
+
+def mutable_view(arr: np.ndarray) -> np.ndarray:
+    """The same memory, typed as writeable: numba compiles read-only arrays as a separate type, and the
+    grids of a compiled problem are read-only, which would double the JIT compile. The kernels never write
+    the grid or the levels (the tests check that the inputs are unchanged)."""
+    if arr.flags.writeable or arr.size == 0:
+        return arr
+    return np.asarray(_Alias(arr))
+
+
 _FINGERPRINT_ROWS = 4096  # users whose ids and ETV rows a fingerprint covers
 
 #: Grid dtypes a solver reads as given; any other numeric dtype is converted to float64 once.
@@ -235,9 +252,7 @@ def _is_dask(values: Any) -> bool:
 def _grid_values(etv: xr.DataArray, users: pd.Index, funds: pd.Index) -> np.ndarray:
     values = etv.data
     if _is_dask(values):
-        from eoca.distributed import lazy_grid_values
-
-        return lazy_grid_values(etv)
+        return _lazy_grid_values(values, users, funds)
     if not isinstance(values, np.ndarray):
         values = np.asarray(values)
     if values.dtype.kind not in "fiub":
@@ -250,11 +265,34 @@ def _grid_values(etv: xr.DataArray, users: pd.Index, funds: pd.Index) -> np.ndar
     return values
 
 
-def _raise_bad_entries(values: np.ndarray, users: pd.Index, funds: pd.Index) -> None:
+def _lazy_grid_values(values: Any, users: pd.Index, funds: pd.Index) -> Any:
+    """Validate a lazy (Dask-backed) grid without loading it and return it as float64, chunked along users
+    with every fund in one chunk. Only array operations of the numpy protocol and the array's own
+    ``rechunk``/``compute`` are used: one reduction over the chunks counts the bad entries, and only if
+    there are some does a second one find the first users that hold them."""
+    if values.dtype.kind not in "fiub":
+        raise ETVError("etv", f"values must be numeric; got dtype {values.dtype}")
+    if values.numblocks[1] != 1:
+        values = values.rechunk({0: values.chunks[0], 1: -1})
+    if values.dtype != np.float64:
+        values = values.astype(np.float64)
+    if values.shape[0] == 0:
+        return values
+    bad = ~np.isfinite(values)
+    negative = values < 0
+    nbad, nneg = (int(v) for v in np.stack([bad.sum(), negative.sum()]).compute())
+    if nbad or nneg:
+        # the users that hold the first bad entries, read as a small in-memory grid to name them
+        rows = np.flatnonzero(np.asarray((bad if nbad else negative).any(axis=1).compute()))[:5]
+        _raise_bad_entries(np.asarray(values[rows].compute()), users[rows], funds, nbad if nbad else nneg)
+    return values
+
+
+def _raise_bad_entries(values: np.ndarray, users: pd.Index, funds: pd.Index, total: int | None = None) -> None:
     """Name the first NaN/infinite, else the first negative (user, fund) entries of a grid."""
     bad = ~np.isfinite(values)
     if bad.any():
-        count = int(bad.sum())
+        count = int(bad.sum()) if total is None else total
         rows, cols = np.nonzero(bad)
         where = [(_scalar(users[r]), _scalar(funds[c])) for r, c in zip(rows[:5], cols[:5])]
         raise ETVError(
@@ -267,7 +305,8 @@ def _raise_bad_entries(values: np.ndarray, users: pd.Index, funds: pd.Index) -> 
     where = [(_scalar(users[r]), _scalar(funds[c]), float(values[r, c])) for r, c in zip(rows[:5], cols[:5])]
     raise ETVError(
         "etv",
-        f"values must be non-negative (an expected transaction value); {len(rows)} negative entries "
+        f"values must be non-negative (an expected transaction value); {len(rows) if total is None else total} "
+        "negative entries "
         f"(user, fund, value): {show_values(where)}",
     )
 

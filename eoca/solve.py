@@ -13,7 +13,8 @@ import xarray as xr
 from eoca.checks import check_allocation, check_and_bound
 from eoca.problem import FUND, AllocationProblem
 from eoca.result import Result, Status
-from eoca.solvers.base import Solver, get_solver
+from eoca.solvers.base import Solver, SolverOutput, get_solver
+from eoca.solvers.exact import optimal_prices
 
 __all__ = ["solve", "compile_clock", "DEFAULT_SOLVER"]
 
@@ -38,9 +39,22 @@ def compile_clock() -> Iterator[list[float]]:
 
 def _reference_prices(problem: AllocationProblem) -> np.ndarray:
     """Prices for the bound of a solver that has none: the exact solver's optimal prices."""
-    from eoca.solvers.exact import optimal_prices
+    c = problem.compile()
+    if c.is_lazy:
+        from eoca.distributed.solve import lazy_optimal_prices
 
-    return optimal_prices(problem.compile())
+        return lazy_optimal_prices(c)
+    return optimal_prices(c)
+
+
+def _run(instance: Solver, problem: AllocationProblem) -> SolverOutput:
+    """The one place that picks the engine: a problem whose grid is lazy (Dask-backed) is solved chunk by
+    chunk by :mod:`eoca.distributed`, any other by the solver itself."""
+    if problem.compile().is_lazy:
+        from eoca.distributed.solve import run_lazy
+
+        return run_lazy(instance, problem)
+    return instance.run(problem)
 
 
 def solve(problem: AllocationProblem, solver: str | Solver = DEFAULT_SOLVER, **options: Any) -> Result:
@@ -78,7 +92,7 @@ def solve(problem: AllocationProblem, solver: str | Solver = DEFAULT_SOLVER, **o
 
     with compile_clock() as run_compile:
         start = time.perf_counter()
-        out = instance.run(problem)
+        out = _run(instance, problem)
         elapsed = time.perf_counter() - start
     timings.update(out.timings or {"solve": elapsed})
     timings.setdefault("solve", elapsed - sum(v for k, v in timings.items() if k != "solve"))

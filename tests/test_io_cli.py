@@ -446,7 +446,7 @@ def test_solve_reports_compile_time_apart_from_solving():
 
 
 def test_warmup_compiles_for_each_dtype_and_says_where_the_cache_is(monkeypatch, capsys):
-    from eoca.solvers import warmup as w
+    from eoca import warmup as w
 
     monkeypatch.setattr(w, "WARMUP_CASES", (("matching", 3000, False), ("zeros", 2000, True)))
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)

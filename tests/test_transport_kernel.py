@@ -221,11 +221,11 @@ def test_newton_step_on_random_instances(monkeypatch, seed):
     ranges = seed % 2 == 1
     n, k = 60_000, int(rng.integers(2, 9))
     etv, ul, fl, dmin, dmax = random_instance(rng, n, k, holdout=False, ranges=ranges, kind=kind)
-    monkeypatch.setattr(T, "_NEWTON_USERS", 50_000)
+    monkeypatch.setattr(T._tuning, "NEWTON_USERS", 50_000)
     sol = solve_and_check(etv, ul, fl, dmin, dmax, False)
     if kind == "float" and not ranges:
         assert sol.stats["initial_excess"] * 3 < sol.stats["pass_excess"], sol.stats
-    monkeypatch.setattr(T, "_NEWTON_USERS", 10**12)
+    monkeypatch.setattr(T._tuning, "NEWTON_USERS", 10**12)
     without = solve_and_check(etv, ul, fl, dmin, dmax, False)
     assert objective(etv, sol.assignment) == pytest.approx(objective(etv, without.assignment), rel=1e-12)
 
@@ -670,7 +670,7 @@ def test_newton_step_on_the_prices_keeps_the_optimum(monkeypatch, family, ranges
     with_step = solve_and_check(*args)
     st_ = with_step.stats
     assert st_["initial_excess"] * 3 < st_["pass_excess"], st_
-    monkeypatch.setattr(T, "_NEWTON_USERS", 10**12)
+    monkeypatch.setattr(T._tuning, "NEWTON_USERS", 10**12)
     without = solve_and_check(*args)
     assert without.stats["initial_excess"] == without.stats["pass_excess"]
     assert objective(c.etv, with_step.assignment) == pytest.approx(objective(c.etv, without.assignment), rel=1e-12)
@@ -687,7 +687,7 @@ def test_newton_step_with_one_or_two_gaps_on_tight_levels(monkeypatch, second_ga
 
     c = synthetic_problem(600_000, 8, family="tight", seed=1).compile()
     args = (c.etv, c.user_level, c.fund_level, c.demand_min, c.demand_max, c.holdout)
-    monkeypatch.setattr(T, "_SECOND_GAP", -1.0 if second_gap else 2.0)  # always worth it / never
+    monkeypatch.setattr(T._tuning, "SECOND_GAP", -1.0 if second_gap else 2.0)  # always worth it / never
     sol = solve_and_check(*args)
     sample, top = sol.stats["levels"][-2:]
     assert sample["users"] == 60_000 and not sample["repaired"] and sample["second_gap"]
@@ -698,10 +698,10 @@ def test_newton_step_with_one_or_two_gaps_on_tight_levels(monkeypatch, second_ga
         assert 0 < read * 4 < one_gap and top["initial_excess"] * 3 < top["pass_excess"], top
     else:  # one gap reads so many users that the step is halved
         assert read == one_gap > 0 and top["initial_excess"] < 0.7 * top["pass_excess"], top
-    monkeypatch.setattr(T, "_WARM_CUT", 0.0)  # a sample level whose step leaves more is repaired
+    monkeypatch.setattr(T._tuning, "WARM_CUT", 0.0)  # a sample level whose step leaves more is repaired
     repaired = solve_and_check(*args)
     assert repaired.stats["levels"][-2]["repaired"]
-    monkeypatch.setattr(T, "_NEWTON_USERS", 10**12)
+    monkeypatch.setattr(T._tuning, "NEWTON_USERS", 10**12)
     without = solve_and_check(*args)
     for other in (repaired, without):
         assert objective(c.etv, sol.assignment) == pytest.approx(objective(c.etv, other.assignment), rel=1e-12)

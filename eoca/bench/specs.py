@@ -13,6 +13,7 @@ from pathlib import Path
 from eoca.errors import ValidationError
 from eoca.instances import FAMILIES, synthetic_problem
 from eoca.problem import AllocationProblem
+from eoca.scenarios import load_scenario
 
 __all__ = ["BenchSpec", "register_spec", "get_spec", "registered_specs", "spec_from_scenario", "SOLVER_REACH"]
 
@@ -61,7 +62,6 @@ def get_spec(name: str) -> BenchSpec:
 def spec_from_scenario(path: str | Path, sizes: tuple[int, ...], quick_sizes: tuple[int, ...] | None = None,
                        name: str | None = None) -> BenchSpec:
     """Turn a scenario file whose ``build(n_users=...)`` sizes the problem into a registered spec."""
-    from eoca.cli import load_scenario
 
     path = Path(path)
     spec = BenchSpec(

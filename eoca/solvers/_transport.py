@@ -84,25 +84,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from eoca.problem import mutable_view
 from eoca.solvers import _transport_kernels as K
+from eoca.solvers import _tuning
 
 __all__ = ["TransportSolution", "solve_transport"]
 
 _INT32_MIN = np.iinfo(np.int32).min
 _INT32_MAX = np.iinfo(np.int32).max
-_SAMPLE_STEP = 10
-_BASE_USERS = 2_000
-# the Newton step on the prices after the pass (see _newton_step)
-_NEWTON_USERS = 50_000  # below, the repair costs less than the step
-_DENSITY_USERS = 16_384  # about this many users estimate how the node counts move with the prices
-_MARGIN = 0.25  # of the first load's gap: every user outside the step's reach keeps a gap of at least this
-_WIDE = 6  # the step reads at most this many times the users of smallest gap it starts from
-_SPARSE_REACH = 10.0  # how far (in theta) the first load reaches along a sparse arc across groups (3: refills
-# on nearly tight levels, where the linear model is least sure; 16: loads more than it saves)
-_SECOND_GAP = 0.07  # the pass's second gap costs it about as much as reading this share of the users' rows
-_UNREPAIRED = 500_000  # a sample level below this many users is left at its Newton step's prices, if
-_WARM_CUT = 0.4  # the step left at most this share of the imbalance (1M x 8: 0.08-0.33; 1M x 50: 0.6, and the
-# level above then had twice the imbalance and took 1.9x as long)
 _WARM = -1  # status of a sample level left at the Newton step's prices (not repaired)
 
 
@@ -132,23 +121,6 @@ class TransportSolution:
     stats: dict = field(default_factory=dict)
 
 
-class _Alias:
-    """Holds an array interface so that numpy can build a writeable-typed view of read-only memory."""
-
-    def __init__(self, arr):
-        self.base = arr
-        self.__array_interface__ = dict(arr.__array_interface__, data=(arr.__array_interface__["data"][0], False))
-
-
-def _mutable_view(arr):
-    """The same memory, typed as writeable: numba compiles read-only arrays as a separate type, and the
-    grids of a compiled problem are read-only, which would double the JIT compile. The kernels never write
-    the grid or the levels (the tests check that the inputs are unchanged)."""
-    if arr.flags.writeable or arr.size == 0:
-        return arr
-    return np.asarray(_Alias(arr))
-
-
 def _as_inputs(etv, user_level, fund_level, demand_min, demand_max):
     etv = np.asarray(etv)
     if etv.ndim != 2:
@@ -162,7 +134,7 @@ def _as_inputs(etv, user_level, fund_level, demand_min, demand_max):
     fl = np.ascontiguousarray(fund_level, dtype=np.int32)
     dmin = np.ascontiguousarray(demand_min, dtype=np.int64)
     dmax = np.ascontiguousarray(demand_max, dtype=np.int64)
-    etv, ul = _mutable_view(etv), _mutable_view(ul)
+    etv, ul = mutable_view(etv), mutable_view(ul)
     fl, dmin, dmax = fl.copy(), dmin.copy(), dmax.copy()
     if k < 1:
         raise ValueError("etv must have at least one fund column")
@@ -307,41 +279,67 @@ class _Levels:
         return np.searchsorted(self.tight, codes, side="right")
 
 
+def warm_prices(sub, sul, n, code_counts, lo, hi, dmin, dmax, holdout, levels, deadline, info, settle=False):
+    """Phase 1, warm start: node prices (sink at 0) from a systematic sample of users, solved exactly by
+    the in-memory recursion with demands scaled by the sample's share of the users at each risk level and
+    above. ``sub``/``sul``: the sample's grid rows and risk levels; ``n`` and ``code_counts``: the users of
+    the whole problem and their count per risk code. ``settle``: repair the sample to its optimum even where
+its Newton step's prices would do (see :func:`_solve_level`). Zero prices where the sample cannot be made
+feasible."""
+    k = sub.shape[1]
+    sub_counts = levels.counts(sul)
+    ratio = _code_ratios(sub_counts, code_counts, levels.fcode, dmin, len(sul) / n)
+    dm = _block_sample_demands(sub_counts, levels.fcode, dmin, dmax, holdout, ratio, levels.tight)
+    if dm is not None:
+        lam_s, _a, st, _s = _solve_level(sub, sul, lo, hi, dm[0], dm[1], holdout, levels, deadline, info,
+                                         code_counts=sub_counts, top=settle)
+        if st != K.STATUS_INFEASIBLE:
+            return lam_s - lam_s[k]
+    return np.zeros(k + 1)
+
+
+def pass_targets(lam0, dmin, dmax, n, holdout):
+    """The count each node should reach under prices ``lam0`` (complementary slackness): the pass spreads
+    exactly tied users towards it."""
+    k = len(dmin)
+    target = np.empty(k + 1, np.int64)
+    target[:k] = np.where(lam0[:k] < 0, dmin, dmax)
+    target[k] = max(0, n - int(target[:k].sum())) if holdout else 0
+    return target
+
+
+def pass_imbalance(counts, lam0, dmin, dmax, n):
+    """After the pass: the count each fund should have under ``lam0`` and the users that must move (the
+    imbalance the Newton step and the repair remove)."""
+    k = len(dmin)
+    f = np.where(lam0[:k] > 0, dmax, np.where(lam0[:k] < 0, dmin, np.clip(counts[:k], dmin, dmax)))
+    return f, int(np.maximum(counts[:k] - f, 0).sum() + max(counts[k] + f.sum() - n, 0))
+
+
 def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, warm=True, code_counts=None, top=True):
     """Prices and assignment of one level of the recursion. Returns (lam, assign, status, repair stats).
     ``code_counts``: the users per risk code (:meth:`_Levels.counts` of ``ul``), if already known. A
-    sample level (``top`` false, under ``_UNREPAIRED`` users) whose Newton step cuts its imbalance to at
-    most ``_WARM_CUT`` returns the step's prices with status ``_WARM``: they only start the level above,
+    sample level (``top`` false, under ``_tuning.UNREPAIRED`` users) whose Newton step cuts its imbalance to at
+    most ``_tuning.WARM_CUT`` returns the step's prices with status ``_WARM``: they only start the level above,
     whose own Newton step and repair make up the difference (its imbalance barely grows, and the sample's
     repair is saved). ``info["second_gap"]``: whether the pass of the level above should record each
     user's second gap (see :func:`_newton_step`)."""
     n, k = etv.shape
     t0 = time.perf_counter()
     lam0 = np.zeros(k + 1)
-    if warm and n > _BASE_USERS:
+    if warm and n > _tuning.BASE_USERS:
         # a strided view, not a copy: no memory to map and fill (a 10M grid's sample is 64 MB); the kernels
         # read it about as fast
-        sub = etv[::_SAMPLE_STEP]
-        sul = np.ascontiguousarray(ul[::_SAMPLE_STEP])
+        sul = np.ascontiguousarray(ul[::_tuning.SAMPLE_STEP])
         if code_counts is None:
             code_counts = levels.counts(ul)
-        sub_counts = levels.counts(sul)
-        ratio = _code_ratios(sub_counts, code_counts, levels.fcode, dmin, len(sul) / n)
-        dm = _block_sample_demands(sub_counts, levels.fcode, dmin, dmax, holdout, ratio, levels.tight)
-        if dm is not None:
-            lam_s, _a, st, _s = _solve_level(sub, sul, lo, hi, dm[0], dm[1], holdout, levels, deadline, info,
-                                             code_counts=sub_counts, top=False)
-            if st != K.STATUS_INFEASIBLE:
-                lam0 = lam_s - lam_s[k]
-        del sub, sul
-        info["sample_levels"].append(int(len(ul[::_SAMPLE_STEP])))
+        lam0 = warm_prices(etv[::_tuning.SAMPLE_STEP], sul, n, code_counts, lo, hi, dmin, dmax, holdout, levels,
+                           deadline, info)
+        info["sample_levels"].append(len(sul))
+        del sul
     t1 = time.perf_counter()
-    # the count each node should reach under lam0 (complementary slackness): exactly tied users are spread
-    # towards it during the pass
-    target = np.empty(k + 1, np.int64)
-    target[:k] = np.where(lam0[:k] < 0, dmin, dmax)
-    target[k] = max(0, n - int(target[:k].sum())) if holdout else 0
-    newton = n >= _NEWTON_USERS and not holdout
+    target = pass_targets(lam0, dmin, dmax, n, holdout)
+    newton = n >= _tuning.NEWTON_USERS and not holdout
     grp = _node_groups(lo, hi) if newton and info.get("second_gap", True) else None
     assign, gap, counts, nbad, smax, hist, *gap2 = K.assign_pass(etv, ul, lo, hi, lam0, target, grp)
     gap2 = gap2[0] if gap2 else None
@@ -357,10 +355,9 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     # first heap load: a generous multiple of the imbalance under the warm prices. A refill scans every
     # user of a node, which costs more the more users there are, while the first load costs in proportion
     # to itself: the multiple grows with sqrt(n), from 16 at 1M users to 48 from 9M users on
-    f = np.where(lam0[:k] > 0, dmax, np.where(lam0[:k] < 0, dmin, np.clip(counts[:k], dmin, dmax)))
-    excess = np.maximum(counts[:k] - f, 0).sum() + max(counts[k] + f.sum() - n, 0)
-    factor = min(48.0, max(16.0, 16.0 * math.sqrt(n / 1e6)))
-    target = int(min(n, max(4096, factor * excess)))
+    f, excess = pass_imbalance(counts, lam0, dmin, dmax, n)
+    factor = min(_tuning.FIRST_LOAD_MAX, max(_tuning.FIRST_LOAD_MIN, _tuning.FIRST_LOAD_MIN * math.sqrt(n / 1e6)))
+    target = int(min(n, max(_tuning.FIRST_LOAD_USERS, factor * excess)))
     lam = lam0.copy()
     pass_excess = excess
     theta0, cand = K.select_initial(gap, target, hist)
@@ -371,7 +368,7 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
         step = _newton_step(etv, ul, lo, hi, f, lam0, assign, counts, cand, theta0, gap, gap2, grp, excess, info)
         if step is not None:
             lam, excess, cand, theta, th = step
-            if not top and n < _UNREPAIRED and excess <= _WARM_CUT * pass_excess:
+            if not top and n < _tuning.UNREPAIRED and excess <= _tuning.WARM_CUT * pass_excess:
                 record(time.perf_counter() - t1, 0.0, 0, False)
                 return lam, assign, _WARM, np.zeros(K.NSTATS, np.int64)
     del hist, gap, gap2
@@ -426,7 +423,7 @@ def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap
     """
     n = len(gap)
     k1 = len(lam0)
-    step = max(1, len(cand) // _DENSITY_USERS)
+    step = max(1, len(cand) // _tuning.DENSITY_USERS)
     W, per_node = K.arc_density(etv, ul, lo, hi, lam0, assign, cand, theta, step)
     W = W.astype(np.float64) * step
     per_node = per_node * step  # users of cand per node (estimated)
@@ -440,8 +437,8 @@ def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap
         return None
     two = gap2 is not None
     same = grp[:, None] == grp[None, :] if two else np.ones((k1, k1), bool)
-    margin = _MARGIN * theta
-    most = min(n // 3, _WIDE * len(cand))
+    margin = _tuning.MARGIN * theta
+    most = min(n // 3, _tuning.WIDE * len(cand))
     # how far (in theta) the repair's first load reaches from each node towards the other groups: where
     # every such arc has few users near its boundary (across risk levels), the linear model is least sure
     # and loading further costs little; with the second gap those users are read that much further too
@@ -450,7 +447,7 @@ def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap
         dense = w[pair & (w > 0)].mean()
         cross = np.where(pair & ~same, w, 0.0).max(axis=1)
         with np.errstate(divide="ignore"):
-            far = np.where(same, 1.0, np.clip(dense / cross, 1.0, _SPARSE_REACH)[:, None])
+            far = np.where(same, 1.0, np.clip(dense / cross, 1.0, _tuning.SPARSE_REACH)[:, None])
     for halve in (False, True):
         if halve:
             delta = delta / 2
@@ -472,7 +469,7 @@ def _newton_step(etv, ul, lo, hi, demand, lam0, assign, counts, cand, theta, gap
         return None
     info["newton_read"] = (len(wide), int(one_gap))
     if two:
-        info["second_gap"] = one_gap - len(wide) > _SECOND_GAP * n
+        info["second_gap"] = one_gap - len(wide) > _tuning.SECOND_GAP * n
     lam1 = lam0 + delta
     # a user outside wide at a has a reduced key towards b of at least limit[a] (b in a's group) or the
     # larger of its two limits (b outside) minus diff[a, b], which is >= margin under lam1; the repair

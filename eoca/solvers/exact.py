@@ -10,7 +10,7 @@ from eoca.errors import ValidationError
 from eoca.problem import AllocationProblem, CompiledProblem
 from eoca.solvers.base import Solver, SolverOutput, register_solver
 
-__all__ = ["ExactSolver", "optimal_prices"]
+__all__ = ["ExactSolver", "optimal_prices", "solver_output"]
 
 
 def _kernel(c: CompiledProblem, time_limit: float | None = None):
@@ -22,12 +22,19 @@ def _kernel(c: CompiledProblem, time_limit: float | None = None):
 
 
 def optimal_prices(c: CompiledProblem) -> np.ndarray:
-    """Optimal fund prices of a feasible compiled problem (used to bound results of any solver)."""
-    if c.is_lazy:
-        from eoca.distributed import solve_exact
-
-        return np.asarray(solve_exact(c).prices, dtype=np.float64)
+    """Optimal fund prices of a feasible in-memory compiled problem (used to bound results of any solver)."""
     return np.asarray(_kernel(c).prices, dtype=np.float64)
+
+
+def solver_output(sol, seconds: float) -> SolverOutput:
+    """The exact solve's answer (in memory or from the engine's chunk-wise solve) as a solver's output."""
+    return SolverOutput(
+        codes=sol.assignment,
+        status=sol.status,
+        prices=np.asarray(sol.prices, dtype=np.float64),
+        stats=dict(sol.stats),
+        timings={"solve": seconds},
+    )
 
 
 @register_solver
@@ -44,9 +51,10 @@ class ExactSolver(Solver):
     time_limit : float, optional
         Seconds after which the best allocation so far is returned with status "time_limit".
 
-    A Dask-backed grid (opened lazily, e.g. from Zarr) is solved by :func:`eoca.distributed.solve_exact`:
-    the passes over all users run chunk by chunk on the Dask workers and only users near a price boundary
-    are gathered for the settlement; the result has the same optimal objective and certificate.
+    A Dask-backed grid (opened lazily, e.g. from Zarr) is sent by :func:`eoca.solve` to the engine's
+    :func:`eoca.distributed.solve.solve_exact`, which runs this solver's phases chunk by chunk on the Dask
+    workers and gathers only the users near a price boundary for the settlement; the result has the same
+    optimal objective and certificate.
     """
 
     name = "exact"
@@ -62,16 +70,5 @@ class ExactSolver(Solver):
     def run(self, problem: AllocationProblem) -> SolverOutput:
         c = problem.compile()
         start = time.perf_counter()
-        if c.is_lazy:
-            from eoca.distributed import solve_exact
-
-            sol = solve_exact(c, time_limit=self.settings["time_limit"])
-        else:
-            sol = _kernel(c, self.settings["time_limit"])
-        return SolverOutput(
-            codes=sol.assignment,
-            status=sol.status,
-            prices=np.asarray(sol.prices, dtype=np.float64),
-            stats=dict(sol.stats),
-            timings={"solve": time.perf_counter() - start},
-        )
+        sol = _kernel(c, self.settings["time_limit"])
+        return solver_output(sol, time.perf_counter() - start)

@@ -37,7 +37,7 @@ def cache_location() -> Path:
     configured = os.environ.get("NUMBA_CACHE_DIR")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parent
 
 
 def warmup(dtypes: tuple[str, ...] = ("float64", "float32"), *, echo: Callable[[str], None] | None = print,

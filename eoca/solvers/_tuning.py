@@ -1,0 +1,54 @@
+"""Every tuning constant of the exact solve, in one place: what each trades, and what measured it.
+
+None of these changes a result: the exact solver is optimal and its certificate is checked independently
+for any value. They trade time and memory. After changing one, rerun the benchmark named with it, side
+by side with the old value in one run: ``benchmarks/test_bench_transport.py`` (the kernel alone, 1M and
+10M users), ``benchmarks/test_bench_solvers.py`` (``eoca.solve`` exact against the heuristic at 1M and
+10M) and ``benchmarks/test_bench_distributed.py`` (the Dask solve). Figures below are from those runs on
+two cores.
+"""
+
+from __future__ import annotations
+
+# ---- work split of the parallel kernels (a fixed split: results never depend on the number of threads) --
+NCHUNK = 64  # chunks of users of the parallel scans (refills, member lists, best values)
+PASS_BLOCK = 32_768  # users per block of the pass; moves test_bench_transport (pass_s)
+PASS_SWEEP = 320  # users whose best and second-best values are swept column by column together (the
+# sweep's rows and columns stay in the core's cache: 512 was 25% slower); moves test_bench_transport
+GAP_BINS = 2048  # histogram of the pass's gaps by float32 exponent and 3 mantissa bits (the first load's
+# threshold is read from it without a sort)
+AHEAD = 16  # users ahead whose row, level and flags a scan of scattered users asks the CPU to fetch;
+# moves test_bench_transport (repair_s) on grids that do not fit in cache
+
+# ---- phase 1, warm prices from a sample ----------------------------------------------------------------
+SAMPLE_STEP = 10  # 1 user in this many forms the sample of the next level down
+BASE_USERS = 2_000  # below this many users a level starts from zero prices (no sample)
+UNREPAIRED = 500_000  # a sample level below this many users is left at its Newton step's prices, if
+WARM_CUT = 0.4  # the step left at most this share of the imbalance (1M x 8: 0.08-0.33; 1M x 50: 0.6, and
+# the level above then had twice the imbalance and took 1.9x as long); both move test_bench_solvers
+
+# ---- phase 3, the Newton step on the prices -------------------------------------------------------------
+NEWTON_USERS = 50_000  # below, the repair costs less than the step
+DENSITY_USERS = 16_384  # about this many users estimate how the node counts move with the prices
+MARGIN = 0.25  # of the first load's gap: every user outside the step's reach keeps a gap of at least this
+WIDE = 6  # the step reads at most this many times the users of smallest gap it starts from
+SPARSE_REACH = 10.0  # how far (in theta) the first load reaches along a sparse arc across groups (3:
+# refills on nearly tight levels, where the linear model is least sure; 16: loads more than it saves)
+SECOND_GAP = 0.07  # the pass's second gap costs it about as much as reading this share of the users' rows
+# (all four move test_bench_solvers on the "tight" and "fighting" families)
+
+# ---- phase 4, the repair's heaps -----------------------------------------------------------------------
+FIRST_LOAD_MIN = 16.0  # the first heap load is this many times the warm prices' imbalance at 1M users,
+FIRST_LOAD_MAX = 48.0  # growing with sqrt(n) up to this from 9M users on (a refill scans a whole node,
+# which costs more the more users there are; the first load costs in proportion to itself)
+FIRST_LOAD_USERS = 4096  # and at least this many users; moves test_bench_transport (repair_s)
+REFILL_SAMPLE = 4096  # users of a node whose keys set a refill's thresholds
+FEW_FUNDS = 4  # empty funds that best_values reads the grid once for each (more: one read for all)
+
+# ---- the distributed solve (eoca.distributed.solve) -----------------------------------------------------
+GATHER_MIN = 200_000  # users near a price boundary gathered first, at least
+GATHER_PER_EXCESS = 32  # ... or this many per unit of imbalance under the warm prices
+GAP_SAMPLE = 2_000_000  # gaps returned by pass A to choose the gather threshold
+SURPLUS_SLACK = 1000  # users beyond twice a fund's surplus that its own threshold gathers
+GROWTH = 4  # the gather threshold's quantile grows by this factor per verify round
+# (all five move test_bench_distributed: gathered users and rounds)
