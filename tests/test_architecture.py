@@ -103,8 +103,7 @@ def broken_rules(graph: dict[str, set[str]]) -> list[str]:
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected groups of more than one module (Tarjan). A package ``__init__`` importing its
     own children is a re-export, not a dependency, and is left out."""
-    edges = {m: {d for d in deps if d in graph and not (m != "eoca" and _within(d, m)) and not m == "eoca"}
-             for m, deps in graph.items()}
+    edges = {m: {d for d in deps if d in graph and not _within(d, m)} for m, deps in graph.items()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []

@@ -54,7 +54,7 @@ def test_killing_a_worker_mid_solve_gives_the_same_optimum(tmp_path, monkeypatch
 
         def compute(tasks, progress=None):
             if scattered and not killed:  # the first pass that reads scattered vectors
-                holders = client.who_has([f for part in scattered[0] for f in [part]])
+                holders = client.who_has(list(scattered[0]))
                 counts = {}
                 for addresses in holders.values():
                     for address in addresses:

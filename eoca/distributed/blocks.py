@@ -110,8 +110,8 @@ def _lost(exc: BaseException) -> bool:
     """Whether ``exc`` is Dask's way of saying that data of a lost worker is gone."""
     import concurrent.futures
 
-    names = {type(exc).__name__, *(t.__name__ for t in type(exc).__mro__)}
-    return isinstance(exc, concurrent.futures.CancelledError) or bool(names & {"KilledWorker", "FutureCancelledError"})
+    # distributed's FutureCancelledError is a CancelledError; KilledWorker is named (distributed is optional)
+    return isinstance(exc, concurrent.futures.CancelledError) or type(exc).__name__ == "KilledWorker"
 
 
 def _mutable(arr: np.ndarray) -> np.ndarray:
