@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = {
     "eoca/checks.py": [
         "tests/test_validation_messages.py::test_the_checker_and_the_bound_reject_malformed_input_by_name",
+        "tests/test_validation_messages.py::test_the_checker_never_wraps_a_wide_code_onto_a_fund_and_rejects_non_integer_codes",
         "tests/test_testing.py::test_the_bound_is_the_dual_value_on_a_grid_of_many_users",
         "tests/test_testing.py::test_references_on_a_worked_example",
         "tests/test_testing.py::test_the_checker_agrees_with_the_recount_on_any_allocation",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from statistics import NormalDist
@@ -14,6 +15,7 @@ from sklearn.base import BaseEstimator
 
 from eoca.data import PlatformData
 from eoca.data.errors import DataValidationError
+from eoca.predict.calibration import CALIBRATIONS, FundCalibration
 from eoca.predict.errors import NotFittedError, PredictorSettingError
 from eoca.predict.features import FeatureSchema
 from eoca.predict.inference import (
@@ -21,6 +23,7 @@ from eoca.predict.inference import (
     finish_merchants,
     grid_etv,
     grid_outputs,
+    impression_outputs,
     merchant_partials,
     merge_merchant_partials,
 )
@@ -29,6 +32,9 @@ from eoca.predict.registry import LOSSES, MODELS, ModelSpec, loss_fits
 from eoca.predict.train import TrainingHistory, load_checkpoint, objective, save_checkpoint, train_network
 
 __all__ = ["ETVPredictor", "etv_from_components", "censored_lognormal_mean"]
+
+#: The output layer's learnt bounds (absent from files of earlier releases).
+_OUTPUT_BOUNDS = {"output.sigma_min", "output.sigma_max", "output.log_mean_cap"}
 
 _INT_SETTINGS = (
     "embedding_dim",
@@ -42,6 +48,12 @@ _INT_SETTINGS = (
     "patience",
     "chunk_users",
 )
+
+
+def _positive(value: object) -> bool:
+    """A positive finite real number (not a bool)."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) and (
+        0 < float(value) < math.inf)
 
 
 def censored_lognormal_mean(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -107,13 +119,33 @@ class ETVPredictor(BaseEstimator):
         Lower bound of sigma. The default ``1/sqrt(2 pi)`` keeps ``phi(0; mu, sigma) <= 1`` so the
         negatives' term of the ESJ loss is a log-probability; a smaller bound lets the model make
         that density arbitrarily large and drive the loss to minus infinity.
-    sigma_max : float
-        Upper bound of sigma.
+    sigma_max : float or "auto"
+        Upper bound of sigma. ``"auto"`` (default): twice the spread (standard deviation) of the log
+        amounts of the training purchases, within ``[sigma_min + 0.5, 5]``: a sigma far above the data's
+        own spread only ever comes from a user unlike any in training, and ``exp(sigma^2 / 2)``
+        multiplies that user's ETV (5.0 was the fixed bound of earlier releases: a factor e^12.5).
+    amount_cap : float, "auto" or None
+        Largest mean purchase amount a lognormal or regression model may predict for one pair, in the
+        data's currency: ``mu + sigma^2 / 2`` is bounded smoothly by ``log(amount_cap / unit)``, so
+        the mean of ``1 + amount / unit``, and with it every ETV, stays below ``amount_cap`` (the bound
+        is part of the network, so it holds in training and in prediction). ``"auto"``
+        (default): twice the 99.9th percentile of the training purchases; ``None``: no cap.
+    amount_unit : float or "auto"
+        Amounts are divided by this before the loss and predictions multiplied by it after, so that
+        the model does not depend on the currency unit the data is in (the ESJ loss of eq. 12 is not
+        unit-free: its negative term is a density at zero on the ``log(1 + amount)`` scale; it is
+        kept in its published form, in this unit). ``"auto"`` (default): the median training purchase.
+        ``amount_unit=1.0, sigma_max=5.0, amount_cap=None`` train the model of earlier releases.
     lognormal_etv : {"censored", "eq13"}
         How models with ``mu`` and ``sigma`` towers turn them into an ETV. ``"censored"``: ``p`` times
         the mean of the amount censored at zero under ``log(1 + amount) ~ Normal(mu, sigma)``, never
         negative; ``"eq13"``: the paper's ``p * (exp(mu + sigma^2 / 2) - 1)``, negative where
         ``mu + sigma^2 / 2 < 0`` (kept for comparison).
+    calibration : {None, "fund", "isotonic"}
+        Per-fund calibration of the ETV, fitted on the validation impressions after training and applied
+        to every prediction (see :mod:`eoca.predict.calibration`): ``"fund"`` scales each fund so its mean
+        ETV matches its mean amount there, ``"isotonic"`` maps each fund's ETV through a non-decreasing
+        step function. ``None`` (default): the model's own ETV. Saved with the model.
     lr, weight_decay : float
         Adam settings.
     batch_size, max_epochs, patience : int
@@ -146,6 +178,10 @@ class ETVPredictor(BaseEstimator):
     history_ : TrainingHistory
     amount_scale_ : float
         Mean purchase amount of training conversions (scales pCTCVR-only models' ETV).
+    calibration_ : FundCalibration or None
+        The fitted calibration, when ``calibration`` is set.
+    amount_unit_, sigma_max_, amount_cap_ : float
+        The unit, sigma bound and mean-amount cap (``inf`` for none) the model was trained with.
 
     Examples
     --------
@@ -170,8 +206,11 @@ class ETVPredictor(BaseEstimator):
         graph_dim: int = 16,
         graph_heads: int = 2,
         sigma_min: float = 1 / math.sqrt(2 * math.pi),
-        sigma_max: float = 5.0,
+        sigma_max: float | str = "auto",
+        amount_cap: float | str | None = "auto",
+        amount_unit: float | str = "auto",
         lognormal_etv: str = "censored",
+        calibration: str | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         batch_size: int = 512,
@@ -195,7 +234,10 @@ class ETVPredictor(BaseEstimator):
         self.graph_heads = graph_heads
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
+        self.amount_cap = amount_cap
+        self.amount_unit = amount_unit
         self.lognormal_etv = lognormal_etv
+        self.calibration = calibration
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
@@ -240,10 +282,19 @@ class ETVPredictor(BaseEstimator):
                 f"The 'attention_heads' parameter of ETVPredictor must divide 2 * embedding_dim = "
                 f"{2 * self.embedding_dim}. Got {self.attention_heads!r} instead."
             )
-        if not 0 < self.sigma_min < self.sigma_max:
+        if not (_positive(self.sigma_min) and (self.sigma_max == "auto" or (
+                _positive(self.sigma_max) and self.sigma_min < self.sigma_max))):
             raise PredictorSettingError(
-                f"ETVPredictor needs 0 < sigma_min < sigma_max. Got sigma_min={self.sigma_min!r}, sigma_max={self.sigma_max!r}."
+                "ETVPredictor needs 0 < sigma_min < sigma_max (or sigma_max='auto'). "
+                f"Got sigma_min={self.sigma_min!r}, sigma_max={self.sigma_max!r}."
             )
+        for name, allowed in (("amount_unit", ("auto",)), ("amount_cap", ("auto", None))):
+            value = getattr(self, name)
+            if not (any(value is a or value == a for a in allowed) or _positive(value)):
+                raise PredictorSettingError(
+                    f"The {name!r} parameter of ETVPredictor must be a positive finite number or one of "
+                    f"{list(allowed)}. Got {value!r} instead."
+                )
         if not (isinstance(self.lr, float | int) and self.lr > 0):
             raise PredictorSettingError(
                 f"The 'lr' parameter of ETVPredictor must be > 0. Got {self.lr!r} instead."
@@ -252,6 +303,11 @@ class ETVPredictor(BaseEstimator):
             raise PredictorSettingError(
                 "The 'lognormal_etv' parameter of ETVPredictor must be one of ['censored', 'eq13']. "
                 f"Got {self.lognormal_etv!r} instead."
+            )
+        if self.calibration is not None and self.calibration not in CALIBRATIONS:
+            raise PredictorSettingError(
+                f"The 'calibration' parameter of ETVPredictor must be None or one of {list(CALIBRATIONS)}. "
+                f"Got {self.calibration!r} instead."
             )
         fanout = self.graph_fanout
         if fanout is not None and not (
@@ -284,6 +340,26 @@ class ETVPredictor(BaseEstimator):
                 "before using this estimator."
             )
 
+    def _amount_bounds(self, amount: torch.Tensor) -> tuple[float, float, float]:
+        """The unit, the sigma bound and the log mean-amount cap (in that unit) for training amounts
+        ``amount`` (in the data's currency), from the settings."""
+        positive = amount[amount > 0].double().numpy()
+        if self.amount_unit == "auto":
+            unit = float(np.median(positive)) if len(positive) else 1.0
+        else:
+            unit = float(self.amount_unit)
+        if self.sigma_max == "auto":
+            spread = float(np.log1p(positive / unit).std()) if len(positive) > 1 else 1.0
+            sigma_max = min(max(2.0 * spread, self.sigma_min + 0.5), max(5.0, self.sigma_min + 0.5))
+        else:
+            sigma_max = float(self.sigma_max)
+        if self.amount_cap is None or not len(positive):
+            cap = math.inf
+        else:
+            top = 2.0 * float(np.quantile(positive, 0.999)) if self.amount_cap == "auto" else float(self.amount_cap)
+            cap = math.log(top / unit)
+        return unit, sigma_max, cap
+
     def _build_network(self, schema: FeatureSchema, spec: ModelSpec) -> ETVNetwork:
         return ETVNetwork(
             user_numeric=len(schema.user_numeric),
@@ -304,7 +380,7 @@ class ETVPredictor(BaseEstimator):
             graph_dim=self.graph_dim,
             graph_heads=self.graph_heads,
             sigma_min=self.sigma_min,
-            sigma_max=self.sigma_max,
+            sigma_max=5.0 if self.sigma_max == "auto" else self.sigma_max,
         )
 
     def _start_at_the_data(self, network: ETVNetwork, amount: torch.Tensor, spec: ModelSpec) -> None:
@@ -384,7 +460,15 @@ class ETVPredictor(BaseEstimator):
             val_enc, val_rows, train_rows = encoded, order[:n_val], order[n_val:]
         else:
             val_enc, val_rows, train_rows = schema.encode(validation), None, None
+        unit, sigma_max, cap = self._amount_bounds(encoded.amount)
+        positive = encoded.amount[encoded.amount > 0]
+        amount_scale = float(positive.double().mean()) if len(positive) else 1.0
+        # the model sees amounts in the unit; predictions are multiplied back (see _etv)
+        scaled = dataclasses.replace(encoded, amount=encoded.amount / unit)
+        val_enc = scaled if val_enc is encoded else dataclasses.replace(val_enc, amount=val_enc.amount / unit)
+        encoded = scaled
         network = self._build_network(schema, spec)
+        network.output.set_bounds(sigma_max, cap)
         self._start_at_the_data(network, encoded.amount, spec)
         history = train_network(
             network,
@@ -404,10 +488,21 @@ class ETVPredictor(BaseEstimator):
             progress=self.progress,
             checkpoint_path=self.checkpoint_path,
         )
-        positive = encoded.amount[encoded.amount > 0]
-        self.amount_scale_ = float(positive.mean()) if len(positive) else 1.0
+        self.amount_scale_ = amount_scale
+        # the cap as the network holds it (float32), so that no prediction exceeds amount_cap_
+        self.amount_unit_, self.sigma_max_ = unit, sigma_max
+        self.amount_cap_ = unit * math.exp(float(network.output.log_mean_cap))
         self.schema_, self.spec_, self.loss_, self.history_ = schema, spec, loss, history
         self.network_ = network
+        self.calibration_ = None
+        if self.calibration is not None:  # on the held-out impressions, in the data's currency
+            rows = torch.arange(len(val_enc.amount)) if val_rows is None else val_rows
+            held_out = impression_outputs(network, val_enc, rows)
+            funds = (data if validation is None else validation).funds["fund_id"].to_numpy()
+            self.calibration_ = FundCalibration.fit(
+                self.calibration, funds, self._etv(held_out), (val_enc.amount[rows] * unit).double().numpy(),
+                val_enc.imp_fund[rows].numpy(),
+            )
         return self
 
     # ------------------------------------------------------------------ predict
@@ -426,11 +521,17 @@ class ETVPredictor(BaseEstimator):
             self.network_, self.schema_.encode(data), chunk_users=self.chunk_users, progress=self.progress
         )
 
-    def _etv(self, out: dict[str, np.ndarray]) -> np.ndarray:
-        return etv_from_components(
+    def _etv(self, out: dict[str, np.ndarray], funds: np.ndarray | None = None) -> np.ndarray:
+        """ETV from the network's outputs; a grid whose columns are the fund ids ``funds`` is calibrated."""
+        etv = etv_from_components(
             self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_,
             censored=self.lognormal_etv == "censored",
         )
+        if self.spec_.etv != "conversion":  # amounts were modelled in the unit
+            etv *= self.amount_unit_
+        if funds is not None and getattr(self, "calibration_", None) is not None:
+            etv = self.calibration_.apply(etv, funds)
+        return etv
 
     # Scoring a platform in pieces of users (eoca.distributed.predict_to_zarr). The graph's merchant
     # layer attends over every payer of a merchant, so the pieces first summarise their payments
@@ -461,10 +562,11 @@ class ETVPredictor(BaseEstimator):
     ) -> xr.DataArray:
         """:meth:`predict`, optionally with merchant embeddings of a larger platform ``data`` is part of."""
         data = self._check_predict_data(data)
+        funds = data.funds["fund_id"].to_numpy()
         etv = grid_etv(
             self.network_,
             self.schema_.encode(data),
-            self._etv,
+            lambda out: self._etv(out, funds),
             chunk_users=self.chunk_users,
             merchant_h=merchant_h,
             progress=progress,
@@ -485,12 +587,12 @@ class ETVPredictor(BaseEstimator):
     def predict_components(self, data: PlatformData) -> xr.Dataset:
         """pCTCVR ``p``, and where the model has them ``pctr``, ``mu`` and ``sigma``, over users × funds.
 
-        ``mu``/``sigma`` parametrise ``log(amount + 1) ~ Normal(mu, sigma)`` given a purchase
+        ``mu``/``sigma`` parametrise ``log(1 + amount / amount_unit_) ~ Normal(mu, sigma)`` given a purchase
         (models trained with ESJ or ZILN); for MSE-trained models ``mu`` is the unconditional mean log
         amount. The dataset also holds ``etv``.
         """
         out = self._outputs(data)
-        etv = self._etv(out)
+        etv = self._etv(out, data.funds["fund_id"].to_numpy())
         variables = {name: self._grid(value, data, name) for name, value in out.items()}
         variables["etv"] = self._grid(etv, data, "etv")
         return xr.Dataset(variables)
@@ -498,7 +600,7 @@ class ETVPredictor(BaseEstimator):
     def quantiles(self, data: PlatformData, q: float | list[float] | np.ndarray) -> xr.DataArray:
         """Quantiles of the purchase amount *given a purchase*, from the log-normal ``(mu, sigma)``.
 
-        ``amount_q = max(exp(mu + sigma * Phi^{-1}(q)) - 1, 0)``.
+        ``amount_q = amount_unit_ * max(exp(mu + sigma * Phi^{-1}(q)) - 1, 0)``.
 
         Parameters
         ----------
@@ -523,7 +625,7 @@ class ETVPredictor(BaseEstimator):
         out = self._outputs(data)
         mu, sigma = out["mu"].astype(np.float64), out["sigma"].astype(np.float64)
         z = np.array([NormalDist().inv_cdf(float(level)) for level in levels])
-        values = np.maximum(np.expm1(mu[None] + sigma[None] * z[:, None, None]), 0.0)
+        values = self.amount_unit_ * np.maximum(np.expm1(mu[None] + sigma[None] * z[:, None, None]), 0.0)
         grid = self._grid(values[0], data, "amount_quantile")
         return xr.concat([grid.copy(data=v) for v in values], dim="quantile").assign_coords(quantile=levels)
 
@@ -539,6 +641,8 @@ class ETVPredictor(BaseEstimator):
                 "schema": self.schema_.to_dict(),
                 "state_dict": self.network_.state_dict(),
                 "amount_scale": self.amount_scale_,
+                "amount_bounds": [self.amount_unit_, self.sigma_max_, self.amount_cap_],
+                "calibration": None if self.calibration_ is None else self.calibration_.to_dict(),
                 "loss": self.loss_,
                 "history": {
                     "train_loss": self.history_.train_loss,
@@ -557,10 +661,20 @@ class ETVPredictor(BaseEstimator):
         spec, _ = predictor._check_settings()
         schema = FeatureSchema.from_dict(payload["schema"])
         network = predictor._build_network(schema, spec)
-        network.load_state_dict(payload["state_dict"])
+        # files of earlier releases have no learnt bounds: the network keeps its defaults (no cap)
+        missing, unexpected = network.load_state_dict(payload["state_dict"], strict=False)
+        if unexpected or set(missing) - _OUTPUT_BOUNDS:
+            raise DataValidationError(
+                f"The model file {str(path)!r} does not match its settings: missing weights {sorted(missing)}, "
+                f"unexpected {sorted(unexpected)}."
+            )
         network.eval()
         predictor.schema_, predictor.spec_, predictor.loss_ = schema, spec, payload["loss"]
         predictor.amount_scale_ = float(payload["amount_scale"])
+        bounds = payload.get("amount_bounds", [1.0, float(network.output.sigma_max), math.inf])
+        predictor.amount_unit_, predictor.sigma_max_, predictor.amount_cap_ = map(float, bounds)
         predictor.history_ = TrainingHistory(**payload["history"])
+        stored = payload.get("calibration")
+        predictor.calibration_ = None if stored is None else FundCalibration.from_dict(stored)
         predictor.network_ = network
         return predictor

@@ -32,10 +32,15 @@ class EvaluationReport:
         ``oracle_tha`` and ``tha_ratio = true_tha / oracle_tha``.
     calibration : pandas.DataFrame
         Per ETV decile: ``n``, ``mean_etv``, ``mean_amount``.
+    calibration_by_fund : pandas.DataFrame
+        Indexed by fund id: impressions ``n``, ``positives`` (impressions with a purchase), ``mean_etv``,
+        ``mean_amount`` and ``ratio = mean_etv / mean_amount`` (NaN without a purchase). The allocation
+        compares ETVs across funds: a ratio far from 1 for one fund moves users into or out of it.
     """
 
     metrics: dict[str, float]
     calibration: pd.DataFrame = field(repr=False)
+    calibration_by_fund: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
 
     def __getitem__(self, key: str) -> float:
         return self.metrics[key]
@@ -68,6 +73,20 @@ def decile_calibration(actual: np.ndarray, predicted: np.ndarray, n_bins: int = 
         n=("etv", "size"), mean_etv=("etv", "mean"), mean_amount=("amount", "mean")
     )
     return out
+
+
+def calibration_by_fund(funds: np.ndarray, fund: np.ndarray, amount: np.ndarray, etv: np.ndarray) -> pd.DataFrame:
+    """Per fund (ids ``funds``; ``fund`` the row of each impression's fund): ``n``, ``positives``,
+    ``mean_etv``, ``mean_amount``, ``ratio``."""
+    k = len(funds)
+    n = np.bincount(fund, minlength=k)
+    positives = np.bincount(fund, weights=amount > 0, minlength=k).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_etv = np.bincount(fund, weights=etv, minlength=k) / n
+        mean_amount = np.bincount(fund, weights=amount, minlength=k) / n
+        ratio = np.where(mean_amount > 0, mean_etv / mean_amount, np.nan)
+    return pd.DataFrame({"n": n, "positives": positives, "mean_etv": mean_etv, "mean_amount": mean_amount,
+                         "ratio": ratio}, index=pd.Index(funds, name="fund"))
 
 
 def _aligned(grid: xr.DataArray, data: PlatformData, name: str) -> np.ndarray:
@@ -167,4 +186,5 @@ def evaluate(
         m["tha_ratio"] = m["true_tha"] / m["oracle_tha"] if m["oracle_tha"] > 0 else float("nan")
         if true_pctcvr is not None:
             m["true_thc"] = float(true_pctcvr[rows, top].sum())
-    return EvaluationReport(metrics=m, calibration=calibration)
+    by_fund = calibration_by_fund(data.funds["fund_id"].to_numpy(), f, amount, etv)
+    return EvaluationReport(metrics=m, calibration=calibration, calibration_by_fund=by_fund)

@@ -295,3 +295,24 @@ def pairwise_outputs(
                 result[name] = np.empty(n * k, dtype=np.float32)
             result[name][start : start + len(users)] = value.numpy()
     return {name: value.reshape(n, k) for name, value in result.items()}
+
+
+@torch.inference_mode()
+def impression_outputs(
+    network: ETVNetwork, data: EncodedPlatform, rows: Tensor | None = None, *, batch_size: int = 4096
+) -> dict[str, np.ndarray]:
+    """Outputs for the (user, fund) pairs of the impressions at ``rows`` (all by default), each ``(n_rows,)``
+    float32, as the model predicts them (graph models attend over every payment)."""
+    network.eval()
+    rows = torch.arange(len(data.amount)) if rows is None else rows
+    graph = network.graph is not None
+    merchant_h = merchant_embeddings(network, data) if graph else None
+    result: dict[str, np.ndarray] = {}
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start : start + batch_size]
+        batch, _ = data.impression_batch(idx, graph=graph, merchant_h=merchant_h)
+        for name, value in network(batch).items():
+            if name not in result:
+                result[name] = np.empty(len(rows), dtype=np.float32)
+            result[name][start : start + len(idx)] = value.numpy()
+    return result

@@ -11,6 +11,8 @@ part: the user side runs once per user, the fund side once per fund, and only th
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GATConv
@@ -248,12 +250,26 @@ class OutputLayer(nn.Module):
 
     ``ctr`` and ``cvr`` towers give ``p = sigmoid(ctr) * sigmoid(cvr)`` (ESMM: the post-click CVR is a
     hidden variable); a ``ctcvr`` tower gives ``p`` directly. ``sigma = sigma_min + softplus(raw)``,
-    capped at ``sigma_max`` so ``exp(mu + sigma^2 / 2)`` cannot overflow.
+    capped at ``sigma_max``. With a finite ``log_mean_cap`` (set from the training amounts, see
+    :meth:`set_bounds`) the log of the mean amount is bounded smoothly: with a sigma tower
+    ``mu = cap - softplus(cap - raw)`` where ``cap = log_mean_cap - sigma^2 / 2``, so
+    ``mu + sigma^2 / 2 < log_mean_cap``, so ``E[1 + amount] = E[exp V] < exp(log_mean_cap)`` (amounts in
+    the model's unit) for every input, however far it lies from the training data; without a sigma
+    tower, ``mu < log_mean_cap`` the same way. Below the cap
+    ``mu`` follows its tower almost exactly.
     """
 
     def __init__(self, sigma_min: float, sigma_max: float) -> None:
         super().__init__()
-        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        # buffers, so the bounds learnt from the training data travel with the weights
+        self.register_buffer("sigma_min", torch.tensor(float(sigma_min)))
+        self.register_buffer("sigma_max", torch.tensor(float(sigma_max)))
+        self.register_buffer("log_mean_cap", torch.tensor(math.inf))
+
+    def set_bounds(self, sigma_max: float, log_mean_cap: float) -> None:
+        """Bound ``sigma`` by ``sigma_max`` and the log mean amount by ``log_mean_cap`` (``inf``: no cap)."""
+        self.sigma_max.fill_(float(sigma_max))
+        self.log_mean_cap.fill_(float(log_mean_cap))
 
     def forward(self, raw: dict[str, Tensor]) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
@@ -262,11 +278,16 @@ class OutputLayer(nn.Module):
             out["p"] = out["pctr"] * torch.sigmoid(raw["cvr"])
         elif "ctcvr" in raw:
             out["p"] = torch.sigmoid(raw["ctcvr"])
-        if "mu" in raw:
-            out["mu"] = raw["mu"]
+        sigma = None
         if "sigma" in raw:
-            sigma = self.sigma_min + torch.nn.functional.softplus(raw["sigma"])
-            out["sigma"] = sigma.clamp(max=self.sigma_max)
+            sigma = (self.sigma_min + nn.functional.softplus(raw["sigma"])).clamp(max=self.sigma_max)
+            out["sigma"] = sigma
+        if "mu" in raw:
+            mu = raw["mu"]
+            if bool(torch.isfinite(self.log_mean_cap)):
+                cap = self.log_mean_cap if sigma is None else self.log_mean_cap - sigma.square() / 2
+                mu = cap - nn.functional.softplus(cap - mu)
+            out["mu"] = mu
         return out
 
 

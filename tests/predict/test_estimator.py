@@ -66,7 +66,7 @@ def test_quantiles_follow_the_lognormal(tiny):
     ).all()
     comps = model.predict_components(test)
     np.testing.assert_allclose(
-        q.sel(quantile=0.5), np.maximum(np.expm1(comps["mu"].astype(float)), 0), rtol=1e-5
+        q.sel(quantile=0.5), model.amount_unit_ * np.maximum(np.expm1(comps["mu"].astype(float)), 0), rtol=1e-5
     )
     with pytest.raises(PredictorSettingError, match="sigma"):
         ETVPredictor("mtl-mse", **FAST).fit(train, validation=valid).quantiles(test, 0.5)

@@ -57,8 +57,10 @@ def test_predictor_uses_the_censored_etv_and_eq13_on_request(tiny):
     eq13 = ETVPredictor("esdpm-ncg", lognormal_etv="eq13", **FAST).fit(train, validation=valid)
     comps = censored.predict_components(test)
     p, mu, sigma = (comps[k].to_numpy() for k in ("p", "mu", "sigma"))
-    np.testing.assert_allclose(comps["etv"], p * censored_lognormal_mean(mu, sigma), rtol=1e-12)
-    np.testing.assert_allclose(eq13.predict(test), p * np.expm1(mu.astype(float) + sigma.astype(float) ** 2 / 2),
-                               rtol=1e-6)
+    unit = censored.amount_unit_  # mu and sigma describe the amount in the model's unit
+    np.testing.assert_allclose(comps["etv"], p * censored_lognormal_mean(mu, sigma) * unit, rtol=1e-12)
+    np.testing.assert_allclose(
+        eq13.predict(test), p * np.expm1(mu.astype(float) + sigma.astype(float) ** 2 / 2) * unit, rtol=1e-6
+    )
     with pytest.raises(PredictorSettingError, match="lognormal_etv"):
         ETVPredictor("esdpm", lognormal_etv="mean", **FAST).fit(train)
