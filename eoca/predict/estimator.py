@@ -340,10 +340,10 @@ class ETVPredictor(BaseEstimator):
                 "before using this estimator."
             )
 
-    def _amount_bounds(self, amount: torch.Tensor) -> tuple[float, float, float]:
+    def _amount_bounds(self, amount: np.ndarray) -> tuple[float, float, float]:
         """The unit, the sigma bound and the log mean-amount cap (in that unit) for training amounts
-        ``amount`` (in the data's currency), from the settings."""
-        positive = amount[amount > 0].double().numpy()
+        ``amount`` (float64, in the data's currency), from the settings."""
+        positive = amount[amount > 0]
         if self.amount_unit == "auto":
             unit = float(np.median(positive)) if len(positive) else 1.0
         else:
@@ -460,12 +460,20 @@ class ETVPredictor(BaseEstimator):
             val_enc, val_rows, train_rows = encoded, order[:n_val], order[n_val:]
         else:
             val_enc, val_rows, train_rows = schema.encode(validation), None, None
-        unit, sigma_max, cap = self._amount_bounds(encoded.amount)
+        amounts = data.impressions["amount"].to_numpy(dtype=np.float64)  # the rows of encoded.amount
+        unit, sigma_max, cap = self._amount_bounds(amounts)
         positive = encoded.amount[encoded.amount > 0]
         amount_scale = float(positive.double().mean()) if len(positive) else 1.0
+
+        def in_unit(part: PlatformData, enc):
+            # divided in float64 before the float32 cast: the same data in cents or dollars gives the
+            # same float32 amounts, and so the same model
+            scaled = part.impressions["amount"].to_numpy(dtype=np.float64) / unit
+            return dataclasses.replace(enc, amount=torch.from_numpy(scaled.astype(np.float32)))
+
         # the model sees amounts in the unit; predictions are multiplied back (see _etv)
-        scaled = dataclasses.replace(encoded, amount=encoded.amount / unit)
-        val_enc = scaled if val_enc is encoded else dataclasses.replace(val_enc, amount=val_enc.amount / unit)
+        scaled = in_unit(data, encoded)
+        val_enc = scaled if val_enc is encoded else in_unit(validation, val_enc)
         encoded = scaled
         network = self._build_network(schema, spec)
         network.output.set_bounds(sigma_max, cap)
