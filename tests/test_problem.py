@@ -351,3 +351,33 @@ def test_a_range_dataarray_without_its_coordinates_is_refused_by_name(drop):
                           coords={"fund": ["f1", "f2"], "bound": ["min", "max"]}).drop_vars(drop)
     with pytest.raises(IdError, match='demand.*"fund" and "bound" coordinates'):
         make(demand=ranges)
+
+
+def test_a_dask_grid_is_validated_lazily_as_float64_with_every_fund_in_one_chunk():
+    pytest.importorskip("dask.array")
+    values = np.zeros((40, 4), dtype=np.int64)  # zeros are valid ETV, integers are converted
+    values[::3, 1] = 7
+    lazy = xr.DataArray(values, dims=("user", "fund"),
+                        coords={"user": np.arange(40), "fund": list("abcd")}).chunk({"user": 10, "fund": 2})
+    problem = eoca.AllocationProblem(lazy, dict.fromkeys("abcd", 10), dict.fromkeys("abcd", 1),
+                                     pd.Series(1, index=np.arange(40)))
+    etv = problem.compile().etv
+    assert problem.compile().is_lazy and etv.dtype == np.float64 and etv.numblocks == (4, 1)
+    np.testing.assert_array_equal(np.asarray(etv.compute()), values)
+    with pytest.raises(ETVError, match="values must be numeric; got dtype"):
+        eoca.AllocationProblem(lazy.astype(str), dict.fromkeys("abcd", 10), dict.fromkeys("abcd", 1),
+                               pd.Series(1, index=np.arange(40)))
+
+
+def test_mutable_view_types_read_only_memory_as_writeable_without_copying():
+    from eoca.problem import mutable_view
+
+    writeable = np.arange(6.0)
+    assert mutable_view(writeable) is writeable
+    frozen = np.arange(6.0)
+    frozen.flags.writeable = False
+    view = mutable_view(frozen)
+    assert view.flags.writeable and np.shares_memory(view, frozen) and np.array_equal(view, frozen)
+    empty = np.zeros(0)
+    empty.flags.writeable = False
+    assert mutable_view(empty) is empty

@@ -45,6 +45,7 @@ TESTS = {
     "eoca/problem.py": [
         "tests/test_validation_messages.py",
         "tests/test_problem.py",
+        "tests/test_distributed.py::test_validation_runs_as_a_reduction_and_names_the_entry",
         "tests/test_testing.py::test_the_risk_coding_and_the_diagnosis_agree_with_the_declaration",
         "tests/test_testing.py::test_brute_force_milp_lp_and_hall_condition_agree",
         "tests/test_solvers_conformance.py::test_canonical",
