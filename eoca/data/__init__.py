@@ -3,6 +3,7 @@
 from eoca.data.cdnow import cdnow_path, load_cdnow
 from eoca.data.errors import DataValidationError
 from eoca.data.platform import PlatformData
+from eoca.data.randhie import load_randhie, randhie_path
 from eoca.data.synthetic import SyntheticPlatform, synthetic_platform
 
 __all__ = [
@@ -12,4 +13,6 @@ __all__ = [
     "synthetic_platform",
     "load_cdnow",
     "cdnow_path",
+    "load_randhie",
+    "randhie_path",
 ]

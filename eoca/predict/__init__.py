@@ -6,7 +6,7 @@ Needs the ``predict`` extra: ``pip install "eoca[predict]"``.
 from eoca.predict.errors import NotFittedError, PredictorSettingError, TrainingDivergedError
 from eoca.predict.estimator import ETVPredictor, censored_lognormal_mean, etv_from_components
 from eoca.predict.evaluate import EvaluationReport, evaluate
-from eoca.predict.losses import bce_loss, esj_loss, mse_loss, ziln_loss
+from eoca.predict.losses import bce_loss, esj_censored_loss, esj_loss, mse_loss, ziln_loss
 from eoca.predict.registry import MODELS, ModelSpec, available_models
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "evaluate",
     "EvaluationReport",
     "esj_loss",
+    "esj_censored_loss",
     "ziln_loss",
     "mse_loss",
     "bce_loss",

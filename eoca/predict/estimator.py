@@ -109,8 +109,13 @@ class ETVPredictor(BaseEstimator):
         One of ``"esdpm"``, ``"esdpm-ncg"``, ``"mtl-ziln"``, ``"mtl-mse"``, ``"esmm"``, ``"mmoe"``,
         ``"shared-bottom"``, ``"dnn-c"``, ``"dnn-v"`` (see :data:`eoca.predict.MODELS`).
     loss : str, optional
-        Override the model's loss: ``"esj"``, ``"ziln"``, ``"mse"`` or ``"bce"`` (must fit the
-        model's outputs; ``esj``/``ziln`` need ``mu`` and ``sigma``).
+        Override the model's loss: ``"esj"``, ``"esj-censored"``, ``"ziln"``, ``"mse"`` or ``"bce"``
+        (must fit the model's outputs; ``esj``, ``esj-censored`` and ``ziln`` need ``mu`` and ``sigma``).
+        ``"esj-censored"`` reads a non-conversion as a purchase below ``zero_threshold``
+        (:func:`eoca.predict.esj_censored_loss`), a probability instead of eq. 12's density at zero.
+    zero_threshold : float
+        ``esj-censored`` only: the amount, in units of ``amount_unit``, below which a purchase counts as
+        none (default 0.01: a hundredth of the median purchase with ``amount_unit="auto"``).
     embedding_dim, hidden, n_experts, attention_heads, graph_dim, graph_heads : int
         Network sizes.
     seq_len : int
@@ -198,6 +203,7 @@ class ETVPredictor(BaseEstimator):
         model: str = "esdpm",
         *,
         loss: str | None = None,
+        zero_threshold: float = 0.01,
         embedding_dim: int = 8,
         hidden: int = 64,
         n_experts: int = 4,
@@ -225,6 +231,7 @@ class ETVPredictor(BaseEstimator):
     ) -> None:
         self.model = model
         self.loss = loss
+        self.zero_threshold = zero_threshold
         self.embedding_dim = embedding_dim
         self.hidden = hidden
         self.n_experts = n_experts
@@ -287,6 +294,11 @@ class ETVPredictor(BaseEstimator):
             raise PredictorSettingError(
                 "ETVPredictor needs 0 < sigma_min < sigma_max (or sigma_max='auto'). "
                 f"Got sigma_min={self.sigma_min!r}, sigma_max={self.sigma_max!r}."
+            )
+        if not _positive(self.zero_threshold):
+            raise PredictorSettingError(
+                f"The 'zero_threshold' parameter of ETVPredictor must be a positive finite number. "
+                f"Got {self.zero_threshold!r} instead."
             )
         for name, allowed in (("amount_unit", ("auto",)), ("amount_cap", ("auto", None))):
             value = getattr(self, name)
@@ -480,7 +492,7 @@ class ETVPredictor(BaseEstimator):
         self._start_at_the_data(network, encoded.amount, spec)
         history = train_network(
             network,
-            objective(loss),
+            objective(loss, float(self.zero_threshold)),
             encoded,
             val_enc,
             train_rows=train_rows,

@@ -1,4 +1,5 @@
-"""Losses for ETV prediction: ESJ (eq. 12 of the EOCA paper), ZILN, MSE and cross-entropy.
+"""Losses for ETV prediction: ESJ (eq. 12 of the EOCA paper), its censored-zero form, ZILN, MSE and
+cross-entropy.
 
 All losses take probabilities ``p`` (pCTCVR), the parameters ``mu``/``sigma`` of the normal law of
 ``v = log(amount + 1)`` and the raw purchase ``amount`` (0 for impressions without a purchase); a
@@ -12,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["esj_loss", "ziln_loss", "mse_loss", "bce_loss", "LOG_SQRT_2PI"]
+__all__ = ["esj_loss", "esj_censored_loss", "ziln_loss", "mse_loss", "bce_loss", "LOG_SQRT_2PI"]
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _EPS = 1e-7
@@ -65,6 +66,29 @@ def esj_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor) -> Tensor:
     log_sigma = torch.log(sigma)
     log_phi0 = -LOG_SQRT_2PI - log_sigma - mu**2 / (2 * sigma**2)
     neg_ll = torch.logaddexp(log_1mp, log_p + log_phi0)
+    pos_ll = log_p - LOG_SQRT_2PI - log_sigma - v - (v - mu) ** 2 / (2 * sigma**2)
+    return -torch.where(pos, pos_ll, neg_ll).mean()
+
+
+def esj_censored_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor, threshold: float = 0.01) -> Tensor:
+    """ESJ with a non-conversion read as an amount below ``threshold``: a probability, not a density.
+
+    Positives as in :func:`esj_loss`; for a negative::
+
+        -log(1 - p + p * Phi((log(1 + threshold) - mu) / sigma))
+
+    the probability that no purchase happened or that it was below ``threshold`` (in the unit of
+    ``amount``). Every term is ``-log`` of a probability or of a proper density of the amount, whatever
+    ``sigma`` is, so the loss never rewards a density at zero and does not depend on where zero sits on
+    the ``log(1 + amount)`` scale beyond the threshold itself. Computed as
+    ``logaddexp(log(1 - p), log p + log Phi(z))`` with :func:`torch.special.log_ndtr`: finite in both tails.
+    """
+    v = torch.log1p(amount)
+    pos = amount > 0
+    log_p, log_1mp = _log_p(p)
+    log_sigma = torch.log(sigma)
+    z = (math.log1p(threshold) - mu) / sigma
+    neg_ll = torch.logaddexp(log_1mp, log_p + torch.special.log_ndtr(z))
     pos_ll = log_p - LOG_SQRT_2PI - log_sigma - v - (v - mu) ** 2 / (2 * sigma**2)
     return -torch.where(pos, pos_ll, neg_ll).mean()
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 __all__ = ["ModelSpec", "MODELS", "LOSSES", "available_models"]
 
-LOSSES = ("esj", "ziln", "mse", "bce")
+LOSSES = ("esj", "esj-censored", "ziln", "mse", "bce")
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 
-_LOSS_NEEDS = {"esj": {"p", "mu", "sigma"}, "ziln": {"p", "mu", "sigma"}, "mse": {"mu"}, "bce": {"p"}}
+_LOSS_NEEDS = {"esj": {"p", "mu", "sigma"}, "esj-censored": {"p", "mu", "sigma"}, "ziln": {"p", "mu", "sigma"}, "mse": {"mu"}, "bce": {"p"}}
 
 
 def outputs_of(spec: ModelSpec) -> set[str]:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from eoca.predict.errors import TrainingDivergedError
 from eoca.predict.features import EncodedPlatform
-from eoca.predict.losses import bce_loss, esj_loss, mse_loss, ziln_loss
+from eoca.predict.losses import bce_loss, esj_censored_loss, esj_loss, mse_loss, ziln_loss
 
 __all__ = ["TrainingHistory", "objective", "train_network", "save_checkpoint", "load_checkpoint"]
 
@@ -40,10 +40,10 @@ class TrainingHistory:
     stopped_early: bool = False
 
 
-def objective(loss: str) -> LossFn:
+def objective(loss: str, zero_threshold: float = 0.01) -> LossFn:
     """The training objective for a loss name.
 
-    The main loss (``esj``, ``ziln``, ``mse`` or ``bce``) is applied to pCTCVR and the amount
+    The main loss (``esj``, ``esj-censored`` with ``zero_threshold``, ``ziln``, ``mse`` or ``bce``) is applied to pCTCVR and the amount
     outputs; models with an ESMM structure (a ``pctr`` output) add cross-entropy of pCTR against
     clicks, as ESMM does.
     """
@@ -52,6 +52,8 @@ def objective(loss: str) -> LossFn:
         amount = labels["amount"]
         if loss == "esj":
             value = esj_loss(out["p"], out["mu"], out["sigma"], amount)
+        elif loss == "esj-censored":
+            value = esj_censored_loss(out["p"], out["mu"], out["sigma"], amount, zero_threshold)
         elif loss == "ziln":
             value = ziln_loss(out["p"], out["mu"], out["sigma"], amount)
         elif loss == "mse":

@@ -5,7 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eoca.data import DataValidationError, PlatformData, cdnow_path, load_cdnow, synthetic_platform
+from eoca.data import (
+    DataValidationError,
+    PlatformData,
+    cdnow_path,
+    load_cdnow,
+    load_randhie,
+    randhie_path,
+    synthetic_platform,
+)
 
 
 def _tables():
@@ -138,5 +146,26 @@ def test_cdnow_is_read_from_the_wheel_without_importing_lifetimes():
     hold = raw.iloc[:, 1].astype(str) > "19970930"
     assert imps["amount"].sum() == pytest.approx(raw.iloc[:, 3][hold].sum(), rel=1e-6)
     code = "import sys; from eoca.data import load_cdnow; load_cdnow(n_users=50); print('lifetimes' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_randhie_is_read_from_the_wheel_and_labels_the_last_year_from_the_earlier_ones():
+    raw = pd.read_csv(randhie_path())
+    assert len(raw) == 20190
+    data = load_randhie()
+    assert len(data.users) == raw["zper"].nunique() == 5912 and list(data.fund_ids) == ["health"]
+    # the label is each person's spending in their last year, the history that of the years before
+    raw["user_id"] = raw["zper"].astype("int64").astype(str)
+    last = raw.loc[raw.groupby("user_id")["year"].idxmax()].set_index("user_id")
+    imps = data.impressions.set_index("user_id")
+    np.testing.assert_allclose(imps["amount"], last["meddol"].reindex(imps.index).round(2), atol=0.006)
+    assert 0.7 < imps["conversion"].mean() < 0.85  # zero-inflated: about a fifth spend nothing
+    users = data.users.set_index("user_id")
+    before = raw[raw["year"] < raw.groupby("user_id")["year"].transform("max")].groupby("user_id")["meddol"]
+    np.testing.assert_allclose(users.loc[before.mean().index, "prior_mean_spend"], before.mean().round(2), atol=0.006)
+    assert (users.loc[~users.index.isin(before.mean().index), "n_prior_years"] == 0).all()
+    assert not users.isna().any().any() and "meddol" not in users.columns
+    code = "import sys; from eoca.data import load_randhie; load_randhie(n_users=50); print('statsmodels' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

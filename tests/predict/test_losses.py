@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eoca.predict import bce_loss, esj_loss, mse_loss, ziln_loss
+from eoca.predict import bce_loss, esj_censored_loss, esj_loss, mse_loss, ziln_loss
 
 T = torch.tensor
 
@@ -91,3 +91,27 @@ def test_esj_matches_the_likelihood_and_is_bounded_below(p, mu, sigma, amount):
     # with sigma >= 1/sqrt(2 pi) both terms are -log of a number <= 1
     assert got >= -1e-9
     assert np.isfinite(got)
+
+
+def test_censored_esj_negative_is_the_probability_of_a_purchase_below_the_threshold():
+    # p=0.2, mu=1, sigma=0.5, tau=0.5: Phi((log 1.5 - 1) / 0.5) = Phi(-1.189070) = 0.117199
+    value = esj_censored_loss(T([0.2]), T([1.0]), T([0.5]), T([0.0]), threshold=0.5)
+    phi = 0.5 * math.erfc((1 - math.log(1.5)) / 0.5 / math.sqrt(2))
+    assert float(value) == pytest.approx(-math.log(0.8 + 0.2 * phi), abs=1e-6)
+    # positives are eq. 12's, whatever the threshold
+    a = T([math.e - 1, 3.0])
+    assert float(esj_censored_loss(T([0.2, 0.7]), T([1.0, 2.0]), T([0.5, 1.5]), a, threshold=7.0)) == pytest.approx(
+        float(esj_loss(T([0.2, 0.7]), T([1.0, 2.0]), T([0.5, 1.5]), a)), abs=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(p=st.floats(1e-9, 1 - 1e-9), mu=st.floats(-1e4, 1e4), log_sigma=st.floats(-8.0, 8.0),
+       threshold=st.floats(1e-6, 1e6))
+def test_censored_esj_negative_is_finite_and_a_probability_in_the_tails(p, mu, log_sigma, threshold):
+    args = [torch.tensor([x], dtype=torch.float64) for x in (p, mu, math.exp(log_sigma), 0.0)]
+    for a in args[1:3]:
+        a.requires_grad_(True)
+    value = esj_censored_loss(*args, threshold=threshold)
+    assert math.isfinite(float(value)) and float(value) >= -1e-12  # -log of a probability
+    value.backward()
+    assert all(math.isfinite(float(a.grad)) for a in args[1:3])

@@ -99,7 +99,7 @@ def test_the_same_data_in_dollars_and_in_cents_gives_the_same_model(tiny):
 
 @pytest.mark.parametrize(
     "setting", [dict(amount_unit=0), dict(amount_unit="median"), dict(amount_cap=-1.0), dict(amount_cap=math.inf),
-                dict(sigma_max="big"), dict(sigma_max=0.1), dict(amount_unit=True)],
+                dict(sigma_max="big"), dict(sigma_max=0.1), dict(amount_unit=True), dict(zero_threshold=0.0)],
 )
 def test_bad_amount_settings_are_refused_by_name(tiny, setting):
     train, valid, _ = tiny
@@ -180,3 +180,11 @@ def test_calibration_by_fund_counts_the_impressions_of_each_fund(tiny):
     assert table["ratio"][~bought].isna().all()
     with pytest.raises(PredictorSettingError, match="calibration"):
         ETVPredictor("mtl-mse", calibration="per-fund", **FAST).fit(train, validation=valid)
+
+
+def test_the_censored_esj_trains_a_lognormal_model_within_the_bounds(tiny):
+    train, valid, test = tiny
+    model = ETVPredictor("esdpm-ncg", loss="esj-censored", **FAST).fit(train, validation=valid)
+    assert model.loss_ == "esj-censored" and np.isfinite(model.history_.train_loss).all()
+    etv = model.predict(test).to_numpy()
+    assert np.isfinite(etv).all() and (etv >= 0).all() and etv.max() <= model.amount_cap_ * (1 + 1e-6)
