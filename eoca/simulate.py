@@ -17,7 +17,8 @@ import xarray as xr
 from eoca.errors import ValidationError
 from eoca.problem import FUND, USER, AllocationProblem
 
-__all__ = ["DeliveryOutcome", "simulate_delivery", "contract_demands", "delivery_problem", "lift_table"]
+__all__ = ["DeliveryOutcome", "simulate_delivery", "contract_demands", "delivery_problem", "allocation_value_ratio",
+           "lift_table"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,43 @@ def delivery_problem(platform, etv: xr.DataArray, demand: np.ndarray, name: str 
         risk_tolerance=users["risk_tolerance"],
         name=name,
     )
+
+
+def allocation_value_ratio(platform, etv: xr.DataArray, *, demand: np.ndarray | None = None, seed: int = 0) -> float:
+    """What a model's grid is worth to the platform: the true value of the exact allocation computed from
+    ``etv``, over the true optimum.
+
+    Both allocations serve the same contract (:func:`delivery_problem`: every user who may be shown a
+    fund, the funds' risk levels and the users' tolerances, and ``demand``, by default
+    :func:`contract_demands` drawn with ``seed``, as the demo builds it); the model's allocation is
+    valued with the platform's ``true_etv``. 1 for the true grid; the ETV a model's errors cost the
+    platform is ``1 - ratio`` of the best it could have had.
+
+    Parameters
+    ----------
+    platform : eoca.data.SyntheticPlatform
+    etv : DataArray over ("user", "fund")
+        A model's grid for every user of the platform (e.g. ``predictor.predict(test)``).
+    demand : array of int, optional
+    seed : int
+
+    Returns
+    -------
+    float
+    """
+    from eoca.solve import solve
+
+    users, funds = platform.data.users, platform.data.funds
+    if demand is None:
+        demand = contract_demands(users["risk_tolerance"].to_numpy(), funds["risk_level"].to_numpy(), seed=seed)
+    truth = platform.true_etv
+    chosen = solve(delivery_problem(platform, etv, demand, name="model"))
+    best = solve(delivery_problem(platform, truth, demand, name="truth"))
+    for result in (chosen, best):
+        if not result.checks.ok:
+            raise ValidationError("etv", f"the allocation breaks the contract: {result.checks.describe()}")
+    value = _pairs(truth, chosen.problem.users.to_numpy(), chosen.assignment.to_numpy()).sum()
+    return float(value / best.objective) if best.objective > 0 else float("nan")
 
 
 def lift_table(rows: pd.DataFrame, baseline: str, by: str = "framework") -> pd.DataFrame:

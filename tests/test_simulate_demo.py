@@ -9,7 +9,13 @@ pytest.importorskip("torch")
 
 import eoca  # noqa: E402
 from eoca.data import synthetic_platform  # noqa: E402
-from eoca.simulate import contract_demands, delivery_problem, lift_table, simulate_delivery  # noqa: E402
+from eoca.simulate import (  # noqa: E402
+    allocation_value_ratio,
+    contract_demands,
+    delivery_problem,
+    lift_table,
+    simulate_delivery,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +93,29 @@ def test_ab_suite_and_demo_run_end_to_end(tmp_path):
     assert table.loc["exact", "status"] == "optimal"
     assert table.loc["exact", "predicted ETV"] >= table.loc["heuristic", "predicted ETV"]
     assert any("simulated delivery" in line for line in lines)
+
+
+def test_allocation_value_ratio_is_one_for_the_truth_and_lower_for_worse_grids():
+    from functools import partial
+
+    from eoca.predict import evaluate
+
+    platform = synthetic_platform(n_users=2000, n_funds=4, seed=0)
+    truth = platform.true_etv
+    rng = np.random.default_rng(0)
+    shuffled = truth.copy(data=rng.permutation(truth.values.ravel()).reshape(truth.shape))
+    noisy = truth * np.exp(rng.normal(0.0, 0.5, truth.shape))
+    ratios = [allocation_value_ratio(platform, grid) for grid in (truth, noisy, shuffled)]
+    assert ratios[0] == pytest.approx(1.0, abs=1e-12)
+    assert 0.9 < ratios[1] < 1.0 - 1e-4 and ratios[2] < ratios[1] and ratios[2] < 0.95, ratios
+    # the value of the model's allocation, recounted: the truth at the pairs the exact solve of the noisy grid picks
+    users, funds = platform.data.users, platform.data.funds
+    demand = contract_demands(users["risk_tolerance"].to_numpy(), funds["risk_level"].to_numpy(), seed=0)
+    chosen = eoca.solve(delivery_problem(platform, noisy, demand)).assignment.dropna("user")
+    best = eoca.solve(delivery_problem(platform, truth, demand)).objective
+    rows = pd.Index(truth["user"].values).get_indexer(chosen["user"].values)
+    cols = pd.Index(truth["fund"].values).get_indexer(chosen.values)
+    assert ratios[1] == pytest.approx(truth.values[rows, cols].sum() / best, rel=1e-12)
+    _, _, test = platform.data.split()
+    report = evaluate(noisy, test, truth=platform, allocation_value=partial(allocation_value_ratio, platform))
+    assert report["allocation_value_ratio"] == pytest.approx(ratios[1], rel=1e-12)

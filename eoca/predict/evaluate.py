@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +107,12 @@ def _aligned(grid: xr.DataArray, data: PlatformData, name: str) -> np.ndarray:
 
 
 def evaluate(
-    model: Any, data: PlatformData, *, truth: SyntheticPlatform | xr.DataArray | None = None, n_bins: int = 10
+    model: Any,
+    data: PlatformData,
+    *,
+    truth: SyntheticPlatform | xr.DataArray | None = None,
+    n_bins: int = 10,
+    allocation_value: Callable[[xr.DataArray], float] | None = None,
 ) -> EvaluationReport:
     """Score an ETV model (or a ready ETV grid) on the impressions of ``data``.
 
@@ -120,6 +126,11 @@ def evaluate(
         The true ETV (and pCTCVR, for a SyntheticPlatform) to score against the truth.
     n_bins : int
         Bins of the calibration table.
+    allocation_value : callable, optional
+        Given the model's grid, the value of the decisions it leads to, reported as
+        ``allocation_value_ratio``: e.g. ``functools.partial(eoca.simulate.allocation_value_ratio,
+        platform)``, the true value of the exact allocation from the grid over the true optimum. (The
+        predictor knows nothing of allocation, so the allocation is passed in.)
 
     Returns
     -------
@@ -133,14 +144,17 @@ def evaluate(
         )
     p_grid = None
     if isinstance(model, xr.DataArray):
-        etv_grid = _aligned(model, data, "The ETV grid")
+        grid = model
+        etv_grid = _aligned(grid, data, "The ETV grid")
     elif hasattr(model, "predict_components"):
         comps = model.predict_components(data)
-        etv_grid = _aligned(comps["etv"], data, "The predicted ETV")
+        grid = comps["etv"]
+        etv_grid = _aligned(grid, data, "The predicted ETV")
         if "p" in comps:
             p_grid = _aligned(comps["p"], data, "The predicted pCTCVR")
     elif hasattr(model, "predict"):
-        etv_grid = _aligned(model.predict(data), data, "The predicted ETV")
+        grid = model.predict(data)
+        etv_grid = _aligned(grid, data, "The predicted ETV")
     else:
         raise DataValidationError(
             f"'model' must have a predict method or be a DataArray. Got {type(model).__name__}."
@@ -186,5 +200,7 @@ def evaluate(
         m["tha_ratio"] = m["true_tha"] / m["oracle_tha"] if m["oracle_tha"] > 0 else float("nan")
         if true_pctcvr is not None:
             m["true_thc"] = float(true_pctcvr[rows, top].sum())
+    if allocation_value is not None:
+        m["allocation_value_ratio"] = float(allocation_value(grid))
     by_fund = calibration_by_fund(data.funds["fund_id"].to_numpy(), f, amount, etv)
     return EvaluationReport(metrics=m, calibration=calibration, calibration_by_fund=by_fund)
