@@ -77,7 +77,8 @@ class SequenceEncoder(nn.Module):
         funds, actions = funds[:, :width], actions[:, :width]
         tokens = self.fund(funds) + self.action(actions)
         tokens = torch.cat([self.start.expand(len(funds), 1, -1), tokens], dim=1)
-        pad = torch.cat([torch.zeros_like(funds[:, :1], dtype=torch.bool), funds == 0], dim=1)
+        # the start token is never padding (also when no user of the batch has any history: width 0)
+        pad = torch.cat([torch.zeros(len(funds), 1, dtype=torch.bool), funds == 0], dim=1)
         attended, _ = self.attention(tokens, tokens, tokens, key_padding_mask=pad, need_weights=False)
         hidden = self.norm(tokens + attended)
         keep = (~pad).unsqueeze(-1).to(hidden.dtype)

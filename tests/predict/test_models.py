@@ -86,3 +86,16 @@ def test_esdpm_learns_the_synthetic_truth():
     truth = platform.true_etv.sel(user=test.users["user_id"].to_numpy()).to_numpy().ravel()
     assert pd.Series(pred).corr(pd.Series(truth), method="spearman") > 0.45
     assert report["tha_ratio"] > 0.7
+
+
+def test_a_batch_whose_users_have_no_history_gets_the_start_token_embedding():
+    import torch
+
+    from eoca.predict.models import SequenceEncoder
+
+    encoder = SequenceEncoder(n_funds=5, n_actions=3, dim=4, heads=2)
+    empty = torch.zeros((3, 0), dtype=torch.int64)  # a platform without behaviours
+    padded = torch.zeros((3, 6), dtype=torch.int64)  # users without history among users with some
+    out = encoder(empty, empty)
+    assert out.shape == (3, 4) and torch.isfinite(out).all()
+    torch.testing.assert_close(out, encoder(padded, padded))

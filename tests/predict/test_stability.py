@@ -188,3 +188,13 @@ def test_the_censored_esj_trains_a_lognormal_model_within_the_bounds(tiny):
     assert model.loss_ == "esj-censored" and np.isfinite(model.history_.train_loss).all()
     etv = model.predict(test).to_numpy()
     assert np.isfinite(etv).all() and (etv >= 0).all() and etv.max() <= model.amount_cap_ * (1 + 1e-6)
+
+
+def test_a_platform_without_behaviours_trains_a_sequence_model():
+    from eoca.data import load_randhie
+
+    train, valid, test = load_randhie(n_users=400).split((0.7, 0.1, 0.2), seed=0)
+    assert train.behaviours is None
+    model = ETVPredictor("esdpm-ncg", loss="esj-censored", **FAST).fit(train, validation=valid)
+    etv = model.predict(test).to_numpy()
+    assert np.isfinite(etv).all() and (etv >= 0).all() and etv.max() <= model.amount_cap_ * (1 + 1e-6)
