@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from eoca.predict.inference import (
     merchant_partials,
     merge_merchant_partials,
 )
+from eoca.predict.mixture import MAX_COMPONENTS, components, mixture_amount, mixture_quantiles, mixture_tasks
 from eoca.predict.models import ETVNetwork
 from eoca.predict.registry import LOSSES, MODELS, ModelSpec, loss_fits
 from eoca.predict.train import TrainingHistory, load_checkpoint, objective, save_checkpoint, train_network
@@ -146,6 +146,10 @@ class ETVPredictor(BaseEstimator):
         the mean of the amount censored at zero under ``log(1 + amount) ~ Normal(mu, sigma)``, never
         negative; ``"eq13"``: the paper's ``p * (exp(mu + sigma^2 / 2) - 1)``, negative where
         ``mu + sigma^2 / 2 < 0`` (kept for comparison).
+    n_components : int
+        Models with ``mu`` and ``sigma`` towers: the amount given a purchase is a mixture of this many
+        lognormals (:mod:`eoca.predict.mixture`), trained with the matching likelihood of the model's loss;
+        ETV and quantiles stay exact. 1 (default): the single lognormal of the paper.
     calibration : {None, "fund", "isotonic"}
         Per-fund calibration of the ETV, fitted on the validation impressions after training and applied
         to every prediction (see :mod:`eoca.predict.calibration`): ``"fund"`` scales each fund so its mean
@@ -216,6 +220,7 @@ class ETVPredictor(BaseEstimator):
         amount_cap: float | str | None = "auto",
         amount_unit: float | str = "auto",
         lognormal_etv: str = "censored",
+        n_components: int = 1,
         calibration: str | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -244,6 +249,7 @@ class ETVPredictor(BaseEstimator):
         self.amount_cap = amount_cap
         self.amount_unit = amount_unit
         self.lognormal_etv = lognormal_etv
+        self.n_components = n_components
         self.calibration = calibration
         self.lr = lr
         self.weight_decay = weight_decay
@@ -316,6 +322,17 @@ class ETVPredictor(BaseEstimator):
                 "The 'lognormal_etv' parameter of ETVPredictor must be one of ['censored', 'eq13']. "
                 f"Got {self.lognormal_etv!r} instead."
             )
+        k = self.n_components
+        if not (isinstance(k, int | np.integer) and not isinstance(k, bool) and 1 <= k <= MAX_COMPONENTS):
+            raise PredictorSettingError(
+                f"The 'n_components' parameter of ETVPredictor must be an int in [1, {MAX_COMPONENTS}]. "
+                f"Got {k!r} instead."
+            )
+        if k > 1 and "sigma" not in spec.tasks:
+            raise PredictorSettingError(
+                f"The 'n_components' parameter needs a model with mu and sigma towers; {self.model!r} has "
+                f"{list(spec.tasks)}. Use 'esdpm', 'esdpm-ncg' or 'mtl-ziln'."
+            )
         if self.calibration is not None and self.calibration not in CALIBRATIONS:
             raise PredictorSettingError(
                 f"The 'calibration' parameter of ETVPredictor must be None or one of {list(CALIBRATIONS)}. "
@@ -382,7 +399,7 @@ class ETVPredictor(BaseEstimator):
             n_actions=schema.size("action"),
             n_merchants=schema.size("merchant"),
             head=spec.head,
-            tasks=spec.tasks,
+            tasks=spec.tasks + (mixture_tasks(int(self.n_components)) if "sigma" in spec.tasks else ()),
             use_sequence=self.seq_len > 0,
             use_graph=spec.use_graph,
             embedding_dim=self.embedding_dim,
@@ -419,6 +436,16 @@ class ETVPredictor(BaseEstimator):
                     - self.sigma_min
                 )
                 last(towers["sigma"]).bias.fill_(math.log(math.expm1(spread)))
+            k = sum(1 for name in towers if name.startswith("mix_"))
+            if k > 1 and len(target) > 1:
+                # components start spread over the data's quantiles, each with a share of its spread
+                levels = torch.tensor([(c + 0.5) / k for c in range(k)], dtype=target.dtype)
+                centres = torch.quantile(target, levels)
+                width = max(float(target.std()) / k, self.sigma_min + 0.05) - self.sigma_min
+                for c in range(k):
+                    suffix = "" if c == 0 else f"_{c}"
+                    last(towers["mu" + suffix]).bias.fill_(float(centres[c]))
+                    last(towers["sigma" + suffix]).bias.fill_(math.log(math.expm1(width)))
 
     # ------------------------------------------------------------------ fit
     def fit(self, data: PlatformData, validation: PlatformData | None = None) -> ETVPredictor:
@@ -543,10 +570,18 @@ class ETVPredictor(BaseEstimator):
 
     def _etv(self, out: dict[str, np.ndarray], funds: np.ndarray | None = None) -> np.ndarray:
         """ETV from the network's outputs; a grid whose columns are the fund ids ``funds`` is calibrated."""
-        etv = etv_from_components(
-            self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_,
-            censored=self.lognormal_etv == "censored",
-        )
+        censored = self.lognormal_etv == "censored"
+        if "weight_0" in out:  # a mixture: the weighted mean of its components' means
+            weights, mu, sigma = components(out, lambda parts: np.stack(parts, axis=-1))
+            ones = np.ones(weights.shape[:-1])
+            etv = out["p"].astype(np.float64) * mixture_amount(
+                weights.astype(np.float64),
+                lambda c: etv_from_components("lognormal", ones, mu[..., c], sigma[..., c], censored=censored),
+            )
+        else:
+            etv = etv_from_components(
+                self.spec_.etv, out.get("p"), out.get("mu"), out.get("sigma"), self.amount_scale_, censored=censored,
+            )
         if self.spec_.etv != "conversion":  # amounts were modelled in the unit
             etv *= self.amount_unit_
         if funds is not None and getattr(self, "calibration_", None) is not None:
@@ -620,7 +655,9 @@ class ETVPredictor(BaseEstimator):
     def quantiles(self, data: PlatformData, q: float | list[float] | np.ndarray) -> xr.DataArray:
         """Quantiles of the purchase amount *given a purchase*, from the log-normal ``(mu, sigma)``.
 
-        ``amount_q = amount_unit_ * max(exp(mu + sigma * Phi^{-1}(q)) - 1, 0)``.
+        ``amount_q = amount_unit_ * max(exp(mu + sigma * Phi^{-1}(q)) - 1, 0)``; for a mixture
+        (``n_components > 1``) ``exp`` of the mixture's quantile of ``v``, found by bisection
+        (:func:`eoca.predict.mixture.mixture_quantiles`). Also available as :meth:`predict_quantiles`.
 
         Parameters
         ----------
@@ -643,11 +680,14 @@ class ETVPredictor(BaseEstimator):
                 "use a log-normal model ('esdpm', 'esdpm-ncg', 'mtl-ziln')."
             )
         out = self._outputs(data)
-        mu, sigma = out["mu"].astype(np.float64), out["sigma"].astype(np.float64)
-        z = np.array([NormalDist().inv_cdf(float(level)) for level in levels])
-        values = self.amount_unit_ * np.maximum(np.expm1(mu[None] + sigma[None] * z[:, None, None]), 0.0)
+        weights, mu, sigma = components(out, lambda parts: np.stack(parts, axis=-1).astype(np.float64))
+        values = self.amount_unit_ * np.maximum(np.expm1(mixture_quantiles(weights, mu, sigma, levels)), 0.0)
         grid = self._grid(values[0], data, "amount_quantile")
         return xr.concat([grid.copy(data=v) for v in values], dim="quantile").assign_coords(quantile=levels)
+
+    def predict_quantiles(self, data: PlatformData, q: float | list[float] | np.ndarray) -> xr.DataArray:
+        """The same as :meth:`quantiles`."""
+        return self.quantiles(data, q)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:

@@ -25,6 +25,24 @@ def _log_p(p: Tensor) -> tuple[Tensor, Tensor]:
     return torch.log(p), torch.log1p(-p)
 
 
+def _log_mix(terms: Tensor, weights: Tensor | None) -> Tensor:
+    """``log sum_c weights[..., c] exp(terms[..., c])`` over a mixture's components (the last axis); with
+    ``weights=None`` a single component, ``terms[..., 0]``."""
+    if weights is None:
+        return terms[..., 0]
+    return torch.logsumexp(torch.log(weights.clamp_min(1e-30)) + terms, dim=-1)
+
+
+def _components(mu: Tensor, sigma: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``mu``/``sigma`` with a last axis of components (added for a single lognormal)."""
+    return (mu, sigma) if weights is not None else (mu[..., None], sigma[..., None])
+
+
+def _log_density(v: Tensor, mu: Tensor, sigma: Tensor, weights: Tensor | None) -> Tensor:
+    """``log sum_c w_c Normal(v; mu_c, sigma_c)`` (components on the last axis of ``mu``/``sigma``)."""
+    return _log_mix(-LOG_SQRT_2PI - torch.log(sigma) - (v[..., None] - mu) ** 2 / (2 * sigma**2), weights)
+
+
 def bce_loss(p: Tensor, label: Tensor) -> Tensor:
     """Mean binary cross-entropy of probabilities ``p`` against 0/1 ``label``."""
     log_p, log_1mp = _log_p(p)
@@ -32,7 +50,7 @@ def bce_loss(p: Tensor, label: Tensor) -> Tensor:
     return -(label * log_p + (1 - label) * log_1mp).mean()
 
 
-def esj_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor) -> Tensor:
+def esj_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor, weights: Tensor | None = None) -> Tensor:
     """Entire-space multi-task joint loss: the mean negative log-likelihood of eq. 12.
 
     For a positive (``amount > 0``), with ``v = log(amount + 1)``::
@@ -50,10 +68,15 @@ def esj_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor) -> Tensor:
     term then rewards a *larger* p. eoca's models keep ``sigma >= 1/sqrt(2 pi)`` by default for this
     reason (see :class:`eoca.predict.ETVPredictor`, ``sigma_min``).
 
+    For a mixture of lognormals (``mu``, ``sigma`` and ``weights`` of shape ``(n, K)``, see
+    :mod:`eoca.predict.mixture`) the density and ``phi(0)`` are the mixture's, ``sum_c w_c (...)``.
+
     Parameters
     ----------
     p, mu, sigma, amount : Tensor
         Same shape ``(n,)``; ``0 < p < 1``, ``sigma > 0``, ``amount >= 0``.
+    weights : Tensor, optional
+        ``(n, K)`` mixture weights (rows summing to 1), with ``mu`` and ``sigma`` of shape ``(n, K)``.
 
     Returns
     -------
@@ -63,14 +86,15 @@ def esj_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor) -> Tensor:
     v = torch.log1p(amount)
     pos = amount > 0
     log_p, log_1mp = _log_p(p)
-    log_sigma = torch.log(sigma)
-    log_phi0 = -LOG_SQRT_2PI - log_sigma - mu**2 / (2 * sigma**2)
+    mu, sigma = _components(mu, sigma, weights)
+    log_phi0 = _log_mix(-LOG_SQRT_2PI - torch.log(sigma) - mu**2 / (2 * sigma**2), weights)
     neg_ll = torch.logaddexp(log_1mp, log_p + log_phi0)
-    pos_ll = log_p - LOG_SQRT_2PI - log_sigma - v - (v - mu) ** 2 / (2 * sigma**2)
+    pos_ll = log_p + _log_density(v, mu, sigma, weights) - v
     return -torch.where(pos, pos_ll, neg_ll).mean()
 
 
-def esj_censored_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor, threshold: float = 0.01) -> Tensor:
+def esj_censored_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor, threshold: float = 0.01,
+                      weights: Tensor | None = None) -> Tensor:
     """ESJ with a non-conversion read as an amount below ``threshold``: a probability, not a density.
 
     Positives as in :func:`esj_loss`; for a negative::
@@ -82,18 +106,19 @@ def esj_censored_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor, thre
     ``sigma`` is, so the loss never rewards a density at zero and does not depend on where zero sits on
     the ``log(1 + amount)`` scale beyond the threshold itself. Computed as
     ``logaddexp(log(1 - p), log p + log Phi(z))`` with :func:`torch.special.log_ndtr`: finite in both tails.
+    A mixture (``weights``) as in :func:`esj_loss`.
     """
     v = torch.log1p(amount)
     pos = amount > 0
     log_p, log_1mp = _log_p(p)
-    log_sigma = torch.log(sigma)
-    z = (math.log1p(threshold) - mu) / sigma
-    neg_ll = torch.logaddexp(log_1mp, log_p + torch.special.log_ndtr(z))
-    pos_ll = log_p - LOG_SQRT_2PI - log_sigma - v - (v - mu) ** 2 / (2 * sigma**2)
+    mu, sigma = _components(mu, sigma, weights)
+    log_below = _log_mix(torch.special.log_ndtr((math.log1p(threshold) - mu) / sigma), weights)
+    neg_ll = torch.logaddexp(log_1mp, log_p + log_below)
+    pos_ll = log_p + _log_density(v, mu, sigma, weights) - v
     return -torch.where(pos, pos_ll, neg_ll).mean()
 
 
-def ziln_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor) -> Tensor:
+def ziln_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor, weights: Tensor | None = None) -> Tensor:
     """Zero-inflated log-normal loss (Wang et al. 2019).
 
     Cross-entropy of ``p`` against ``amount > 0`` on every sample, plus the negative log-normal
@@ -101,11 +126,13 @@ def ziln_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor) -> Tensor:
 
         BCE(p, y) + mean(y * [log(sqrt(2 pi) sigma (amount + 1)) + (v - mu)^2 / (2 sigma^2)])
 
-    Negatives give ``mu`` and ``sigma`` no signal: that is the difference from :func:`esj_loss`.
+    Negatives give ``mu`` and ``sigma`` no signal: that is the difference from :func:`esj_loss`. A mixture
+    (``weights``) as in :func:`esj_loss`.
     """
     y = (amount > 0).to(p.dtype)
     v = torch.log1p(amount)
-    nll = LOG_SQRT_2PI + torch.log(sigma) + v + (v - mu) ** 2 / (2 * sigma**2)
+    mu, sigma = _components(mu, sigma, weights)
+    nll = v - _log_density(v, mu, sigma, weights)
     return bce_loss(p, y) + (y * nll).mean()
 
 

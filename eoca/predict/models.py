@@ -256,8 +256,9 @@ class OutputLayer(nn.Module):
     ``mu = cap - softplus(cap - raw)`` where ``cap = log_mean_cap - sigma^2 / 2``, so
     ``mu + sigma^2 / 2 < log_mean_cap``, so ``E[1 + amount] = E[exp V] < exp(log_mean_cap)`` (amounts in
     the model's unit) for every input, however far it lies from the training data; without a sigma
-    tower, ``mu < log_mean_cap`` the same way. Below the cap
-    ``mu`` follows its tower almost exactly.
+    tower, ``mu < log_mean_cap`` the same way. Below the cap ``mu`` follows its tower almost exactly. The
+    components of a mixture (``mu_1``, ``sigma_1``, ...; weights from the ``mix_*`` logits by a softmax)
+    are bounded alike, so their mixture is too.
     """
 
     def __init__(self, sigma_min: float, sigma_max: float) -> None:
@@ -279,16 +280,24 @@ class OutputLayer(nn.Module):
             out["p"] = out["pctr"] * torch.sigmoid(raw["cvr"])
         elif "ctcvr" in raw:
             out["p"] = torch.sigmoid(raw["ctcvr"])
-        sigma = None
-        if "sigma" in raw:
-            sigma = (self.sigma_min + nn.functional.softplus(raw["sigma"])).clamp(max=self.sigma_max)
-            out["sigma"] = sigma
-        if "mu" in raw:
-            mu = raw["mu"]
-            if bool(torch.isfinite(self.log_mean_cap)):
+        capped = bool(torch.isfinite(self.log_mean_cap))
+        # "mu"/"sigma", and for a mixture of lognormals "mu_1"/"sigma_1", ... (eoca.predict.mixture)
+        for name in [n for n in raw if n == "mu" or n.startswith("mu_")]:
+            sigma_name = "sigma" + name[2:]
+            sigma = None
+            if sigma_name in raw:
+                sigma = (self.sigma_min + nn.functional.softplus(raw[sigma_name])).clamp(max=self.sigma_max)
+                out[sigma_name] = sigma
+            mu = raw[name]
+            if capped:
                 cap = self.log_mean_cap if sigma is None else self.log_mean_cap - sigma.square() / 2
                 mu = cap - nn.functional.softplus(cap - mu)
-            out["mu"] = mu
+            out[name] = mu
+        mix = sorted((n for n in raw if n.startswith("mix_")), key=lambda n: int(n[4:]))
+        if mix:
+            weights = torch.softmax(torch.stack([raw[n] for n in mix], dim=-1), dim=-1)
+            for c in range(len(mix)):
+                out[f"weight_{c}"] = weights[..., c]
         return out
 
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from eoca.predict.errors import TrainingDivergedError
 from eoca.predict.features import EncodedPlatform
 from eoca.predict.losses import bce_loss, esj_censored_loss, esj_loss, mse_loss, ziln_loss
+from eoca.predict.mixture import components
 
 __all__ = ["TrainingHistory", "objective", "train_network", "save_checkpoint", "load_checkpoint"]
 
@@ -50,12 +51,16 @@ def objective(loss: str, zero_threshold: float = 0.01) -> LossFn:
 
     def fn(out: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
         amount = labels["amount"]
+        if loss in ("esj", "esj-censored", "ziln"):
+            weights, mu, sigma = components(out, lambda parts: torch.stack(parts, dim=-1))
+            if weights is None:  # a single lognormal
+                mu, sigma = mu[..., 0], sigma[..., 0]
         if loss == "esj":
-            value = esj_loss(out["p"], out["mu"], out["sigma"], amount)
+            value = esj_loss(out["p"], mu, sigma, amount, weights)
         elif loss == "esj-censored":
-            value = esj_censored_loss(out["p"], out["mu"], out["sigma"], amount, zero_threshold)
+            value = esj_censored_loss(out["p"], mu, sigma, amount, zero_threshold, weights)
         elif loss == "ziln":
-            value = ziln_loss(out["p"], out["mu"], out["sigma"], amount)
+            value = ziln_loss(out["p"], mu, sigma, amount, weights)
         elif loss == "mse":
             value = mse_loss(out.get("p"), out["mu"], amount)
         else:
