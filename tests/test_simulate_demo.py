@@ -84,8 +84,16 @@ def test_ab_suite_and_demo_run_end_to_end(tmp_path):
                                       "ESDPM + heuristic", "ESDPM + exact"}
     exact = rows[rows["framework"] == "ESDPM + exact"]
     assert (exact["status"] == "optimal").all() and (exact["risk_violations"] == 0).all()
+    assert ((rows["value_ratio"] > 0) & (rows["value_ratio"] <= 1 + 1e-12)).all()
+    # where both deliver every user, the value ratios' quotient is the expected-TAPMD lift
+    base = rows[rows["framework"] == "ESDPM + heuristic"].set_index("seed")
+    best = exact.set_index("seed")
+    same = base["deliveries"] == best["deliveries"]
+    assert same.any()
+    np.testing.assert_allclose((best["value_ratio"] / base["value_ratio"])[same],
+                               (best["expected_tapmd"] / base["expected_tapmd"])[same], rtol=1e-9)
     text = ab_section(rows, n_users=300, epochs=1, figure=ab_figure(rows, tmp_path).name)
-    assert "%TAPMD lift" in text and "ab_lifts.png" in text
+    assert "%TAPMD lift" in text and "ab_lifts.png" in text and "value ratio" in text
 
     lines = []
     table = run_demo(n_users=500, epochs=1, progress=False, echo=lines.append)
