@@ -152,8 +152,9 @@ class ETVPredictor(BaseEstimator):
         ETV and quantiles stay exact. 1 (default): the single lognormal of the paper.
     calibration : {None, "fund", "isotonic"}
         Per-fund calibration of the ETV, fitted on the validation impressions after training and applied
-        to every prediction (see :mod:`eoca.predict.calibration`): ``"fund"`` scales each fund so its mean
-        ETV matches its mean amount there, ``"isotonic"`` maps each fund's ETV through a non-decreasing
+        to every prediction (see :mod:`eoca.predict.calibration`): ``"fund"`` scales each fund towards
+        the ratio of its mean amount to its mean ETV there, as far as that ratio is measured (shrunk
+        towards 1 by its standard error), ``"isotonic"`` maps each fund's ETV through a non-decreasing
         step function. ``None`` (default): the model's own ETV. Saved with the model.
     lr, weight_decay : float
         Adam settings.
