@@ -215,6 +215,8 @@ def id_kind(index: pd.Index) -> str:
     """``"integer"`` or ``"string"``: the kind of a set of ids, or what else they are (``"mixed-integer"``,
     ``"floating"``, ...) as :func:`pandas.api.types.infer_dtype` names it. Missing values count as a kind
     of their own (``infer_dtype`` without ``skipna``), so one scan settles both the kind and the gaps."""
+    if len(index) == 0:  # an empty float coordinate (xarray's default for no values) holds no id
+        return "empty"
     if isinstance(index, pd.CategoricalIndex):
         return "mixed" if (index.codes < 0).any() else id_kind(index.categories)
     if index.dtype.kind in "iu":

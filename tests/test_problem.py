@@ -381,3 +381,10 @@ def test_mutable_view_types_read_only_memory_as_writeable_without_copying():
     empty = np.zeros(0)
     empty.flags.writeable = False
     assert mutable_view(empty) is empty
+
+
+def test_a_grid_without_funds_is_named_whatever_the_dtype_of_its_empty_coordinate():
+    for funds in (np.array([], dtype=float), np.array([], dtype=object), np.array([], dtype=np.int64)):
+        empty = xr.DataArray(np.zeros((3, 0)), dims=("user", "fund"), coords={"user": [1, 2, 3], "fund": funds})
+        with pytest.raises(ETVError, match="the grid has no funds"):
+            eoca.AllocationProblem(empty, {}, {}, pd.Series(1, index=[1, 2, 3]))
