@@ -18,7 +18,7 @@ from eoca.errors import ValidationError
 from eoca.problem import FUND, USER, AllocationProblem
 
 __all__ = ["DeliveryOutcome", "simulate_delivery", "contract_demands", "delivery_problem", "allocation_value_ratio",
-           "lift_table"]
+           "true_optimum", "lift_table"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,18 @@ def delivery_problem(platform, etv: xr.DataArray, demand: np.ndarray, name: str 
     )
 
 
-def allocation_value_ratio(platform, etv: xr.DataArray, *, demand: np.ndarray | None = None, seed: int = 0) -> float:
+def true_optimum(platform, demand: np.ndarray) -> float:
+    """The true value of the best delivery of ``demand``: the exact allocation of ``platform.true_etv``."""
+    from eoca.solve import solve
+
+    best = solve(delivery_problem(platform, platform.true_etv, demand, name="truth"))
+    if not best.checks.ok:
+        raise ValidationError("etv", f"the allocation breaks the contract: {best.checks.describe()}")
+    return best.objective
+
+
+def allocation_value_ratio(platform, etv: xr.DataArray, *, demand: np.ndarray | None = None, seed: int = 0,
+                           optimum: float | None = None) -> float:
     """What a model's grid is worth to the platform: the true value of the exact allocation computed from
     ``etv``, over the true optimum.
 
@@ -137,6 +148,8 @@ def allocation_value_ratio(platform, etv: xr.DataArray, *, demand: np.ndarray | 
         A model's grid for every user of the platform (e.g. ``predictor.predict(test)``).
     demand : array of int, optional
     seed : int
+    optimum : float, optional
+        :func:`true_optimum` of the same contract, when several grids are valued against it.
 
     Returns
     -------
@@ -147,14 +160,13 @@ def allocation_value_ratio(platform, etv: xr.DataArray, *, demand: np.ndarray | 
     users, funds = platform.data.users, platform.data.funds
     if demand is None:
         demand = contract_demands(users["risk_tolerance"].to_numpy(), funds["risk_level"].to_numpy(), seed=seed)
-    truth = platform.true_etv
     chosen = solve(delivery_problem(platform, etv, demand, name="model"))
-    best = solve(delivery_problem(platform, truth, demand, name="truth"))
-    for result in (chosen, best):
-        if not result.checks.ok:
-            raise ValidationError("etv", f"the allocation breaks the contract: {result.checks.describe()}")
-    value = _pairs(truth, chosen.problem.users.to_numpy(), chosen.assignment.to_numpy()).sum()
-    return float(value / best.objective) if best.objective > 0 else float("nan")
+    if not chosen.checks.ok:
+        raise ValidationError("etv", f"the allocation breaks the contract: {chosen.checks.describe()}")
+    if optimum is None:
+        optimum = true_optimum(platform, demand)
+    value = _pairs(platform.true_etv, chosen.problem.users.to_numpy(), chosen.assignment.to_numpy()).sum()
+    return float(value / optimum) if optimum > 0 else float("nan")
 
 
 def lift_table(rows: pd.DataFrame, baseline: str, by: str = "framework") -> pd.DataFrame:

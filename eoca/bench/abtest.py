@@ -33,7 +33,7 @@ def run_ab_test(seeds: Sequence[int], n_users: int, epochs: int, *, frameworks=F
     (for an exact framework, :func:`eoca.simulate.allocation_value_ratio` of its model's grid)."""
     from eoca.data import synthetic_platform
     from eoca.predict import ETVPredictor
-    from eoca.simulate import contract_demands, delivery_problem, simulate_delivery
+    from eoca.simulate import contract_demands, delivery_problem, simulate_delivery, true_optimum
     from eoca.solve import solve
 
     rows = []
@@ -42,7 +42,7 @@ def run_ab_test(seeds: Sequence[int], n_users: int, epochs: int, *, frameworks=F
         train, valid, test = platform.data.split()
         demand = contract_demands(platform.data.users["risk_tolerance"].to_numpy(),
                                   platform.data.funds["risk_level"].to_numpy(), seed=seed)
-        optimum = solve(delivery_problem(platform, platform.true_etv, demand, name=f"ab-{seed}-truth")).objective
+        optimum = true_optimum(platform, demand)
         grids = {}
         for model in dict.fromkeys(m for _, m, _, _ in frameworks):
             progress(f"A/B seed={seed}: training {model}")

@@ -57,13 +57,16 @@ def run_synthetic(seeds: list[int], n_users: int, epochs: int, progress: Callabl
 
     from eoca.data import synthetic_platform
     from eoca.predict import ETVPredictor, available_models, evaluate
-    from eoca.simulate import allocation_value_ratio
+    from eoca.simulate import allocation_value_ratio, contract_demands, true_optimum
 
     rows = []
     for seed in seeds:
         platform = synthetic_platform(n_users, 8, seed=seed)
         train, valid, test = platform.data.split()
-        value = partial(allocation_value_ratio, platform, seed=seed)
+        demand = contract_demands(platform.data.users["risk_tolerance"].to_numpy(),
+                                  platform.data.funds["risk_level"].to_numpy(), seed=seed)
+        # one contract per seed: its true optimum is solved once, not once per model
+        value = partial(allocation_value_ratio, platform, demand=demand, optimum=true_optimum(platform, demand))
         for name in available_models():
             t0 = time.perf_counter()
             model = ETVPredictor(name, max_epochs=epochs, seed=seed, progress=False).fit(

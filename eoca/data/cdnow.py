@@ -7,12 +7,12 @@ bought in early 1997, with dollar amounts) is read straight from the installed d
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from eoca.data._wheel import wheel_file
 from eoca.data.errors import DataValidationError
 from eoca.data.platform import PlatformData
 
@@ -30,19 +30,7 @@ def cdnow_path() -> Path:
     ModuleNotFoundError
         When ``lifetimes`` is not installed, with the install hint.
     """
-    try:
-        dist = importlib.metadata.distribution("lifetimes")
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise ModuleNotFoundError(
-            "The CDNOW data ship inside the 'lifetimes' wheel, which is not installed. "
-            'Install it with: pip install "eoca[predict]"'
-        ) from exc
-    path = Path(str(dist.locate_file(_DATA_FILE)))
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"The installed 'lifetimes' distribution has no {_DATA_FILE} (looked at {path})."
-        )
-    return path
+    return wheel_file("lifetimes", _DATA_FILE, "CDNOW")
 
 
 def load_cdnow(

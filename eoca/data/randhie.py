@@ -8,12 +8,12 @@ installed distribution; ``statsmodels`` itself is never imported.
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from eoca.data._wheel import wheel_file
 from eoca.data.platform import PlatformData
 
 __all__ = ["randhie_path", "load_randhie", "RANDHIE_FUND"]
@@ -33,17 +33,7 @@ def randhie_path() -> Path:
     ModuleNotFoundError
         When ``statsmodels`` is not installed, with the install hint.
     """
-    try:
-        dist = importlib.metadata.distribution("statsmodels")
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise ModuleNotFoundError(
-            "The RAND HIE data ship inside the 'statsmodels' wheel, which is not installed. "
-            'Install it with: pip install "eoca[predict]"'
-        ) from exc
-    path = Path(str(dist.locate_file(_DATA_FILE)))
-    if not path.is_file():
-        raise FileNotFoundError(f"The installed 'statsmodels' distribution has no {_DATA_FILE} (looked at {path}).")
-    return path
+    return wheel_file("statsmodels", _DATA_FILE, "RAND HIE")
 
 
 def load_randhie(*, n_users: int | None = None, seed: int = 0) -> PlatformData:
