@@ -32,11 +32,35 @@ def _index_in(values: pd.Series | np.ndarray, choices: pd.Series | np.ndarray | 
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    dense = _index_in_dense_ints(values, choices)
+    if dense is not None:
+        return dense
     try:
         found = pc.index_in(pa.array(values, from_pandas=True), value_set=pa.array(choices, from_pandas=True))
         return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     except (pa.ArrowException, TypeError, ValueError):
         return pd.Index(choices).get_indexer(values).astype(np.int64)
+
+
+def _index_in_dense_ints(values: pd.Series | np.ndarray, choices: pd.Series | np.ndarray | list) -> np.ndarray | None:
+    """:func:`_index_in` by a table over the range of integer ``choices`` when that range is at most a few
+    times their number (user ids numbered from some base, as platforms usually have them); ``None`` otherwise.
+    """
+    def plain_ints(x) -> bool:  # numpy integers only: no conversion of strings or nullable columns
+        return isinstance(getattr(x, "dtype", None), np.dtype) and x.dtype.kind in "iu"
+
+    if not (plain_ints(values) and plain_ints(choices)) or not len(choices):
+        return None
+    v, c = np.asarray(values), np.asarray(choices)
+    low, high = int(c.min()), int(c.max())
+    if high - low > 4 * len(c) + 1024:
+        return None
+    table = np.full(high - low + 1, -1, dtype=np.int64)
+    table[c - low] = np.arange(len(c))
+    found = np.full(len(v), -1, dtype=np.int64)
+    inside = (v >= low) & (v <= high)
+    found[inside] = table[v[inside] - low]
+    return found
 
 
 def _lookup(values: pd.Series, vocab: list[str]) -> np.ndarray:
@@ -49,6 +73,19 @@ def _lookup(values: pd.Series, vocab: list[str]) -> np.ndarray:
     if not pd.api.types.is_string_dtype(values.dtype) or values.dtype == object:
         values = values.astype(str).where(values.notna(), None)
     return (_index_in(values, vocab) + 1).astype(np.int64)
+
+
+def _by_user_then_time(user: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """``np.lexsort((time, user))`` (by user, then time, ties in table order) by one sort of a combined key.
+
+    The rank of each row in a stable sort by time makes every key distinct, so an unstable sort of
+    ``user * n + rank`` gives the same order in about half the time of a two-key merge sort.
+    """
+    n = len(user)
+    by_time = np.argsort(time, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_time] = np.arange(n)
+    return np.argsort(user.astype(np.int64) * n + rank)
 
 
 @dataclass
@@ -136,7 +173,7 @@ class FeatureSchema:
         if beh is not None and len(beh) and self.seq_len > 0:
             # by user, then by time (ties keep table order); rank 0 = the user's most recent behaviour
             user_of = _index_in(beh["user_id"], user_ids)
-            order = np.lexsort((beh["time"].to_numpy(), user_of))
+            order = _by_user_then_time(user_of, beh["time"].to_numpy())
             rows = user_of[order]
             count = np.bincount(rows, minlength=n)
             first = np.cumsum(count) - count

@@ -191,17 +191,18 @@ def _chunk_outputs(
     if network.graph is not None and merchant_h is None:
         merchant_h = merchant_embeddings(network, data, chunk_users=chunk_users)
     step = max(1, HEAD_PAIRS // max(k, 1))
+    score = network.head.grid_scorer(z_fund, min(step, n))
     with tqdm(total=n, desc="predicting", unit=" users", unit_scale=True, disable=not progress, leave=False) as bar:
         for start in range(0, n, chunk_users):
             users = torch.arange(start, min(start + chunk_users, n))
             e_u = _user_x(network, data, users)
             parts = [e_u]
             if network.sequence is not None:
-                parts.append(network.sequence(data.seq_funds[users], data.seq_actions[users]))
+                parts.append(network.sequence.forward_by_length(data.seq_funds[users], data.seq_actions[users]))
             if network.graph is not None:
                 parts.append(network.graph.user_layer(merchant_h, e_u, data.local_edges(users)))
             z_user = network.user_projection(torch.cat(parts, dim=1))
-            pieces = [network.head.forward_grid(z_user[s : s + step], z_fund) for s in range(0, len(users), step)]
+            pieces = [score(z_user[s : s + step]) for s in range(0, len(users), step)]
             raw = {name: torch.cat([piece[name] for piece in pieces]) for name in pieces[0]}
             yield start, network.output(raw)
             bar.update(len(users))

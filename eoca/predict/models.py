@@ -12,6 +12,7 @@ part: the user side runs once per user, the fund side once per fund, and only th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -72,9 +73,39 @@ class SequenceEncoder(nn.Module):
     def forward(self, funds: Tensor, actions: Tensor) -> Tensor:
         """``(B, L)`` fund and action indices → ``(B, dim)``."""
         # columns after the last token of every row change nothing (masked keys, not pooled): drop them
+        width = int(self._widths(funds).max()) if funds.numel() else 0
+        return self._attend(funds[:, :width], actions[:, :width])
+
+    def forward_by_length(self, funds: Tensor, actions: Tensor, min_rows: int = 256) -> Tensor:
+        """:meth:`forward` on rows grouped by the length of their history, each group cut to its width.
+
+        The same embeddings (up to float rounding), but attention costs the square of each group's width
+        instead of the longest history of the batch: a few long histories no longer pad every row. Groups
+        hold rows of consecutive widths, at least ``min_rows`` of them (except the last).
+        """
+        if not funds.numel() or len(funds) <= min_rows:
+            return self.forward(funds, actions)
+        widths = self._widths(funds)
+        order = torch.argsort(widths, stable=True)
+        sorted_widths = widths[order]
+        values, counts = torch.unique_consecutive(sorted_widths, return_counts=True)
+        out = torch.empty(len(funds), self.out_dim)
+        start = taken = 0
+        for width, count in zip(values.tolist(), counts.tolist()):
+            taken += count
+            if taken - start >= min_rows or taken == len(funds):
+                rows = order[start:taken]
+                out[rows] = self._attend(funds[rows, :width], actions[rows, :width])
+                start = taken
+        return out
+
+    @staticmethod
+    def _widths(funds: Tensor) -> Tensor:
+        """Per row, one past the column of its last token (0 for no history)."""
         column = torch.arange(1, funds.shape[1] + 1)
-        width = int(torch.where(funds != 0, column, 0).max()) if funds.numel() else 0
-        funds, actions = funds[:, :width], actions[:, :width]
+        return torch.where(funds != 0, column, 0).amax(1) if funds.shape[1] else funds.new_zeros(len(funds))
+
+    def _attend(self, funds: Tensor, actions: Tensor) -> Tensor:
         tokens = self.fund(funds) + self.action(actions)
         tokens = torch.cat([self.start.expand(len(funds), 1, -1), tokens], dim=1)
         # the start token is never padding (also when no user of the batch has any history: width 0)
@@ -219,6 +250,38 @@ class MultiTaskHead(nn.Module):
             out = self.forward((z_user[:, None] + z_fund[None]).flatten(0, 1))
         return {name: value.view(b, k) for name, value in out.items()}
 
+    def grid_scorer(self, z_fund: Tensor, max_users: int) -> Callable[[Tensor], dict[str, Tensor]]:
+        """:meth:`forward_grid` against fixed funds for blocks of at most ``max_users`` users, without autograd.
+
+        For prediction (call it in ``torch.inference_mode``): the tower weights are stacked once and the
+        per-pair activations of MMoE are written into three buffers kept from block to block instead of
+        fresh tensors per operation. The outputs equal :meth:`forward_grid`'s.
+        """
+        if self.kind != "mmoe":
+            return lambda z_user: self.forward_grid(z_user, z_fund)
+        e, h, t, k = self.n_experts, self.hidden, len(self.tasks), len(z_fund)
+        fund_first = z_fund[:, : e * h].unflatten(1, (e, h)).transpose(0, 1)[:, None]
+        fund_gate = z_fund[:, e * h :].unflatten(1, (t, e)).permute(1, 2, 0)[:, :, None]
+        first, experts = torch.empty(e, max_users * k, h), torch.empty(e, max_users * k, h)
+        mixed = torch.empty(t, max_users * k, h)
+        expert_bias = self.expert_bias[:, None, :]
+        stages = self._tower_stages()
+
+        def score(z_user: Tensor) -> dict[str, Tensor]:
+            b = len(z_user)
+            x, y, m = first[:, : b * k], experts[:, : b * k], mixed[:, : b * k]
+            user = z_user[:, : e * h].unflatten(1, (e, h)).transpose(0, 1)[:, :, None]
+            torch.add(user, fund_first, out=x.view(e, b, k, h)).relu_()
+            torch.baddbmm(expert_bias, x, self.expert_weight, out=y).relu_()
+            user = z_user[:, e * h :].unflatten(1, (t, e)).permute(1, 2, 0)[..., None]
+            gates = torch.softmax((user + fund_gate).flatten(2, 3), dim=1)
+            torch.mul(gates[:, 0, :, None], y[0], out=m)
+            for i in range(1, e):
+                m.addcmul_(gates[:, i, :, None], y[i])
+            return {name: value.view(b, k) for name, value in self._run_towers(m, stages).items()}
+
+        return score
+
     def _mmoe(self, first: Tensor, gate: Tensor) -> dict[str, Tensor]:
         """``first (E, N, H)`` expert pre-activations, ``gate (T, E, N)`` gate logits → tower outputs."""
         # in place where autograd keeps what it needs: baddbmm and addcmul never read their outputs
@@ -231,15 +294,23 @@ class MultiTaskHead(nn.Module):
 
     def _towers(self, body: Tensor) -> dict[str, Tensor]:
         """``body (T, N, H)``, one slice per task → ``{task: (N,)}``: all towers in batched products."""
+        return self._run_towers(body, self._tower_stages())
+
+    def _tower_stages(self) -> list[tuple[Tensor, Tensor]]:
+        """``(weight (T, in, out), bias (T, 1, out))`` of each layer of the towers, all tasks stacked."""
         layers = [self.towers[name] for name in self.tasks]
         if self.kind == "mlp":
             stages = [[tower for tower in layers]]
         else:
             stages = [[tower[0] for tower in layers], [tower[2] for tower in layers]]
+        return [
+            (torch.stack([layer.weight.t() for layer in stage]), torch.stack([layer.bias for layer in stage])[:, None, :])
+            for stage in stages
+        ]
+
+    def _run_towers(self, body: Tensor, stages: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         x = body
-        for depth, stage in enumerate(stages):
-            weight = torch.stack([layer.weight.t() for layer in stage])
-            bias = torch.stack([layer.bias for layer in stage])[:, None, :]
+        for depth, (weight, bias) in enumerate(stages):
             x = torch.baddbmm(bias, x, weight)
             if depth < len(stages) - 1:
                 x = x.relu_()
