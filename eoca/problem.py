@@ -247,6 +247,13 @@ def _check_ids(index: pd.Index, field_name: str) -> pd.Index:
     return index
 
 
+def _named(index: pd.Index, name: str) -> pd.Index:
+    """``index`` named ``name``: itself when it already is, so that a Series built on the grid's own index
+    aligns by identity (a renamed copy is another object, and comparing millions of ids costs more than
+    the solve)."""
+    return index if index.name == name else index.rename(name)
+
+
 def _is_dask(values: Any) -> bool:
     return type(values).__module__.startswith("dask.") and hasattr(values, "__dask_graph__")
 
@@ -508,8 +515,8 @@ class AllocationProblem:
     ):
         grid = _as_grid(etv)
         # the grid's own indexes, checked once; their hash tables serve every alignment below
-        users = _check_ids(grid.get_index(USER), "etv.user").rename(USER)
-        funds = _check_ids(grid.get_index(FUND), "etv.fund").rename(FUND)
+        users = _named(_check_ids(grid.get_index(USER), "etv.user"), USER)
+        funds = _named(_check_ids(grid.get_index(FUND), "etv.fund"), FUND)
         if len(funds) == 0:
             raise ETVError("etv", "the grid has no funds")
         values = _grid_values(grid, users, funds)

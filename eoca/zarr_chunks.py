@@ -14,13 +14,30 @@ from eoca.errors import FileFormatError, ValidationError
 __all__ = ["lazy_zarr_array", "read_zarr_chunk"]
 
 
+#: Chunks read at the same time by :func:`_read_chunked` (reading and checksumming release the GIL).
+READ_THREADS = 2
+
+
 def _read_chunked(store: Path, arr: Any, name: str) -> np.ndarray:
-    """Read a Zarr array whole, one chunk at a time: memory stays one array plus one chunk (zarr asked
-    for everything at once decodes many chunks side by side), and a damaged chunk is named."""
+    """Read a Zarr array whole, chunk by chunk on ``READ_THREADS`` threads, each chunk written into the
+    result as it arrives: memory stays one array plus a chunk per thread (zarr asked for everything at
+    once decodes many chunks side by side), and a damaged chunk is named."""
+    from concurrent.futures import ThreadPoolExecutor
+
     out = np.empty(arr.shape, dtype=arr.dtype)
     step = arr.chunks[0] if arr.ndim else 1
-    for i, s in enumerate(range(0, arr.shape[0] if arr.ndim else 0, step)):
-        out[s : s + step] = read_zarr_chunk(store, arr, name, i)
+    n_chunks = -(-arr.shape[0] // step) if arr.ndim else 0
+
+    def read(i: int) -> None:
+        out[i * step : (i + 1) * step] = read_zarr_chunk(store, arr, name, i)
+
+    if n_chunks <= 1:
+        for i in range(n_chunks):
+            read(i)
+        return out
+    with ThreadPoolExecutor(min(READ_THREADS, n_chunks)) as pool:
+        for _ in pool.map(read, range(n_chunks)):  # re-raises the first damaged chunk's FileFormatError
+            pass
     return out
 
 
