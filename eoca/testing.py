@@ -14,6 +14,7 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from eoca.problem import AllocationProblem
@@ -90,14 +91,25 @@ class Recount:
 
 
 def _ranks(problem: AllocationProblem) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of each user's tolerance and each fund's risk level on one sorted scale of the raw values."""
+    """Positions of each user's tolerance and each fund's risk level on one scale of the raw values.
+
+    Numbers are placed by their own sort. Labels are placed on the declared scale ``problem.risk_levels``
+    (an ordered categorical's order, which need not be the labels' sort order); a label off that scale
+    fails the recount."""
     tolerance = np.asarray(problem.risk_tolerance.values)
     level = np.asarray(problem.risk_level.values)
-    numeric = tolerance.dtype.kind in "iuf" and level.dtype.kind in "iuf"
-    both = np.concatenate([tolerance, level]) if numeric else np.concatenate([tolerance.astype(object),
-                                                                              level.astype(object)])
-    _, positions = np.unique(both, return_inverse=True)
-    return positions[: len(tolerance)], positions[len(tolerance):]
+    if tolerance.dtype.kind in "iuf" and level.dtype.kind in "iuf":
+        _, positions = np.unique(np.concatenate([tolerance, level]), return_inverse=True)
+        return positions[: len(tolerance)], positions[len(tolerance):]
+    scale = pd.Index(np.asarray(problem.risk_levels, dtype=object))
+    ranks = []
+    for name, values in (("risk tolerance", tolerance), ("risk level", level)):
+        positions = scale.get_indexer(values.astype(object))
+        if (positions < 0).any():
+            off = sorted({str(v) for v in values[positions < 0].tolist()})
+            raise AssertionError(f"{name}s {off} are not on the problem's risk scale {scale.tolist()}")
+        ranks.append(positions.astype(np.int64))
+    return ranks[0], ranks[1]
 
 
 def _demands(problem: AllocationProblem) -> tuple[np.ndarray, np.ndarray]:

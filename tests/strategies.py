@@ -1,10 +1,14 @@
 """Hypothesis strategies shared by the property tests: small random problems of every shape."""
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 from hypothesis import strategies as st
 
 import eoca
+
+#: A declared risk scale whose order is not the labels' sort order ("high" < "low" < "mid" alphabetically).
+ORDERED_SCALE = ["low", "mid", "high"]
 
 
 @st.composite
@@ -12,7 +16,8 @@ def small_problems(draw, max_users: int = 6, max_funds: int = 3, labels: bool | 
     """A valid declaration with 1..max_users users and 1..max_funds funds.
 
     Few distinct ETV values make ties the normal case; demands are exact or ranges, with or without
-    holdout, and not always feasible. Risk levels are numbers or labels ("R1".."R3").
+    holdout, and not always feasible. Risk levels are numbers, labels ("R1".."R3") or an ordered categorical
+    on ``ORDERED_SCALE``.
     """
     n = draw(st.integers(1, max_users))
     k = draw(st.integers(1, max_funds))
@@ -21,8 +26,13 @@ def small_problems(draw, max_users: int = 6, max_funds: int = 3, labels: bool | 
     n_levels = draw(st.integers(1, 3))
     tol = draw(st.lists(st.integers(1, n_levels), min_size=n, max_size=n))
     risk = draw(st.lists(st.integers(1, n_levels), min_size=k, max_size=k))
+    ordered = False
     if labels if labels is not None else draw(st.booleans()):
-        tol, risk = [f"R{t}" for t in tol], [f"R{r}" for r in risk]
+        ordered = draw(st.booleans())
+        if ordered:  # an ordered categorical whose order is not the labels' sort order
+            tol, risk = [ORDERED_SCALE[t - 1] for t in tol], [ORDERED_SCALE[r - 1] for r in risk]
+        else:
+            tol, risk = [f"R{t}" for t in tol], [f"R{r}" for r in risk]
     holdout = draw(st.booleans())
     counts = draw(st.lists(st.integers(0, n), min_size=k, max_size=k))
     ranged = draw(st.lists(st.booleans(), min_size=k, max_size=k))
@@ -36,11 +46,17 @@ def small_problems(draw, max_users: int = 6, max_funds: int = 3, labels: bool | 
         scaled = np.floor(np.array(counts) * n / max(sum(counts), 1)).astype(int)
         scaled[0] += n - scaled.sum()
         demand = {f"f{j}": int(scaled[j]) for j in range(k)}
+    users = [f"u{i}" for i in range(n)]
+    risk_level, risk_tolerance = dict(zip(demand, risk)), dict(zip(users, tol))
+    if ordered:
+        scale = pd.CategoricalDtype(ORDERED_SCALE, ordered=True)
+        risk_level = pd.Series(risk, index=list(demand), dtype=scale)
+        risk_tolerance = pd.Series(tol, index=users, dtype=scale)
     return eoca.AllocationProblem(
-        etv=xr.DataArray(etv, dims=("user", "fund"), coords={"user": [f"u{i}" for i in range(n)], "fund": list(demand)}),
+        etv=xr.DataArray(etv, dims=("user", "fund"), coords={"user": users, "fund": list(demand)}),
         demand=demand,
-        risk_level=dict(zip(demand, risk)),
-        risk_tolerance={f"u{i}": t for i, t in enumerate(tol)},
+        risk_level=risk_level,
+        risk_tolerance=risk_tolerance,
         holdout=holdout,
     )
 

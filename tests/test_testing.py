@@ -179,6 +179,23 @@ def test_brute_force_milp_lp_and_hall_condition_agree(problem):
         assert again.ok and again.objective == pytest.approx(optimum, abs=1e-9)
 
 
+def test_the_recount_places_labels_on_an_ordered_categorical_scale():
+    # low < mid < high as declared; alphabetically high < low < mid, which would swap both verdicts
+    dtype = pd.CategoricalDtype(["low", "mid", "high"], ordered=True)
+    problem = eoca.AllocationProblem(
+        etv=eoca.testing.etv_grid([[1.0, 5.0], [2.0, 1.0]], users=["a", "b"], funds=["M", "H"]),
+        demand={"M": 1, "H": 1},
+        risk_level=pd.Series(["mid", "high"], index=["M", "H"], dtype=dtype),
+        risk_tolerance=pd.Series(["mid", "high"], index=["a", "b"], dtype=dtype),
+    )
+    assert recount(problem, [1, 0]).risk_violations == 1  # "mid" shown "high": a real violation
+    assert recount(problem, [0, 1]).risk_violations == 0  # "high" shown "mid" and "mid" shown "mid": none
+    assert recount(problem, [1, 0]).risk_violations == check_allocation(problem, np.array([1, 0])).risk_violations
+    result = eoca.solve(problem)  # the one allocation within the rule: a on M (1.0), b on H (1.0)
+    assert result.objective == 2.0 and result.assignment.values.tolist() == ["M", "H"]
+    assert_valid_result(result)
+
+
 def test_references_on_a_worked_example():
     # u2 tolerates only A; A takes two users, B one: u1 -> A, u3 -> B gives 10 + 6 + 7 = 23.
     problem = eoca.AllocationProblem(
@@ -202,7 +219,8 @@ def declarations(draw):
     """Up to 40 users on up to 5 levels (numbers or labels), demands exact or ranges, often infeasible."""
     n = draw(st.integers(1, 40))
     k = draw(st.integers(1, 5))
-    scale = draw(st.sampled_from([[1, 2, 3, 4, 5], [0.5, 1.5, 2.5, 10.0, 20.0], ["R1", "R2", "R3", "R4", "R5"]]))
+    scale = draw(st.sampled_from([[1, 2, 3, 4, 5], [0.5, 1.5, 2.5, 10.0, 20.0], ["R1", "R2", "R3", "R4", "R5"],
+                                  DECLARED_ORDER]))
     tol = [scale[t] for t in draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))]
     risk = [scale[r] for r in draw(st.lists(st.integers(0, 4), min_size=k, max_size=k))]
     holdout = draw(st.booleans())
@@ -213,11 +231,24 @@ def declarations(draw):
     if not holdout and sum(hi) < n:
         hi[0] += n - sum(hi)
     demand = {f"f{j}": (lo[j], hi[j]) if lo[j] != hi[j] else lo[j] for j in range(k)}
+    risk_level, risk_tolerance = dict(zip(demand, risk)), {f"u{i + 1}": t for i, t in enumerate(tol)}
+    if scale is DECLARED_ORDER:  # an ordered categorical: its order, not the labels' sort order, is the scale
+        dtype = pd.CategoricalDtype(DECLARED_ORDER, ordered=True)
+        risk_level = pd.Series(risk, index=list(demand), dtype=dtype)
+        risk_tolerance = pd.Series(tol, index=list(risk_tolerance), dtype=dtype)
     return eoca.AllocationProblem(
         etv=eoca.testing.etv_grid(np.ones((n, k)), funds=list(demand)), demand=demand,
-        risk_level=dict(zip(demand, risk)), risk_tolerance={f"u{i + 1}": t for i, t in enumerate(tol)},
-        holdout=holdout,
+        risk_level=risk_level, risk_tolerance=risk_tolerance, holdout=holdout,
     )
+
+
+DECLARED_ORDER = ["none", "low", "mid", "high", "max"]
+_DECLARED_RANK = {label: rank for rank, label in enumerate(DECLARED_ORDER)}
+
+
+def _rank(value):
+    """A value of a declaration as the test compares it: its place on the declared order, or itself."""
+    return _DECLARED_RANK.get(value, value) if isinstance(value, str) and value in _DECLARED_RANK else value
 
 
 @settings(max_examples=150, deadline=None)
@@ -225,7 +256,7 @@ def declarations(draw):
 def test_the_risk_coding_and_the_diagnosis_agree_with_the_declaration(problem):
     c = problem.compile()
     tolerance, level = problem.risk_tolerance.values, problem.risk_level.values
-    allowed = np.array([[t >= r for r in level] for t in tolerance])  # the raw values, compared directly
+    allowed = np.array([[_rank(t) >= _rank(r) for r in level] for t in tolerance])  # the declaration's order
     np.testing.assert_array_equal(c.user_level[:, None] >= c.fund_level[None, :], allowed)
     np.testing.assert_array_equal(c.eligible(), allowed)
     np.testing.assert_array_equal(c.demand_min, problem.demand_min.values)
@@ -236,10 +267,10 @@ def test_the_risk_coding_and_the_diagnosis_agree_with_the_declaration(problem):
     lo, hi = problem.demand_min.values, problem.demand_max.values
     for s in diagnosis.shortfalls:  # each reason in the terms of the declaration
         if s.kind == "risk":
-            assert s.available == sum(t >= s.level for t in tolerance)
-            assert s.required == sum(d for d, r in zip(lo, level) if r >= s.level)
+            assert s.available == sum(_rank(t) >= _rank(s.level) for t in tolerance)
+            assert s.required == sum(d for d, r in zip(lo, level) if _rank(r) >= _rank(s.level))
         else:
             assert s.kind == "capacity" and not problem.holdout
-            assert s.available == sum(d for d, r in zip(hi, level) if r < s.level)
-            assert s.required == sum(t < s.level for t in tolerance)
+            assert s.available == sum(d for d, r in zip(hi, level) if _rank(r) < _rank(s.level))
+            assert s.required == sum(_rank(t) < _rank(s.level) for t in tolerance)
         assert s.short_by == s.required - s.available > 0 and str(s.level) in s.describe()
