@@ -19,6 +19,10 @@ from eoca.bench.allocation import ALLOCATION_SOLVERS, _solver_call
 from eoca.bench.specs import SOLVER_REACH, registered_specs
 from eoca.testing import assert_valid_result
 
+#: Least fraction of the optimum each risk-safe heuristic reaches on these families (the report's lowest:
+#: the default 98.9% on the 10k tied delivery, the reroute variant 97.2% at 1M tight).
+FLOOR = {"heuristic": 0.98, "heuristic-reroute": 0.96}
+
 CASES = [(spec.name, size) for spec in registered_specs().values() for size in spec.sizes]
 
 
@@ -57,6 +61,6 @@ def test_allocation(benchmark, spec_name, size, label):
     if name in ("exact", "ip"):
         assert result.status is eoca.Status.OPTIMAL
         assert result.objective == pytest.approx(optimum, rel=1e-9)
-    if label == "heuristic":
+    if label in FLOOR:
         assert result.checks.ok  # risk-safe: every rule met on these feasible instances
-        assert result.objective <= optimum * (1 + 1e-9)
+        assert optimum * FLOOR[label] <= result.objective <= optimum * (1 + 1e-9), result.objective / optimum

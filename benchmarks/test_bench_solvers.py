@@ -62,6 +62,8 @@ def test_exact_vs_heuristic(benchmark, family, n_users):
     ratio = heuristic_s / exact_s
     benchmark.extra_info.update(exact_s=exact_s, heuristic_s=heuristic_s, ratio=ratio,
                                 heuristic_fraction=heuristic.objective / exact.objective)
+    # the risk-safe heuristic stays within 1% of the optimum on these families (99.3-99.9% at 1M and 10M in the report)
+    assert heuristic.checks.ok and heuristic.objective >= 0.99 * exact.objective, heuristic.objective / exact.objective
     target = 20 if n_users >= 10_000_000 else 10
     assert ratio >= target, f"exact {exact_s:.3f}s vs heuristic {heuristic_s:.3f}s: only {ratio:.1f}x (target {target}x)"
 

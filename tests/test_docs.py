@@ -48,6 +48,17 @@ EXPECTED = {
         r"error - [1-9]\d* users above their tolerance",
         r"optimum \d+\.\d{4} three ways, spread (0e\+00|\de-1[2-6])",
     ],
+    "predict.md": lambda: [
+        r"unit \d+, sigma bound \d\.\d\d, cap [\d,]+",
+        r"ratio",  # the calibration table's header, then the truth's own allocation value
+        r"(?m)^1\.000$",
+    ],
+    "files.md": lambda: [
+        r"etv\.user.*ids must be all integers or all strings",
+        r"user-000",
+        r"\{'bond': 3, 'equity': 3\}",
+        r"(?m)^(Status\.OPTIMAL|optimal)$",
+    ],
     "distributed.md": lambda: [
         r"lazy: True, chunks of 25,000 users",
         r"exact optimal, gap \d\.\de-1\d|exact optimal, gap 0\.0e\+00",

@@ -204,6 +204,32 @@ def test_an_allocation_found_before_the_time_limit_is_reported_as_such():
     assert result.message == "time limit of 1 s reached"
 
 
+def test_highs_stopped_by_the_time_limit_with_an_incumbent_delivers_it(monkeypatch):
+    """The ip solver's own branch for that outcome: HiGHS' report is changed to "time limit reached, a
+    feasible solution loaded" after a real solve, so the branch runs whatever the machine's speed."""
+    from pyomo.contrib.solver.common.results import SolutionStatus, TerminationCondition
+    from pyomo.contrib.solver.solvers.highs import Highs
+
+    real = Highs.solve
+
+    def stopped(self, model, **kwargs):
+        res = real(self, model, **kwargs)
+        res.termination_condition = TerminationCondition.maxTimeLimit
+        res.solution_status = SolutionStatus.feasible
+        return res
+
+    monkeypatch.setattr(Highs, "solve", stopped)
+    problem = random_problem(300, seed=4)
+    out = IPSolver(time_limit=30).run(problem)
+    assert out.status == "time_limit"
+    assert "time limit of 30 s reached; best allocation found" in out.message
+    assert recount(problem, out.codes).ok  # the incumbent's codes are read back, not dropped
+    result = eoca.solve(problem, solver="ip", time_limit=30)
+    assert_valid_result(result)
+    assert result.status is eoca.Status.TIME_LIMIT and result.ok
+    assert result.objective == pytest.approx(milp_optimum(problem)[0], rel=1e-9)
+
+
 def test_medium_instance_is_certified_optimal():
     problem = random_problem(2000, seed=2)
     out = IPSolver(threads=1).run(problem)

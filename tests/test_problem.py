@@ -345,6 +345,28 @@ def test_a_series_in_the_grid_order_is_taken_without_a_lookup(monkeypatch):
     np.testing.assert_array_equal(aligned.compile().user_level, shuffled.compile().user_level)
 
 
+def test_a_series_on_the_grids_own_index_aligns_by_identity(monkeypatch):
+    """The problem keeps the grid's own index object, so a Series built on it (as load_problem and a
+    predictor's output build them) is recognised as aligned without comparing its ids one by one."""
+    n = 1_000
+    g = xr.DataArray(np.ones((n, 2)), dims=("user", "fund"),
+                     coords={"user": [f"u{i}" for i in range(n)], "fund": ["f1", "f2"]})
+    own = g.get_index("user")
+    compared = []
+    original = pd.Index.equals
+
+    def spy(self, other):
+        if len(self) == n:
+            compared.append(len(other))
+        return original(self, other)
+
+    monkeypatch.setattr(pd.Index, "equals", spy)
+    problem = eoca.AllocationProblem(g, {"f1": 400, "f2": 600}, {"f1": 1, "f2": 2},
+                                     pd.Series(np.arange(n) % 2 + 1, index=own))
+    assert problem.users is own and compared == []
+    np.testing.assert_array_equal(problem.compile().user_level, np.arange(n) % 2)
+
+
 @pytest.mark.parametrize("drop", ["fund", "bound"])
 def test_a_range_dataarray_without_its_coordinates_is_refused_by_name(drop):
     ranges = xr.DataArray([[1, 2], [0, 1]], dims=("fund", "bound"),
