@@ -75,3 +75,15 @@ def test_run_bench_assembles_sections_from_separate_runs(tmp_path):
     assert (tmp_path / "allocation.csv").is_file() and (tmp_path / "allocation_runtime.png").is_file()
     with pytest.raises(eoca.ValidationError, match="unknown \\['speed'\\]"):
         run_bench(tmp_path, suites=["speed"])
+
+
+def test_the_report_keeps_the_sections_measured_by_the_benchmarks(tmp_path):
+    from eoca.bench.run import assemble_report
+
+    (tmp_path / "sections").mkdir()
+    (tmp_path / "sections" / "allocation.md").write_text("the allocation table")
+    (tmp_path / "sections" / "pipeline.md").write_text("## Pipeline: from grid to delivered assignment\n\nstages")
+    page = assemble_report(tmp_path).read_text()
+    allocation = page.index("## Allocation: solvers across scales\n\nthe allocation table")
+    assert page.index("## Pipeline: from grid to delivered assignment\n\nstages") > allocation
+    assert "## None" not in page and "ESDPM at platform scale" not in page  # only the sections that exist

@@ -123,9 +123,10 @@ def allocation_figures(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_report(out_dir: str | os.PathLike, sections: list[tuple[str, str]], *, title: str = "eoca benchmarks",
-                 intro: str = "") -> Path:
-    """Write ``README.md`` in ``out_dir`` from (heading, markdown) sections plus the machine block."""
+def write_report(out_dir: str | os.PathLike, sections: list[tuple[str | None, str]], *,
+                 title: str = "eoca benchmarks", intro: str = "") -> Path:
+    """Write ``README.md`` in ``out_dir`` from (heading, markdown) sections plus the machine block; a
+    section without a heading (``None``) brings its own."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = machine_info()
@@ -136,7 +137,7 @@ def write_report(out_dir: str | os.PathLike, sections: list[tuple[str, str]], *,
     lines += [f"| {k} | {v} |" for k, v in info.items()]
     lines.append("")
     for heading, body in sections:
-        lines += [f"## {heading}", "", body, ""]
+        lines += ([f"## {heading}", ""] if heading is not None else []) + [body, ""]
     path = out_dir / "README.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines))

@@ -36,6 +36,9 @@ CDNOW_SIZES = {"quick": ([0], 4_000, 3), "full": ([0, 1, 2], None, 40)}
 AB_SIZES = {"quick": ([0, 1], 2_000, 3), "full": ([0, 1, 2, 3, 4], 4_000, 12)}
 
 
+#: Sections of the report kept from the benchmarks under ``benchmarks/`` (not rerun by ``eoca bench``).
+MEASURED_SECTIONS = ("predict_scale", "pipeline")
+
 _HEADINGS = {
     "allocation": "Allocation: solvers across scales",
     "models": "ETV models: the paper's Tables 1-2 and Figure 5",
@@ -112,9 +115,20 @@ def run_bench(out: str | Path = DEFAULT_OUT, *, quick: bool = False, specs: Sequ
         tmp = fragment.with_suffix(".md.tmp")
         tmp.write_text(note + "\n\n" + body)
         os.replace(tmp, fragment)
-    sections = [(_HEADINGS[s], (out / "sections" / f"{s}.md").read_text())
-                for s in SUITES if (out / "sections" / f"{s}.md").is_file()]
-    path = write_report(out, sections, intro="Regenerate with `eoca bench` (add `--quick` for a first look, "
-                        "`--suite` to rerun one part); the CSVs beside this page hold every number.")
+    path = assemble_report(out)
     echo(f"wrote {path}")
     return path
+
+
+def assemble_report(out: str | Path = DEFAULT_OUT) -> Path:
+    """(Re)write ``out/README.md`` from the sections in ``out/sections/``: the suites' in their order, then
+    those written from the pytest-benchmark runs under ``benchmarks/`` (each opens with its own heading)."""
+    out = Path(out)
+    sections: list[tuple[str | None, str]] = [
+        (_HEADINGS[s], (out / "sections" / f"{s}.md").read_text()) for s in SUITES
+        if (out / "sections" / f"{s}.md").is_file()
+    ]
+    sections += [(None, (out / "sections" / f"{s}.md").read_text()) for s in MEASURED_SECTIONS
+                 if (out / "sections" / f"{s}.md").is_file()]
+    return write_report(out, sections, intro="Regenerate with `eoca bench` (add `--quick` for a first look, "
+                        "`--suite` to rerun one part); the CSVs beside this page hold every number.")
