@@ -32,6 +32,7 @@ import distributed  # noqa: E402
 
 import eoca  # noqa: E402
 from eoca.distributed import open_problem, write_synthetic_problem  # noqa: E402
+from eoca.solvers._tuning import GATHER_MIN  # noqa: E402
 
 ROOT = Path(os.environ.get("EOCA_BENCH_DIR", "/tmp/eoca-bench-distributed"))
 BIG = int(os.environ.get("EOCA_BENCH_DIST_USERS", 50_000_000))
@@ -112,8 +113,6 @@ def _solve_on_cluster(client, problem) -> dict:
     grid_mib = problem.n_users * problem.n_funds * 8 / 2**20
     assert client_peak - rss_before < grid_mib + 128, (client_peak, rss_before, grid_mib)
     # a first gather takes at least GATHER_MIN users, so the share only says something on large platforms
-    from eoca.solvers._tuning import GATHER_MIN
-
     gathered = result.stats.get("gathered", 0)
     assert gathered <= max(0.1 * problem.n_users, 1.01 * GATHER_MIN), (gathered, problem.n_users)
     return {

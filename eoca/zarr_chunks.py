@@ -31,11 +31,7 @@ def _read_chunked(store: Path, arr: Any, name: str) -> np.ndarray:
     def read(i: int) -> None:
         out[i * step : (i + 1) * step] = read_zarr_chunk(store, arr, name, i)
 
-    if n_chunks <= 1:
-        for i in range(n_chunks):
-            read(i)
-        return out
-    with ThreadPoolExecutor(min(READ_THREADS, n_chunks)) as pool:
+    with ThreadPoolExecutor(max(1, min(READ_THREADS, n_chunks))) as pool:
         for _ in pool.map(read, range(n_chunks)):  # re-raises the first damaged chunk's FileFormatError
             pass
     return out

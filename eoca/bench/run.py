@@ -124,11 +124,7 @@ def assemble_report(out: str | Path = DEFAULT_OUT) -> Path:
     """(Re)write ``out/README.md`` from the sections in ``out/sections/``: the suites' in their order, then
     those written from the pytest-benchmark runs under ``benchmarks/`` (each opens with its own heading)."""
     out = Path(out)
-    sections: list[tuple[str | None, str]] = [
-        (_HEADINGS[s], (out / "sections" / f"{s}.md").read_text()) for s in SUITES
-        if (out / "sections" / f"{s}.md").is_file()
-    ]
-    sections += [(None, (out / "sections" / f"{s}.md").read_text()) for s in MEASURED_SECTIONS
-                 if (out / "sections" / f"{s}.md").is_file()]
+    sections = [(_HEADINGS.get(s), path.read_text()) for s in (*SUITES, *MEASURED_SECTIONS)
+                if (path := out / "sections" / f"{s}.md").is_file()]
     return write_report(out, sections, intro="Regenerate with `eoca bench` (add `--quick` for a first look, "
                         "`--suite` to rerun one part); the CSVs beside this page hold every number.")

@@ -87,7 +87,7 @@ def esj_loss(p: Tensor, mu: Tensor, sigma: Tensor, amount: Tensor, weights: Tens
     pos = amount > 0
     log_p, log_1mp = _log_p(p)
     mu, sigma = _components(mu, sigma, weights)
-    log_phi0 = _log_mix(-LOG_SQRT_2PI - torch.log(sigma) - mu**2 / (2 * sigma**2), weights)
+    log_phi0 = _log_density(torch.zeros_like(v), mu, sigma, weights)
     neg_ll = torch.logaddexp(log_1mp, log_p + log_phi0)
     pos_ll = log_p + _log_density(v, mu, sigma, weights) - v
     return -torch.where(pos, pos_ll, neg_ll).mean()

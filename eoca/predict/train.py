@@ -52,9 +52,10 @@ def objective(loss: str, zero_threshold: float = 0.01) -> LossFn:
     def fn(out: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
         amount = labels["amount"]
         if loss in ("esj", "esj-censored", "ziln"):
-            weights, mu, sigma = components(out, lambda parts: torch.stack(parts, dim=-1))
-            if weights is None:  # a single lognormal
-                mu, sigma = mu[..., 0], sigma[..., 0]
+            if "weight_0" in out:  # a mixture of lognormals: components on a last axis
+                weights, mu, sigma = components(out, lambda parts: torch.stack(parts, dim=-1))
+            else:
+                weights, mu, sigma = None, out["mu"], out["sigma"]
         if loss == "esj":
             value = esj_loss(out["p"], mu, sigma, amount, weights)
         elif loss == "esj-censored":
