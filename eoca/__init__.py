@@ -6,7 +6,9 @@ above their risk tolerance.
 """
 
 from eoca.checks import check_allocation, dual_bound
+from eoca.constraints import Linear, Quota
 from eoca.errors import (
+    ConstraintError,
     DemandError,
     EocaError,
     ETVError,
@@ -28,12 +30,15 @@ __version__ = "0.1.0"
 __all__ = [
     "AllocationProblem",
     "Checks",
+    "ConstraintError",
     "DemandError",
     "Diagnosis",
     "ETVError",
     "EocaError",
     "FileFormatError",
     "IdError",
+    "Linear",
+    "Quota",
     "Result",
     "RiskError",
     "Shortfall",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from eoca.distributed.blocks import map_user_blocks
@@ -139,14 +140,40 @@ def _codes(problem: AllocationProblem, codes: np.ndarray | xr.DataArray) -> np.n
     return codes
 
 
-def _checks(problem: AllocationProblem, counts, objective, unplaced, invalid, risk) -> Checks:
+_SIDE_ROWS = 1 << 20  # users whose side-rule coefficients are built at once
+
+
+def _side_checks(c: CompiledProblem, codes: np.ndarray) -> tuple[int, pd.DataFrame | None]:
+    """Users placed on a pair the eligibility mask forbids, and every side constraint recounted from its
+    coefficients: activity, bounds, slack (distance to the nearer bound, negative when broken), ok."""
+    k = c.n_funds
+    placed = np.flatnonzero((codes >= 0) & (codes < k))
+    ineligible = 0 if c.mask is None else int((~c.mask[placed, codes[placed]]).sum())
+    if not c.constraints:
+        return ineligible, None
+    rows = []
+    for con in c.constraints:
+        activity = con.activity(codes)
+        scale = 1e-9 * max(1.0, abs(activity), *(abs(b) for b in con.bounds if np.isfinite(b)))
+        slack = min(activity - con.lo, con.hi - activity)
+        rows.append({"activity": activity, "at_least": con.lo if np.isfinite(con.lo) else np.nan,
+                     "at_most": con.hi if np.isfinite(con.hi) else np.nan, "slack": slack, "ok": bool(slack >= -scale)})
+    table = pd.DataFrame(rows, index=pd.Index([con.name for con in c.constraints], name="constraint"))
+    return ineligible, table
+
+
+def _checks(problem: AllocationProblem, counts, objective, unplaced, invalid, risk, codes=None) -> Checks:
     c = problem.compile()
     miss = np.where(counts > c.demand_max, counts - c.demand_max, np.where(counts < c.demand_min, counts - c.demand_min, 0))
     if c.holdout:
         unplaced = 0
     funds = problem.funds
+    ineligible, table = _side_checks(c, codes) if codes is not None and c.has_side_rules else (0, None)
+    side_ok = ineligible == 0 and (table is None or bool(table["ok"].all()))
     return Checks(
-        ok=bool(unplaced == 0 and invalid == 0 and risk == 0 and not miss.any()),
+        ok=bool(unplaced == 0 and invalid == 0 and risk == 0 and not miss.any() and side_ok),
+        ineligible=ineligible,
+        constraints=table,
         unplaced=int(unplaced),
         demand_misses=int(np.abs(miss).sum()),
         risk_violations=int(risk),
@@ -178,10 +205,11 @@ def check_allocation(problem: AllocationProblem, codes: np.ndarray | xr.DataArra
         objective, unplaced, invalid, risk = (sum(p[i] for p in parts) for i in range(1, 5))
     else:
         counts, objective, unplaced, invalid, risk = _tally(c.etv, c.user_level, c.fund_level, codes)
-    return _checks(problem, counts, objective, unplaced, invalid, risk)
+    return _checks(problem, counts, objective, unplaced, invalid, risk, codes)
 
 
-def check_and_bound(problem: AllocationProblem, codes: np.ndarray, prices: np.ndarray) -> tuple[Checks, float]:
+def check_and_bound(problem: AllocationProblem, codes: np.ndarray, prices: np.ndarray,
+                    multipliers: np.ndarray | None = None) -> tuple[Checks, float]:
     """:func:`check_allocation` and :func:`dual_bound` together, in one read of an in-memory grid.
 
     Parameters
@@ -191,6 +219,8 @@ def check_and_bound(problem: AllocationProblem, codes: np.ndarray, prices: np.nd
         Fund index per user, -1 for no fund.
     prices : ndarray of float, shape (n_funds,)
         Any finite fund prices.
+    multipliers : ndarray of float, shape (n_constraints,), optional
+        Multipliers of the side constraints (0 for each when None); see :func:`dual_bound`.
 
     Returns
     -------
@@ -198,8 +228,8 @@ def check_and_bound(problem: AllocationProblem, codes: np.ndarray, prices: np.nd
         The checker's report and the Lagrangian dual value of ``prices`` (an upper bound on the optimum).
     """
     c = problem.compile()
-    if c.is_lazy:
-        return check_allocation(problem, codes), dual_bound(c, prices)
+    if c.is_lazy or c.has_side_rules:
+        return check_allocation(problem, codes), dual_bound(c, prices, multipliers)
     codes = _codes(problem, codes)
     prices = _prices(c, prices)
     counts, objective, unplaced, invalid, risk, users = _tally_bound(
@@ -219,15 +249,54 @@ def _fund_term(compiled: CompiledProblem, prices: np.ndarray) -> float:
     return float(np.where(prices >= 0, prices * compiled.demand_max, prices * compiled.demand_min).sum())
 
 
-def dual_bound(compiled: CompiledProblem, prices: np.ndarray) -> float:
+def _multipliers(compiled: CompiledProblem, multipliers: np.ndarray | None) -> np.ndarray:
+    m = len(compiled.constraints)
+    if multipliers is None:
+        return np.zeros(m)
+    mu = np.asarray(multipliers, dtype=np.float64)
+    if mu.shape != (m,) or not np.isfinite(mu).all():
+        raise ValidationError("multipliers", f"expected {m} finite multipliers, one per side constraint; got {mu!r}")
+    return mu
+
+
+def _side_bound(compiled: CompiledProblem, prices: np.ndarray, mu: np.ndarray) -> float:
+    """The dual value with side rules, block by block of users: each user's best reduced value over the
+    pairs the risk rule and the mask allow, the coefficients of the constraints priced by ``mu``."""
+    c = compiled
+    floor = 0.0 if c.holdout else -np.inf
+    users = 0.0
+    for s in range(0, c.n_users, _SIDE_ROWS):
+        rows = slice(s, min(s + _SIDE_ROWS, c.n_users))
+        reduced = np.asarray(c.etv[rows], dtype=np.float64) - prices[None, :]
+        for q, con in enumerate(c.constraints):
+            if mu[q]:
+                reduced -= mu[q] * con.coefficients(rows)
+        reduced[~c.eligible(rows)] = -np.inf
+        users += float(np.maximum(reduced.max(axis=1, initial=-np.inf), floor).sum())
+    side = sum((m * con.hi if m > 0 else m * con.lo) for m, con in zip(mu.tolist(), c.constraints) if m)
+    return users + float(side)
+
+
+def dual_bound(compiled: CompiledProblem, prices: np.ndarray, multipliers: np.ndarray | None = None) -> float:
     """Lagrangian dual value for fund prices: an upper bound on the optimum for *any* prices.
 
     ``sum_i max(0 if holdout else -inf, max_{j eligible} etv[i, j] - prices[j])
     + sum_j (prices[j] * demand_max[j] if prices[j] >= 0 else prices[j] * demand_min[j])``.
     At optimal prices it equals the optimum (the problem is a transportation problem, so LP duality is
     exact).
+
+    With side constraints ``lo_q <= sum_ij a_q[i, j] x[i, j] <= hi_q``, each has a multiplier ``mu_q``
+    (>= 0 prices its maximum, <= 0 its minimum): ``etv[i, j]`` above becomes
+    ``etv[i, j] - sum_q mu_q a_q[i, j]`` and ``sum_q (mu_q * hi_q if mu_q >= 0 else mu_q * lo_q)`` is
+    added (+inf when a multiplier prices a bound the constraint does not have). "Eligible" is the risk
+    rule and the eligibility mask together. With side constraints the bound is an upper bound on the LP
+    relaxation, so it may stay above the best integer allocation.
     """
     prices = _prices(compiled, prices)
+    if compiled.has_side_rules:
+        if compiled.is_lazy:
+            raise ValidationError("problem", "side rules on a Dask-backed grid are not supported yet")
+        return _side_bound(compiled, prices, _multipliers(compiled, multipliers)) + _fund_term(compiled, prices)
     if compiled.is_lazy:  # a sum over users: one map-reduce over the grid's chunks
         users = sum(
             map_user_blocks(

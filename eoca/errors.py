@@ -16,6 +16,7 @@ __all__ = [
     "IdError",
     "DemandError",
     "RiskError",
+    "ConstraintError",
     "UnknownSolverError",
     "SolverNotAvailableError",
     "UnsupportedFeatureError",
@@ -50,6 +51,11 @@ class DemandError(ValidationError):
 
 class RiskError(ValidationError):
     """Risk levels or tolerances are missing, not comparable or not finite."""
+
+
+class ConstraintError(ValidationError):
+    """An eligibility mask or a side constraint (:class:`eoca.Quota`, :class:`eoca.Linear`) is invalid;
+    ``field`` names the constraint (``constraints['name']``) or ``eligible``."""
 
 
 class UnknownSolverError(EocaError, ValueError):

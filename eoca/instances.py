@@ -14,7 +14,7 @@ import xarray as xr
 from eoca.errors import ValidationError
 from eoca.problem import FUND, USER, AllocationProblem
 
-__all__ = ["FAMILIES", "FUND_TYPES", "synthetic_problem", "synthetic_grid"]
+__all__ = ["FAMILIES", "FUND_TYPES", "synthetic_problem", "synthetic_grid", "constrained_problem"]
 
 #: Instance families: how demands relate to preferences, and how degenerate the grid is.
 FAMILIES = {
@@ -70,25 +70,8 @@ def synthetic_grid(n_users: int, n_funds: int = 8, *, family: str = "matching", 
     return xr.DataArray(etv, dims=(USER, FUND), coords={USER: np.arange(n_users), FUND: names}, name="etv")
 
 
-def synthetic_problem(
-    n_users: int,
-    n_funds: int = 8,
-    *,
-    family: str = "matching",
-    seed: int = 0,
-    holdout: bool = False,
-) -> AllocationProblem:
-    """A feasible delivery of ``n_users`` users and ``n_funds`` fund types with risk levels 1 (R1) to 5 (R5).
-
-    Parameters
-    ----------
-    n_users, n_funds : int
-    family : {"matching", "fighting", "tight", "ties", "zeros"}
-        See :data:`FAMILIES`.
-    seed : int
-    holdout : bool
-        Shrink demands by 10% and allow users to receive no fund.
-    """
+def _draw(n_users: int, n_funds: int, family: str, seed: int):
+    """The grid, fund table, tolerances and one allocation drawn within the risk rule (fund per user)."""
     if family not in FAMILIES:
         raise ValidationError("family", f"must be one of {sorted(FAMILIES)}; got {family!r}")
     if n_users < 1 or n_funds < 1:
@@ -113,6 +96,29 @@ def synthetic_problem(
         # tolerance equal to the drawn fund's risk for almost everyone: users with t >= L barely cover
         # the demand of funds with risk >= L
         tolerance = np.where(rng.random(n_users) < 0.97, levels[drawn], tolerance)
+    return grid, names, levels, tolerance, drawn
+
+
+def synthetic_problem(
+    n_users: int,
+    n_funds: int = 8,
+    *,
+    family: str = "matching",
+    seed: int = 0,
+    holdout: bool = False,
+) -> AllocationProblem:
+    """A feasible delivery of ``n_users`` users and ``n_funds`` fund types with risk levels 1 (R1) to 5 (R5).
+
+    Parameters
+    ----------
+    n_users, n_funds : int
+    family : {"matching", "fighting", "tight", "ties", "zeros"}
+        See :data:`FAMILIES`.
+    seed : int
+    holdout : bool
+        Shrink demands by 10% and allow users to receive no fund.
+    """
+    grid, names, levels, tolerance, drawn = _draw(n_users, n_funds, family, seed)
     demand = np.bincount(drawn, minlength=n_funds)
     if holdout:
         demand = (demand * 0.9).astype(np.int64)
@@ -123,4 +129,60 @@ def synthetic_problem(
         risk_tolerance=pd.Series(tolerance, index=grid[USER].values),
         holdout=holdout,
         name=f"{family}-{n_users}x{n_funds}",
+    )
+
+
+def constrained_problem(n_users: int, n_funds: int = 8, *, seed: int = 0, eligible_share: float = 0.9,
+                        family: str = "matching") -> AllocationProblem:
+    """A delivery with the side rules an operations team writes, feasible by construction.
+
+    On top of :func:`synthetic_problem`'s family: an eligibility mask allowing about ``eligible_share``
+    of the pairs, and six constraints whose bounds are the activities of the drawn allocation (which the
+    mask allows), so that the rules hold for it but bind against the unconstrained optimum: new users
+    (30%) in the two lowest-risk funds at least, high-value users (top 10% by mean ETV) in the first fund
+    at most, a group in the two riskiest funds at most, a group in the third fund at least, a commission
+    budget per user on the four middle funds, and a cost per (user, fund) pair.
+    """
+    from eoca.constraints import Linear, Quota
+
+    grid, names, levels, tolerance, drawn = _draw(n_users, n_funds, family, seed)
+    rng = np.random.default_rng(seed + 7)
+    ids = grid[USER].values
+    mask = rng.random(size=(n_users, n_funds)) < eligible_share
+    mask[np.arange(n_users), drawn] = True
+    new = rng.random(n_users) < 0.3
+    value = grid.values.mean(axis=1)
+    high = value >= np.quantile(value, 0.9)
+    group_a, group_b = rng.random(n_users) < 0.4, rng.random(n_users) < 0.5
+    commission = rng.gamma(2.0, 5.0, size=n_users)
+    cost = rng.random(size=(n_users, n_funds)) * np.linspace(1.0, 2.0, n_funds)
+
+    def count(users, funds):
+        return int((users & np.isin(drawn, funds)).sum())
+
+    low, risky, mid = [0, 1 % n_funds], [n_funds - 2, n_funds - 1], list(range(n_funds // 4, n_funds - n_funds // 4))
+    on_mid = np.isin(drawn, mid)
+    constraints = [
+        Quota(users=pd.Series(new, index=ids), funds=[names[j] for j in set(low)], at_least=count(new, low),
+              name="new users in low-risk funds"),
+        Quota(users=pd.Series(high, index=ids), funds=[names[0]], at_most=count(high, [0]),
+              name=f"high value in {names[0]}"),
+        Quota(users=pd.Series(group_a, index=ids), funds=[names[j] for j in set(risky)],
+              at_most=count(group_a, risky), name="group A in the riskiest funds"),
+        Quota(users=pd.Series(group_b, index=ids), funds=[names[2 % n_funds]], at_least=count(group_b, [2 % n_funds]),
+              name=f"group B in {names[2 % n_funds]}"),
+        Linear(weights=pd.Series(commission, index=ids), funds=[names[j] for j in mid],
+               at_most=float(commission[on_mid].sum()), name="commission budget"),
+        Linear(weights=xr.DataArray(cost, dims=(USER, FUND), coords={USER: ids, FUND: names}),
+               at_most=float(cost[np.arange(n_users), drawn].sum()), name="cost budget"),
+    ]
+    demand = np.bincount(drawn, minlength=n_funds)
+    return AllocationProblem(
+        etv=grid,
+        demand=dict(zip(names, demand.tolist())),
+        risk_level=dict(zip(names, levels.tolist())),
+        risk_tolerance=pd.Series(tolerance, index=ids),
+        eligible=xr.DataArray(mask, dims=(USER, FUND), coords={USER: ids, FUND: names}),
+        constraints=constraints,
+        name=f"constrained-{family}-{n_users}x{n_funds}",
     )

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from eoca.constraints import CompiledConstraint, compile_constraints, compile_mask
 from eoca.errors import DemandError, ETVError, IdError, RiskError, show_values
 
 __all__ = ["USER", "FUND", "AllocationProblem", "CompiledProblem", "Diagnosis", "Shortfall"]
@@ -44,6 +45,11 @@ class CompiledProblem:
         sums of the maxima cannot wrap; ``AllocationProblem.demand_max`` keeps the value as declared.
     holdout : bool
         Whether a user may receive no fund.
+    mask : ndarray of bool, shape (n_users, n_funds), or None
+        The declared eligibility (``False``: the pair may never be shown), on top of the risk rule; None
+        when every pair is eligible.
+    constraints : tuple of CompiledConstraint
+        The side constraints (quotas, linear budgets) in array form; empty when there are none.
     """
 
     etv: np.ndarray
@@ -53,6 +59,8 @@ class CompiledProblem:
     demand_max: np.ndarray
     holdout: bool
     n_levels: int
+    mask: np.ndarray | None = None
+    constraints: tuple[CompiledConstraint, ...] = ()
 
     @property
     def n_users(self) -> int:
@@ -85,8 +93,17 @@ class CompiledProblem:
         return level_counts(self.users_per_level, self.fund_level, self.demand_min, self.demand_max)
 
     def eligible(self, users: slice | np.ndarray = slice(None)) -> np.ndarray:
-        """Boolean (users, funds) mask of the pairs the risk rule allows; built on demand, never stored."""
-        return self.user_level[users, None] >= self.fund_level[None, :]
+        """Boolean (users, funds) mask of the pairs a user may be shown: the risk rule and, where declared,
+        the eligibility mask. Built on demand for the users asked (never stored as a grid of its own)."""
+        allowed = self.user_level[users, None] >= self.fund_level[None, :]
+        if self.mask is not None:
+            allowed &= self.mask[users]
+        return allowed
+
+    @property
+    def has_side_rules(self) -> bool:
+        """Whether the problem has an eligibility mask or side constraints (beyond demands and risk)."""
+        return self.mask is not None or bool(self.constraints)
 
 
 @dataclass(frozen=True)
@@ -94,15 +111,34 @@ class Shortfall:
     """One reason a problem is infeasible, in the terms of the delivery contract."""
 
     level: Any
-    kind: str  # "risk" (too few users tolerate this level) or "capacity" (too few places below it)
+    # "risk" (too few users tolerate this level), "capacity" (too few places below it); with an
+    # eligibility mask: "cover" (funds whose minimum demands the users allowed them cannot cover), "fit"
+    # (funds that cannot hold the users allowed only them), "none" (users allowed no fund at all) and
+    # "flow" (the demands together, no single set of funds explains it)
+    kind: str
     available: int
     required: int
+    funds: tuple[Any, ...] = ()
 
     @property
     def short_by(self) -> int:
         return self.required - self.available
 
     def describe(self) -> str:
+        if self.kind == "cover":
+            return (f"funds {list(self.funds)}: their minimum demands need {self.required} users but only "
+                    f"{self.available} users may be shown any of them (eligibility and risk rule; short by "
+                    f"{self.short_by})")
+        if self.kind == "fit":
+            return (f"{self.required} users may be shown only funds {list(self.funds)}, which take at most "
+                    f"{self.available} (short by {self.short_by} places; raise their maximum, widen the "
+                    f"eligibility or pass holdout=True)")
+        if self.kind == "none":
+            return (f"{self.required} users may be shown no fund at all (eligibility and risk rule together); "
+                    f"widen the eligibility or pass holdout=True")
+        if self.kind == "flow":
+            return (f"the demands cannot be met together within the eligibility and the risk rule: the best "
+                    f"allocation misses them by {self.short_by} users")
         if self.kind == "risk":
             return (
                 f"risk level {self.level!r} and above: funds need at least {self.required} users but only "
@@ -491,16 +527,21 @@ class AllocationProblem:
         Allow users to receive no fund (when demands total less than the number of users).
     name : str, optional
         A label used in summaries and files.
+    eligible : boolean DataArray over ("user", "fund") or DataFrame (users x funds), optional
+        ``False`` marks a pair that may never be shown (compliance, opt-outs, funds already held). A pair
+        is allowed iff it is eligible and within the user's risk tolerance. Stored as one byte per pair.
+    constraints : list of :class:`eoca.Quota` / :class:`eoca.Linear`, optional
+        Side constraints on top of the demands: quotas on groups of users, linear budgets and targets.
 
     Raises
     ------
-    ETVError, IdError, DemandError, RiskError
+    ETVError, IdError, DemandError, RiskError, ConstraintError
         All :class:`ValueError` subclasses naming the field and the offending values.
     """
 
     __slots__ = (
         "_etv", "_risk_level", "_risk_tolerance", "_demand_min", "_demand_max", "_holdout", "_name",
-        "_compiled", "_levels", "_users", "_funds", "_fingerprint", "_frozen",
+        "_compiled", "_levels", "_users", "_funds", "_fingerprint", "_frozen", "_eligible", "_constraints",
     )
 
     def __init__(
@@ -512,6 +553,8 @@ class AllocationProblem:
         *,
         holdout: bool = False,
         name: str | None = None,
+        eligible: xr.DataArray | pd.DataFrame | None = None,
+        constraints: Any = None,
     ):
         grid = _as_grid(etv)
         # the grid's own indexes, checked once; their hash tables serve every alignment below
@@ -542,6 +585,8 @@ class AllocationProblem:
             _as_series(risk_tolerance, "risk_tolerance", USER), users, "risk_tolerance", USER, RiskError
         )
         levels, fund_codes, user_codes = _risk_codes(risk_s, tol_s)
+        mask = compile_mask(eligible, users, funds)
+        side = compile_constraints(constraints, users, funds)
 
         ro = values if _is_dask(values) else _readonly(values)
         # shallow copies that share the grid's index objects: a DataArray built from coords deep-copies them
@@ -565,7 +610,12 @@ class AllocationProblem:
             demand_max=_readonly(np.minimum(hi, n)),
             holdout=bool(holdout),
             n_levels=len(levels),
+            mask=mask,
+            constraints=side,
         )
+        self._eligible = None if mask is None else _share_index(self._etv, mask, "eligible")
+        self._constraints = tuple(constraints) if isinstance(constraints, list | tuple) else (
+            () if constraints is None else (constraints,))
         _ = self._compiled.users_per_level  # counted here, with the declaration, not on every solve
         self._frozen = True
 
@@ -638,6 +688,16 @@ class AllocationProblem:
         return self._holdout
 
     @property
+    def eligible(self) -> xr.DataArray | None:
+        """The declared eligibility mask over ("user", "fund") (bool), or None when every pair is eligible."""
+        return self._eligible
+
+    @property
+    def constraints(self) -> tuple[Any, ...]:
+        """The declared side constraints (:class:`eoca.Quota`, :class:`eoca.Linear`), in declaration order."""
+        return self._constraints
+
+    @property
     def name(self) -> str | None:
         return self._name
 
@@ -668,6 +728,12 @@ class AllocationProblem:
             digest.update(json.dumps(head).encode())
             digest.update(np.ascontiguousarray(c.user_level, dtype=np.int32).tobytes())
             digest.update(np.ascontiguousarray(sample).tobytes())
+            if c.mask is not None:
+                digest.update(np.packbits(c.mask).tobytes())
+            for con in c.constraints:
+                digest.update(json.dumps([con.name, con.kind, con.lo, con.hi]).encode())
+                digest.update(np.ascontiguousarray(con.fund_weight).tobytes())
+                digest.update(np.ascontiguousarray(con.coefficients(rows)).tobytes())
             object.__setattr__(self, "_fingerprint", digest.hexdigest())
         return self._fingerprint
 
@@ -684,6 +750,8 @@ class AllocationProblem:
         the users with tolerance below L fit into the maximum demand of funds with risk below L.
         """
         c = self._compiled
+        if c.mask is not None:
+            return self._diagnose_mask()
         counts = c.level_counts()
         users_ge, lo_ge, users_lt, hi_lt = counts["users_ge"], counts["min_ge"], counts["users_lt"], counts["max_lt"]
         found = []
@@ -697,6 +765,22 @@ class AllocationProblem:
                     Shortfall(_scalar(self._levels[level]), "capacity", int(hi_lt[level]), int(users_lt[level]))
                 )
         return Diagnosis(feasible=not found, shortfalls=tuple(found))
+
+    def _diagnose_mask(self) -> Diagnosis:
+        """The general diagnosis for a problem with an eligibility mask: a max-flow over users grouped by
+        the funds they may take decides, the simplest violated set of funds explains (see eoca.feasibility)."""
+        from eoca.feasibility import allowed_patterns, explain, flow_shortfall
+
+        c = self._compiled
+        groups, counts = allowed_patterns(c.user_level, c.fund_level, c.mask)
+        short = flow_shortfall(groups, counts, c.demand_min, c.demand_max, c.holdout)
+        if short == 0:
+            return Diagnosis(feasible=True)
+        found = [
+            Shortfall(None, kind, available, required, tuple(_scalar(self._funds[j]) for j in funds))
+            for kind, funds, available, required in explain(groups, counts, c.demand_min, c.demand_max, c.holdout)
+        ]
+        return Diagnosis(feasible=False, shortfalls=tuple(found) or (Shortfall(None, "flow", 0, short),))
 
     # ---- display ---------------------------------------------------------------------------------------
     def __repr__(self) -> str:

@@ -76,6 +76,12 @@ class Checks:
         Signed miss per fund: positive over the maximum, negative under the minimum, 0 within the demand.
     objective : float
         Total ETV of the allocation, recomputed from the grid.
+    ineligible : int
+        Users given a pair the eligibility mask forbids.
+    constraints : pandas.DataFrame or None
+        One row per side constraint (indexed by name): ``activity`` recounted from the allocation,
+        ``at_least``, ``at_most`` (NaN where absent), ``slack`` (distance to the nearer bound; negative
+        when broken) and ``ok``. None when the problem has no side constraints.
     """
 
     ok: bool
@@ -86,6 +92,8 @@ class Checks:
     counts: xr.DataArray
     miss_per_fund: xr.DataArray
     objective: float
+    ineligible: int = 0
+    constraints: pd.DataFrame | None = None
 
     def describe(self) -> str:
         if self.ok:
@@ -100,6 +108,13 @@ class Checks:
             parts.append(f"{self.unplaced:,} users unplaced")
         if self.invalid:
             parts.append(f"{self.invalid:,} entries name no fund of the problem")
+        if self.ineligible:
+            parts.append(f"{self.ineligible:,} users shown a fund the eligibility mask forbids")
+        if self.constraints is not None:
+            for name, row in self.constraints[~self.constraints["ok"]].iterrows():
+                bound = row["at_least"] if row["activity"] < row["at_least"] else row["at_most"]
+                parts.append(f"constraint {name!r} broken: activity {row['activity']:,.6g} against "
+                             f"{'at_least' if row['activity'] < row['at_least'] else 'at_most'} {bound:,.6g}")
         return "; ".join(parts)
 
 
@@ -132,6 +147,9 @@ class Result:
     message : str
     stats : dict
         Solver counters (for example users moved by a repair).
+    multipliers : ndarray of float or None
+        The solver's multiplier per side constraint (>= 0 on a binding maximum, <= 0 on a binding minimum),
+        part of the bound's certificate; None without side constraints or when the solver has none.
     """
 
     problem: AllocationProblem
@@ -145,6 +163,21 @@ class Result:
     solver: str
     message: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    multipliers: np.ndarray | None = None
+
+    @property
+    def constraints(self) -> pd.DataFrame | None:
+        """One row per side constraint (indexed by name): the checker's ``activity``, ``at_least``,
+        ``at_most``, ``slack`` and ``ok``, and ``price``: the ETV the optimum gains per unit by which the
+        binding bound is relaxed (``abs`` of the solver's multiplier; NaN when the solver has none).
+        None when the problem has no side constraints."""
+        table = self.checks.constraints
+        if table is None:
+            return None
+        table = table.copy()
+        price = np.full(len(table), np.nan) if self.multipliers is None else np.abs(self.multipliers)
+        table.insert(len(table.columns) - 1, "price", price)
+        return table
 
     @property
     def assignment(self) -> xr.DataArray:

@@ -109,7 +109,9 @@ def solve(problem: AllocationProblem, solver: str | Solver = DEFAULT_SOLVER, **o
             timings["bound"] = time.perf_counter() - start
         # the checker's recount and the dual bound in one read of the grid
         start = time.perf_counter()
-        checks, bound = check_and_bound(problem, codes, prices)
+        multipliers = out.multipliers if solver_prices and c.constraints else None
+        checks, bound = (check_and_bound(problem, codes, prices) if multipliers is None
+                         else check_and_bound(problem, codes, prices, multipliers))
         timings["check"] = time.perf_counter() - start
     # a first call's JIT compile is reported on its own, not as solving or checking time
     compiled = run_compile[0] + check_compile[0]
@@ -151,4 +153,5 @@ def solve(problem: AllocationProblem, solver: str | Solver = DEFAULT_SOLVER, **o
         solver=instance.name,
         message=message,
         stats=dict(out.stats),
+        multipliers=None if multipliers is None else np.asarray(multipliers, dtype=np.float64),
     )

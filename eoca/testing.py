@@ -30,6 +30,7 @@ RULE_WORDS = {
     "demand_misses": "demand",
     "unplaced": "unplaced",
     "invalid": "no fund",
+    "ineligible": "eligibility mask",
 }
 
 
@@ -78,6 +79,9 @@ class Recount:
     invalid: int
     risk_violations: int
     objective: float
+    ineligible: int = 0
+    activity: dict = None  # side constraint name -> activity recounted from the declaration
+    broken: tuple = ()  # names of the side constraints whose bounds the activity misses
 
     @property
     def demand_misses(self) -> int:
@@ -87,7 +91,48 @@ class Recount:
     @property
     def ok(self) -> bool:
         """True when the allocation breaks no rule."""
-        return self.unplaced == 0 and self.invalid == 0 and self.risk_violations == 0 and self.demand_misses == 0
+        return (self.unplaced == 0 and self.invalid == 0 and self.risk_violations == 0 and self.demand_misses == 0
+                and self.ineligible == 0 and not self.broken)
+
+
+def _mask(problem: AllocationProblem) -> np.ndarray:
+    """The declared eligibility as a bool (users, funds) array in the problem's order (all True if none)."""
+    if problem.eligible is None:
+        return np.ones((problem.n_users, problem.n_funds), dtype=bool)
+    mask = problem.eligible.transpose("user", "fund").reindex(user=problem.users, fund=problem.funds)
+    return np.asarray(mask.values, dtype=bool)
+
+
+def _by_user(values, problem: AllocationProblem) -> np.ndarray:
+    series = values.to_series() if isinstance(values, xr.DataArray) else values
+    return series.reindex(problem.users).to_numpy()
+
+
+def side_constraints(problem: AllocationProblem) -> list[tuple[str, float, float, np.ndarray]]:
+    """Each declared side constraint as (name, at_least, at_most, coefficients (users, funds)), rebuilt
+    from the declaration with pandas (not from the compiled arrays); absent bounds are -inf / +inf."""
+    out = []
+    funds = pd.Index(problem.funds)
+    for con in problem.constraints:
+        named = None if con.funds is None else ([con.funds] if isinstance(con.funds, str | int) else list(con.funds))
+        fund_w = np.ones(len(funds)) if named is None else funds.isin(named).astype(float)
+        if type(con).__name__ == "Quota":
+            if isinstance(con.users, pd.Series | xr.DataArray):
+                user_w = _by_user(con.users, problem).astype(float)
+            else:
+                user_w = pd.Index(problem.users).isin(list(con.users)).astype(float)
+            coef = user_w[:, None] * fund_w[None, :]
+        elif isinstance(con.weights, pd.DataFrame):
+            coef = con.weights.reindex(index=problem.users, columns=problem.funds).to_numpy(dtype=float)
+        elif isinstance(con.weights, xr.DataArray) and con.weights.ndim == 2:
+            coef = np.asarray(con.weights.transpose("user", "fund").reindex(user=problem.users, fund=problem.funds)
+                              .values, dtype=float)
+        else:
+            coef = _by_user(con.weights, problem).astype(float)[:, None] * fund_w[None, :]
+        lo = -np.inf if con.at_least is None else float(con.at_least)
+        hi = np.inf if con.at_most is None else float(con.at_most)
+        out.append((con.name, lo, hi, coef))
+    return out
 
 
 def _ranks(problem: AllocationProblem) -> tuple[np.ndarray, np.ndarray]:
@@ -143,6 +188,11 @@ def recount(problem: AllocationProblem, codes) -> Recount:
     lo, hi = _demands(problem)
     miss = np.maximum(counts - hi, 0) - np.maximum(lo - counts, 0)
     user_rank, fund_rank = _ranks(problem)
+    activity, broken = {}, []
+    for name, lo, hi, coef in side_constraints(problem):
+        activity[name] = float(coef[placed, funds].sum())
+        if not lo - 1e-9 * max(1.0, abs(lo)) <= activity[name] <= hi + 1e-9 * max(1.0, abs(hi)):
+            broken.append(name)
     return Recount(
         counts=counts,
         miss_per_fund=miss,
@@ -150,10 +200,13 @@ def recount(problem: AllocationProblem, codes) -> Recount:
         invalid=int(np.count_nonzero((codes < -1) | (codes >= k))),
         risk_violations=int(np.count_nonzero(user_rank[placed] < fund_rank[funds])),
         objective=float(np.asarray(etv[placed, funds], dtype=np.float64).sum()),
+        ineligible=int(np.count_nonzero(~_mask(problem)[placed, funds])),
+        activity=activity,
+        broken=tuple(broken),
     )
 
 
-def dual_value(problem: AllocationProblem, prices) -> float:
+def dual_value(problem: AllocationProblem, prices, multipliers=None) -> float:
     """The Lagrangian dual value of fund prices, from its formula: an upper bound on the optimum.
 
     ``sum_i max_{j allowed} (etv[i, j] - prices[j])`` (at least 0 with holdout) plus, per fund,
@@ -164,6 +217,10 @@ def dual_value(problem: AllocationProblem, prices) -> float:
     ----------
     problem : AllocationProblem
     prices : array_like of float, shape (n_funds,)
+    multipliers : array_like of float, shape (n_constraints,), optional
+        One per side constraint: ``etv`` becomes ``etv - sum_q mu_q a_q`` and ``mu_q`` times the
+        constraint's maximum (``mu_q > 0``) or minimum (``mu_q < 0``) is added. "Allowed" includes the
+        eligibility mask.
 
     Returns
     -------
@@ -172,17 +229,23 @@ def dual_value(problem: AllocationProblem, prices) -> float:
     etv = problem.etv.values
     prices = np.asarray(prices, dtype=np.float64)
     user_rank, fund_rank = _ranks(problem)
+    mask = _mask(problem)
+    sides = side_constraints(problem)
+    mu = np.zeros(len(sides)) if multipliers is None else np.asarray(multipliers, dtype=np.float64)
+    adjusted = np.asarray(etv, dtype=np.float64) - sum((m * coef for m, (_, _, _, coef) in zip(mu, sides) if m),
+                                                       np.zeros(etv.shape))
     total = 0.0
     for start in range(0, etv.shape[0], _BLOCK):  # blocks of users keep the temporaries small
         stop = start + _BLOCK
-        allowed = user_rank[start:stop, None] >= fund_rank[None, :]
-        reduced = np.where(allowed, np.asarray(etv[start:stop], dtype=np.float64) - prices[None, :], -np.inf)
+        allowed = (user_rank[start:stop, None] >= fund_rank[None, :]) & mask[start:stop]
+        reduced = np.where(allowed, adjusted[start:stop] - prices[None, :], -np.inf)
         best = reduced.max(axis=1, initial=-np.inf)
         if problem.holdout:
             best = np.maximum(best, 0.0)
         total += float(best.sum())
     lo, hi = _demands(problem)
-    return float(total + np.sum(np.where(prices > 0, prices * hi, prices * lo)))
+    side = sum(m * (h if m > 0 else lw) for m, (_, lw, h, _) in zip(mu.tolist(), sides) if m)
+    return float(total + np.sum(np.where(prices > 0, prices * hi, prices * lo)) + side)
 
 
 def feasible(problem: AllocationProblem) -> bool:
@@ -200,6 +263,8 @@ def feasible(problem: AllocationProblem) -> bool:
     -------
     bool
     """
+    if problem.eligible is not None or problem.constraints:  # no ordered structure left: the MILP decides
+        return milp_optimum(problem)[1] is not None
     user_rank, fund_rank = _ranks(problem)
     lo, hi = _demands(problem)
     n = len(user_rank)
@@ -246,7 +311,7 @@ def assert_valid_result(result: Result, *, rtol: float = 1e-9) -> None:
     problem = result.problem
     again = recount(problem, result.codes)
     checks = result.checks
-    for name in ("unplaced", "invalid", "risk_violations", "demand_misses"):
+    for name in ("unplaced", "invalid", "risk_violations", "demand_misses", "ineligible"):
         got, want = getattr(checks, name), getattr(again, name)
         if got != want:
             _fail(f"result.checks.{name} is {got!r} but a recount gives {want!r}")
@@ -256,6 +321,14 @@ def assert_valid_result(result: Result, *, rtol: float = 1e-9) -> None:
         got = np.asarray(getattr(checks, name).values)
         if not np.array_equal(got, want):
             _fail(f"result.checks.{name} is {got.tolist()} but a recount gives {want.tolist()}")
+
+    table = checks.constraints
+    for name, want in (again.activity or {}).items():
+        got = float(table.loc[name, "activity"]) if table is not None and name in table.index else None
+        if got is None or not abs(got - want) <= 1e-9 * max(1.0, abs(want)):
+            _fail(f"result.checks.constraints says activity {got!r} for {name!r} but a recount gives {want!r}")
+        if bool(table.loc[name, "ok"]) == (name in again.broken):
+            _fail(f"result.checks.constraints says ok={bool(table.loc[name, 'ok'])} for {name!r}; a recount disagrees")
 
     if result.status is Status.INFEASIBLE:
         if feasible(problem):
@@ -270,6 +343,9 @@ def assert_valid_result(result: Result, *, rtol: float = 1e-9) -> None:
             if getattr(again, name) and words not in result.message:
                 _fail(f"the allocation breaks a rule ({name} = {getattr(again, name)}) but the message "
                       f"does not say {words!r}: {result.message!r}")
+        for name in again.broken:
+            if repr(name) not in result.message:
+                _fail(f"side constraint {name!r} is broken but the message does not name it: {result.message!r}")
 
     tol = rtol * max(1.0, abs(again.objective))
     if not abs(result.objective - again.objective) <= tol:
@@ -279,7 +355,7 @@ def assert_valid_result(result: Result, *, rtol: float = 1e-9) -> None:
     if again.ok and result.bound < again.objective - tol:
         _fail(f"bound {result.bound!r} is below the ETV {again.objective!r} of a valid allocation")
     if result.prices is not None:
-        value = dual_value(problem, result.prices.values)
+        value = dual_value(problem, result.prices.values, result.multipliers)
         if not abs(value - result.bound) <= rtol * max(1.0, abs(value)):
             _fail(f"bound {result.bound!r} but the dual value of the result's prices is {value!r}")
     if result.status is Status.OPTIMAL and result.bound - again.objective > 1e-6 * max(1.0, abs(result.bound)):
@@ -305,7 +381,9 @@ def brute_force(problem: AllocationProblem, limit: int = 2_000_000) -> tuple[flo
     n, k = etv.shape
     user_rank, fund_rank = _ranks(problem)
     lo, hi = _demands(problem)
-    options = [[j for j in range(k) if user_rank[i] >= fund_rank[j]] + ([-1] if problem.holdout else [])
+    mask = _mask(problem)
+    sides = side_constraints(problem)
+    options = [[j for j in range(k) if user_rank[i] >= fund_rank[j] and mask[i, j]] + ([-1] if problem.holdout else [])
                for i in range(n)]
     size = float(np.prod([len(o) for o in options], dtype=float))
     if size > limit:
@@ -316,6 +394,9 @@ def brute_force(problem: AllocationProblem, limit: int = 2_000_000) -> tuple[flo
         counts = np.bincount(codes[codes >= 0], minlength=k)
         if (counts < lo).any() or (counts > hi).any():
             continue
+        placed = np.flatnonzero(codes >= 0)
+        if any(not lw - 1e-9 <= coef[placed, codes[placed]].sum() <= h + 1e-9 for _, lw, h, coef in sides):
+            continue
         value = float(sum(etv[i, j] for i, j in enumerate(combo) if j >= 0))
         if best_codes is None or value > best:
             best, best_codes = value, codes.astype(np.int32)
@@ -325,15 +406,16 @@ def brute_force(problem: AllocationProblem, limit: int = 2_000_000) -> tuple[flo
 def milp_optimum(problem: AllocationProblem, *, relax: bool = False) -> tuple[float, np.ndarray | None]:
     """The optimum of a small problem as the mixed-integer program of its definition (SciPy's ``milp``).
 
-    maximise ``sum etv[i, j] x[i, j]`` over the pairs the risk rule allows, with ``x`` binary, each user in
-    exactly one fund (at most one with holdout) and each fund's count within its demand.
+    maximise ``sum etv[i, j] x[i, j]`` over the pairs the risk rule and the eligibility mask allow, with
+    ``x`` binary, each user in exactly one fund (at most one with holdout), each fund's count within its
+    demand and each side constraint's ``sum a[i, j] x[i, j]`` within its bounds.
 
     Parameters
     ----------
     problem : AllocationProblem
     relax : bool
-        Solve the linear relaxation (``0 <= x <= 1``) instead. The constraint matrix is totally unimodular,
-        so its optimum equals the integer one.
+        Solve the linear relaxation (``0 <= x <= 1``) instead. Without side constraints the constraint
+        matrix is totally unimodular, so its optimum equals the integer one.
 
     Returns
     -------
@@ -347,7 +429,7 @@ def milp_optimum(problem: AllocationProblem, *, relax: bool = False) -> tuple[fl
     etv = np.asarray(problem.etv.values, dtype=np.float64)
     n, k = etv.shape
     user_rank, fund_rank = _ranks(problem)
-    users, funds = np.nonzero(user_rank[:, None] >= fund_rank[None, :])
+    users, funds = np.nonzero((user_rank[:, None] >= fund_rank[None, :]) & _mask(problem))
     m = len(users)
     lo, hi = _demands(problem)
     each_user = csr_array((np.ones(m), (users, np.arange(m))), shape=(n, m))
@@ -356,6 +438,8 @@ def milp_optimum(problem: AllocationProblem, *, relax: bool = False) -> tuple[fl
         LinearConstraint(each_user, 0 if problem.holdout else 1, 1),
         LinearConstraint(each_fund, lo, hi),
     ]
+    for _, lw, h, coef in side_constraints(problem):
+        constraints.append(LinearConstraint(coef[users, funds][None, :], lw, h))
     if m == 0 or ((each_user.sum(axis=1) == 0).any() and not problem.holdout):
         # nobody may take any fund (or some user none): feasible only if nobody has to
         if problem.holdout and lo.sum() == 0:

@@ -58,7 +58,9 @@ def _within(name: str, room: str) -> bool:
 # room -> the rooms it may import (besides itself); a module belongs to the longest room that holds it
 ALLOWED = {
     "eoca.errors": set(),
-    "eoca.problem": {"eoca.errors"},
+    "eoca.constraints": {"eoca.errors"},
+    "eoca.feasibility": set(),
+    "eoca.problem": {"eoca.errors", "eoca.constraints", "eoca.feasibility"},
     "eoca.result": {"eoca.errors", "eoca.problem"},
     "eoca.solvers": {"eoca.errors", "eoca.problem", "eoca.result"},
     "eoca.data": {"eoca.errors"},

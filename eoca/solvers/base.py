@@ -23,7 +23,9 @@ __all__ = [
 ]
 
 #: What a problem may ask of a solver beyond the paper's exact demands.
-FEATURES = frozenset({"ranges", "holdout"})
+FEATURES = frozenset({"ranges", "holdout", "eligible", "constraints"})
+#: What a solver supports unless it says more: a new solver claims no side rules it may not know.
+BASE_FEATURES = frozenset({"ranges", "holdout"})
 
 
 @dataclass
@@ -31,7 +33,8 @@ class SolverOutput:
     """What a solver hands back to :func:`eoca.solve`; the checker and the bound are applied after.
 
     ``codes``: int32 fund index per user (-1 for none). ``status``: the solver's own claim, one of
-    "optimal", "feasible", "time_limit", "error". ``prices``: dual price per fund, if any.
+    "optimal", "feasible", "time_limit", "error". ``prices``: dual price per fund, if any;
+    ``multipliers``: one per side constraint, if any (see :func:`eoca.dual_bound`).
     """
 
     codes: np.ndarray
@@ -40,6 +43,7 @@ class SolverOutput:
     message: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    multipliers: np.ndarray | None = None
 
 
 class Solver(ABC):
@@ -51,7 +55,7 @@ class Solver(ABC):
     """
 
     name: ClassVar[str]
-    supports: ClassVar[frozenset[str]] = FEATURES
+    supports: ClassVar[frozenset[str]] = BASE_FEATURES
     options: ClassVar[dict[str, Any]] = {}
     requires: ClassVar[tuple[str, ...]] = ()
     install_hint: ClassVar[str] = ""
@@ -84,11 +88,20 @@ class Solver(ABC):
                 f"Dask-backed ({problem.n_users:,} users, chunks along 'user'); solvers that work chunk by "
                 f"chunk: {lazy_ok} (use solver='exact'), or load the grid with problem.etv.load() first"
             )
+        c = problem.compile()
+        if c.is_lazy and c.has_side_rules:
+            raise UnsupportedFeatureError(
+                "an eligibility mask or side constraints on a Dask-backed grid are not supported yet; load the "
+                "grid into memory (problem.etv.load()) and declare the problem again")
         asked = set()
         if problem.has_ranges:
             asked.add("ranges")
         if problem.holdout:
             asked.add("holdout")
+        if c.mask is not None:
+            asked.add("eligible")
+        if c.constraints:
+            asked.add("constraints")
         missing = asked - set(self.supports)
         if missing:
             raise UnsupportedFeatureError(

@@ -8,7 +8,8 @@ import numpy as np
 
 from eoca.errors import ValidationError
 from eoca.problem import AllocationProblem, CompiledProblem
-from eoca.solvers.base import Solver, SolverOutput, register_solver
+from eoca.solvers._side import penalised
+from eoca.solvers.base import FEATURES, Solver, SolverOutput, register_solver
 
 __all__ = ["ExactSolver", "optimal_prices", "solver_output"]
 
@@ -16,6 +17,8 @@ __all__ = ["ExactSolver", "optimal_prices", "solver_output"]
 def _kernel(c: CompiledProblem, time_limit: float | None = None):
     from eoca.solvers._transport import solve_transport
 
+    if c.mask is not None:  # the level-ordered kernels see the mask as forbidden values (see _side.penalised)
+        c = penalised(c)
     return solve_transport(
         c.etv, c.user_level, c.fund_level, c.demand_min, c.demand_max, c.holdout, time_limit=time_limit
     )
@@ -58,6 +61,7 @@ class ExactSolver(Solver):
     """
 
     name = "exact"
+    supports = FEATURES
     description = "specialised optimal solver for the transportation structure (default)"
     options = {"time_limit": None}
     supports_lazy = True
@@ -70,5 +74,12 @@ class ExactSolver(Solver):
     def run(self, problem: AllocationProblem) -> SolverOutput:
         c = problem.compile()
         start = time.perf_counter()
+        if c.constraints:
+            from eoca.solvers._side_exact import solve_with_constraints
+
+            out = solve_with_constraints(c, _kernel, self.settings["time_limit"])
+            return SolverOutput(codes=out["codes"], status=out["status"], prices=out["prices"],
+                                multipliers=out["multipliers"], message=out["message"], stats=out["stats"],
+                                timings={"solve": time.perf_counter() - start})
         sol = _kernel(c, self.settings["time_limit"])
         return solver_output(sol, time.perf_counter() - start)

@@ -8,7 +8,8 @@ from eoca.errors import ValidationError
 from eoca.problem import AllocationProblem
 from eoca.solvers._greedy import algorithm1
 from eoca.solvers._repair import repair_allocation
-from eoca.solvers.base import Solver, SolverOutput, register_solver
+from eoca.solvers._side import penalised
+from eoca.solvers.base import FEATURES, Solver, SolverOutput, register_solver
 
 __all__ = ["HeuristicSolver"]
 
@@ -45,6 +46,7 @@ class HeuristicSolver(Solver):
     """
 
     name = "heuristic"
+    supports = FEATURES - {"constraints"}
     description = "the paper's Algorithm 1 (HA); risk_safe=True repairs it to keep every rule"
     options = {"risk_safe": True, "safety_net": "repair"}
 
@@ -57,6 +59,10 @@ class HeuristicSolver(Solver):
     def run(self, problem: AllocationProblem) -> SolverOutput:
         c = problem.compile()
         start = time.perf_counter()
+        if c.mask is not None:
+            # Algorithm 1 and its repair are level-ordered: a forbidden pair reaches them as a value so low
+            # that no fund takes it while another way is left (the checker counts any that is taken)
+            c = penalised(c)
         reroute = self.settings["risk_safe"] and self.settings["safety_net"] == "reroute"
         codes, stats = algorithm1(c, safe=reroute)
         if self.settings["risk_safe"] and not reroute:

@@ -30,7 +30,8 @@ import numpy as np
 
 from eoca.errors import ValidationError
 from eoca.problem import AllocationProblem, CompiledProblem
-from eoca.solvers.base import Solver, SolverOutput, register_solver
+from eoca.solvers._side import allowed_pairs, lp_relaxation, pair_coefficients
+from eoca.solvers.base import FEATURES, Solver, SolverOutput, register_solver
 
 if TYPE_CHECKING:
     import pyomo.environ as pyo
@@ -48,9 +49,8 @@ _ONE = 0.5
 
 
 def _pair_lists(c: CompiledProblem) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (user, fund) of the pairs the risk rule allows, in user-major order."""
-    users, funds = np.nonzero(c.user_level[:, None] >= c.fund_level[None, :])
-    return users.astype(np.int64), funds.astype(np.int64)
+    """Positions (user, fund) of the pairs the risk rule and the eligibility mask allow, user-major."""
+    return allowed_pairs(c)
 
 
 def build_model(problem: AllocationProblem) -> pyo.ConcreteModel:
@@ -67,8 +67,9 @@ def build_model(problem: AllocationProblem) -> pyo.ConcreteModel:
         Components:
 
         ``pairs`` : Set of (i, j)
-            The (user, fund) pairs the risk rule allows (``risk_tolerance >= risk_level``, eq. 5): a pair
-            outside it has no variable, so no solution can break the risk rule.
+            The (user, fund) pairs the risk rule allows (``risk_tolerance >= risk_level``, eq. 5) and the
+            eligibility mask, if declared, does not forbid: a pair outside it has no variable, so no
+            solution can break either rule.
         ``assign`` : Var over ``pairs``, binary
             ``assign[i, j] == 1`` iff user i is shown fund j (eq. 2).
         ``etv`` : Objective, maximise
@@ -80,6 +81,9 @@ def build_model(problem: AllocationProblem) -> pyo.ConcreteModel:
             eq. 4).
         ``placed`` : Constraint (only when every user must be placed and demands are ranges)
             ``sum_ij assign[i, j] == n_users``.
+        ``side`` : Constraint over the side constraints 0..m-1 (only when the problem has some)
+            ``at_least <= sum_ij a[i, j] * assign[i, j] <= at_most`` for each :class:`eoca.Quota` /
+            :class:`eoca.Linear`, in declaration order.
 
         Plain attributes: ``user_ids`` and ``fund_ids`` (pandas Index of the ids, position -> id;
         ``user_ids.get_loc(id)`` gives the position), ``holdout`` (bool).
@@ -140,6 +144,20 @@ def build_model(problem: AllocationProblem) -> pyo.ConcreteModel:
     model.demand = pyo.Constraint(range(k), rule=_demand)
     if not c.holdout and not c.exact_demands:
         model.placed = pyo.Constraint(expr=LinearExpression(list(x)) == n)
+    if c.constraints:
+        coef = pair_coefficients(c, users, funds)
+
+        def _side(_m: Any, q: int) -> Any:
+            con = c.constraints[q]
+            nz = np.flatnonzero(coef[q]).tolist()
+            expr = LinearExpression([MonomialTermExpression((float(coef[q, p]), x[p])) for p in nz])
+            lo = None if not np.isfinite(con.lo) else con.lo
+            hi = None if not np.isfinite(con.hi) else con.hi
+            if lo is not None and lo == hi:
+                return expr == lo
+            return (lo, expr, hi)
+
+        model.side = pyo.Constraint(range(len(c.constraints)), rule=_side)
     return model
 
 
@@ -286,7 +304,7 @@ def fund_prices(c: CompiledProblem, codes: np.ndarray) -> np.ndarray | None:
         if members.size == 0:
             continue
         etv = c.etv[members]
-        eligible = c.user_level[members, None] >= c.fund_level[None, :]
+        eligible = c.eligible(members)
         own = etv[:, a] if a >= 0 else np.zeros(members.size)
         gain = np.where(eligible, etv - own[:, None], -np.inf).max(axis=0)
         src = a if a >= 0 else z
@@ -353,6 +371,7 @@ class IPSolver(Solver):
     """
 
     name = "ip"
+    supports = FEATURES
     description = "Pyomo binary model of eqs. 1-5 solved by HiGHS; build_model() lets users add rules"
     options = {"time_limit": None, "mip_gap": None, "threads": None}
     requires = ("pyomo", "highspy")
@@ -381,8 +400,17 @@ class IPSolver(Solver):
             threads=self.settings["threads"],
         )
         out.timings = {"build": built, **out.timings}
-        out.stats.update(variables=len(model.assign), constraints=c.n_users + c.n_funds)
-        if out.status == "optimal":
+        out.stats.update(variables=len(model.assign), constraints=c.n_users + c.n_funds + len(c.constraints))
+        if out.status == "optimal" and c.constraints:
+            # side constraints: the duals of the LP relaxation bound the optimum (their gap, if any, is
+            # the integrality gap the checker reports; HiGHS's own claim is not the certificate)
+            start = time.perf_counter()
+            lp = lp_relaxation(c)
+            if lp is not None:
+                out.prices, out.multipliers = lp[1], lp[2]
+                out.stats["lp_objective"] = lp[0]
+            out.timings["prices"] = time.perf_counter() - start
+        elif out.status == "optimal":
             start = time.perf_counter()
             out.prices = fund_prices(c, out.codes)
             out.timings["prices"] = time.perf_counter() - start

@@ -9,7 +9,7 @@ import numpy as np
 
 from eoca.errors import ValidationError
 from eoca.problem import AllocationProblem
-from eoca.solvers.base import Solver, SolverOutput, register_solver
+from eoca.solvers.base import FEATURES, Solver, SolverOutput, register_solver
 
 __all__ = ["ManualSolver"]
 
@@ -40,6 +40,7 @@ class ManualSolver(Solver):
     """
 
     name = "manual"
+    supports = FEATURES - {"constraints"}
     description = "priority baseline: each fund in turn takes its top users (paper §5.1.2)"
     options = {"priority": None}
 
@@ -52,9 +53,9 @@ class ManualSolver(Solver):
         c = problem.compile()
         priority = self.settings["priority"]
         if priority is None:
+            allowed = c.eligible()
             means = np.array(
-                [c.etv[c.user_level >= c.fund_level[j], j].mean() if (c.user_level >= c.fund_level[j]).any() else 0.0
-                 for j in range(c.n_funds)]
+                [c.etv[allowed[:, j], j].mean() if allowed[:, j].any() else 0.0 for j in range(c.n_funds)]
             )
             return np.argsort(-means, kind="stable")
         order = problem.funds.get_indexer(list(priority))
@@ -71,11 +72,12 @@ class ManualSolver(Solver):
         start = time.perf_counter()
         order = self._order(problem)
         codes = np.full(c.n_users, -1, dtype=np.int32)
+        allowed = c.eligible()  # the risk rule and the eligibility mask
         for quota in (c.demand_min, c.demand_max - c.demand_min):
             for j in order:
                 if quota[j] == 0:
                     continue
-                free = np.flatnonzero((codes < 0) & (c.user_level >= c.fund_level[j]))
+                free = np.flatnonzero((codes < 0) & allowed[:, j])
                 chosen = _top_users(c.etv[:, j], free, int(quota[j]))
                 codes[chosen] = j
         return SolverOutput(

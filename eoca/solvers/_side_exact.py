@@ -1,0 +1,258 @@
+"""The exact solver with side constraints: the transport kept, the constraints priced on the users near
+the price boundary, verified on every user, and the last fractional users settled by a small MIP.
+
+A side constraint couples users only through one extra multiplier, so at fixed prices ``lambda`` (one
+per fund) and multipliers ``mu`` (one per constraint) every user is independent: it takes a best pair
+of ``etv - lambda - sum_q mu_q a_q``. The method (docs/guide.md, "Side constraints"):
+
+1. The transport optimum without the constraints (the exact kernel, the mask folded in as forbidden
+   values) gives starting prices and each user's gap between its best and second-best pair.
+2. **Restricted LP.** The users of smallest gap form a working set W; every other user is fixed at a
+   best pair under the current prices. HiGHS solves the LP relaxation over W's pairs with the demands
+   and constraint bounds less what the fixed users take; its duals are new prices and multipliers.
+3. **Verification on all users.** A fixed user that is no longer at a best pair under the new duals
+   breaks complementary slackness: such users join W and step 2 repeats. When none is left, the LP
+   solution over W with the fixed users is optimal for the whole LP relaxation and the duals certify it:
+   the checker's dual bound of (prices, multipliers) equals the LP optimum.
+4. **Settlement.** The LP optimum has at most about k + m fractional users. They and the W users of
+   smallest gap around them are re-solved as a binary program (HiGHS MIP) against what the others leave;
+   the allocation then meets every constraint and its ETV is within the integrality gap of the bound,
+   which the checker reports (``optimal`` only when it is closed).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from eoca.problem import CompiledProblem
+from eoca.solvers._side import allowed_pairs, pair_coefficients, penalised, side_bounds, solve_lp, solve_mip
+
+__all__ = ["solve_with_constraints"]
+
+_ROWS = 1 << 18  # users whose reduced values are built at once
+_FIRST = 4096  # least users in the first working set
+_SHARE = 0.005  # share of the users in the first working set
+_ROUNDS = 50  # restricted-LP rounds before giving up
+_SETTLE = 200  # least users re-solved by the settlement MIP besides the fractional ones
+_SETTLE_GAP = 1e-7  # share of the LP optimum by which the settlement MIP may stop short of its optimum
+_SAMPLE = 5000  # users of the sample whose LP gives the warm prices and multipliers
+
+
+def _choices(c: CompiledProblem, etv: np.ndarray, lam: np.ndarray, mu: np.ndarray, fixed: np.ndarray | None):
+    """Per user, under (lam, mu): the best option (fund, or -1 for none with holdout), its reduced value,
+    the gap to the second best and, for ``fixed`` codes, how far each is below the best."""
+    n, k = etv.shape
+    best = np.empty(n, dtype=np.int32)
+    gap = np.empty(n)
+    short = np.zeros(n)
+    for s in range(0, n, _ROWS):
+        rows = slice(s, min(s + _ROWS, n))
+        r = etv[rows] - lam[None, :]
+        for q, con in enumerate(c.constraints):
+            if mu[q]:
+                r = r - mu[q] * con.coefficients(rows)
+        r[~c.eligible(rows)] = -np.inf  # the risk rule and the mask
+        if c.holdout:
+            r = np.concatenate([r, np.zeros((r.shape[0], 1))], axis=1)
+        top2 = -np.partition(-r, 1, axis=1)[:, :2] if r.shape[1] > 1 else np.concatenate([r, r - np.inf], 1)
+        arg = r.argmax(axis=1)
+        best[rows] = np.where(arg == k, -1, arg)
+        gap[rows] = top2[:, 0] - top2[:, 1]
+        if fixed is not None:
+            f = fixed[rows]
+            own = r[np.arange(r.shape[0]), np.where(f < 0, k, f)]
+            short[rows] = top2[:, 0] - own
+    return best, gap, short
+
+
+def _residual(c: CompiledProblem, codes: np.ndarray, free: np.ndarray):
+    """Demand and constraint bounds less what the users outside ``free`` take with ``codes``."""
+    k = c.n_funds
+    held = np.where(free, -1, codes)
+    counts = np.bincount(held[held >= 0], minlength=k).astype(np.float64)
+    lo_s, hi_s = side_bounds(c)
+    act = np.array([con.activity(held) for con in c.constraints])
+    return (c.demand_min - counts, c.demand_max - counts, lo_s - act, hi_s - act)
+
+
+def _priced(c: CompiledProblem, etv: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """``etv - sum_q mu_q a_q`` as a read-only float64 grid (forbidden pairs stay forbidden)."""
+    out = np.array(etv, dtype=np.float64)
+    for s in range(0, c.n_users, _ROWS):
+        rows = slice(s, min(s + _ROWS, c.n_users))
+        for q, con in enumerate(c.constraints):
+            if mu[q]:
+                out[rows] -= mu[q] * con.coefficients(rows)
+    out.flags.writeable = False
+    return out
+
+
+def _sample_duals(c: CompiledProblem, seed: int, penalty: np.ndarray):
+    """Warm prices and multipliers: the LP relaxation on a random sample of users, every bound scaled by
+    the sample's share (widened by 5% if that is infeasible). None when even that is infeasible."""
+    rng = np.random.default_rng(seed)
+    members = np.sort(rng.choice(c.n_users, size=_SAMPLE, replace=False))
+    users, funds, local, values, coef = _local_model(c, members)
+    r = _SAMPLE / c.n_users
+    lo_s, hi_s = side_bounds(c)
+    for widen in (0.0, 0.05):
+        lo_f = np.floor(c.demand_min * r * (1 - widen))
+        hi_f = np.ceil(c.demand_max * r * (1 + widen))
+        if widen == 0.0 and c.exact_demands and not c.holdout:
+            lo_f = hi_f = c.demand_min * r  # exact scaled demands add up to the sample
+        lo = np.where(np.isfinite(lo_s), lo_s * r * (1 - widen * np.sign(lo_s)), lo_s)
+        hi = np.where(np.isfinite(hi_s), hi_s * r * (1 + widen * np.sign(hi_s)), hi_s)
+        lp = solve_lp(values, local, funds, coef, _SAMPLE, c.n_funds, lo_f, hi_f, lo, hi, c.holdout or widen > 0,
+                      penalty)
+        if lp is not None:
+            return lp[2], lp[3]
+    return None
+
+
+def _local_model(c: CompiledProblem, members: np.ndarray):
+    users, funds = allowed_pairs(c, members)
+    local = np.searchsorted(members, users)
+    values = np.asarray(c.etv[users, funds], dtype=np.float64)
+    return users, funds, local, values, pair_coefficients(c, users, funds)
+
+
+def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None = None) -> dict:
+    """Solve a problem with side constraints (and possibly a mask). ``kernel(compiled)`` is the exact
+    transport solve used for step 1. Returns codes, prices, multipliers, status, message and stats."""
+    start = time.perf_counter()
+    deadline = None if time_limit is None else start + time_limit
+    n, k, m = c.n_users, c.n_funds, len(c.constraints)
+    base = penalised(c)
+    etv = base.etv  # float64, forbidden pairs at a value no optimum takes
+    scale = max(1.0, float(np.abs(np.asarray(c.etv)).max(initial=0.0)))
+    tol = 1e-9 * scale
+    penalty = np.array([_penalty(con, scale) for con in c.constraints])
+    mu = np.zeros(m)
+    warm = _sample_duals(c, n, penalty) if n > _SAMPLE else None
+    if warm is not None:
+        # the transport on the grid priced by the sample's multipliers: every demand met, every user at a
+        # best option under (its prices, the multipliers); only the constraints' activities are left off,
+        # by the sample's error, for the restricted LP to settle
+        mu = warm[1]
+        sol = kernel(replace(base, etv=_priced(c, etv, mu)))
+    else:
+        sol = kernel(base)
+    lam = np.asarray(sol.prices, dtype=np.float64)
+    fixed = np.asarray(sol.assignment, dtype=np.int32).copy()
+    _, gap, _ = _choices(c, etv, lam, mu, None)
+    size = min(n, max(_FIRST, int(_SHARE * n)))
+    free = np.zeros(n, dtype=bool)
+    free[np.argpartition(gap, size - 1)[:size] if size < n else slice(None)] = True
+    stats = {"transport_s": time.perf_counter() - start, "rounds": 0}
+    lp = None
+    for rnd in range(_ROUNDS):
+        stats["rounds"] = rnd + 1
+        members = np.flatnonzero(free)
+        users, funds, local, values, coef = _local_model(c, members)
+        lo_f, hi_f, lo_s, hi_s = _residual(c, fixed, free)
+        # elastic side bounds: where the fixed users leave the working set no room, the LP misses a
+        # bound at a high price instead of failing, and the users that price moves join the set
+        lp = solve_lp(values, local, funds, coef, len(members), k, lo_f, hi_f, lo_s, hi_s, c.holdout, penalty)
+        if lp is None:  # the demands themselves leave the working set no room: widen it by gap order
+            if free.all():
+                return _failed(fixed, stats, "the demands cannot be met within the eligibility and risk rule")
+            free[np.argsort(np.where(free, -np.inf, gap), kind="stable")[:min(n, 2 * len(members))]] = True
+            continue
+        _, x, lam, mu, excess = lp
+        missed = np.abs(excess) > 1e-9 * (1 + np.abs(np.where(excess > 0, hi_s, lo_s)))
+        _, gap, short = _choices(c, etv, lam, mu, fixed)
+        broken = ~free & (short > tol)
+        if not broken.any():
+            if not missed.any():
+                break
+            if free.all():
+                return _failed(fixed, stats, "the side constraints cannot all be met with the demands: "
+                               + _core(c, excess, missed))
+            free[np.argsort(np.where(free, -np.inf, gap), kind="stable")[:min(n, 2 * len(members))]] = True
+            continue
+        free |= broken
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    stats.update(working_users=int(free.sum()), lp_s=time.perf_counter() - start - stats["transport_s"])
+    if lp is None or broken.any() or missed.any():
+        out = _failed(fixed, stats, "the restricted LP did not settle on every user within its rounds")
+        out["status"] = "time_limit" if deadline else "error"
+        return out
+
+    # the LP solution: integral users take their pair, the fractional ones are settled below
+    codes = fixed.copy()
+    members = np.flatnonzero(free)
+    share = np.zeros(len(members))
+    np.add.at(share, local, x)
+    big = x > 1 - 1e-9
+    codes[members] = -1
+    codes[users[big]] = funds[big]
+    whole = np.zeros(len(members), dtype=bool)
+    whole[local[big]] = True
+    frac = ~whole & ((share > 1e-9) | (not c.holdout))
+    settle_s = time.perf_counter()
+    total = float(lp[0]) + _fixed_value(c, fixed, free)  # the LP optimum over all users
+    extra = _SETTLE + 20 * (k + m)
+    chosen = None
+    while chosen is None:
+        pick = frac.copy()
+        order = np.argsort(gap[members], kind="stable")
+        pick[order[:extra]] = True
+        part = members[pick]
+        p_users, p_funds, p_local, p_values, p_coef = _local_model(c, part)
+        settle = np.zeros(n, dtype=bool)
+        settle[part] = True
+        lo_f, hi_f, lo_s, hi_s = _residual(c, codes, settle)
+        left = None if deadline is None else max(deadline - time.perf_counter(), 1.0)
+        chosen = solve_mip(p_values, p_local, p_funds, p_coef, len(part), k, lo_f, hi_f, lo_s, hi_s,
+                           c.holdout, time_limit=left, abs_gap=_SETTLE_GAP * abs(total))
+        if chosen is None:
+            if pick.all():
+                return {"codes": codes, "status": "error", "prices": lam, "multipliers": mu, "stats": stats,
+                        "message": "no integer allocation meets the side constraints near the LP optimum"}
+            extra *= 4
+    codes[part] = -1
+    codes[p_users[chosen]] = p_funds[chosen]
+    stats.update(fractional_users=int(frac.sum()), settled_users=int(len(part)),
+                 settle_s=time.perf_counter() - settle_s, lp_objective=total)
+    value = _fixed_value(c, codes, np.zeros(n, dtype=bool))
+    stats["gap"] = max(total - value, 0.0) / max(abs(total), 1e-300)
+    if total - value <= 1e-12 * max(abs(total), 1.0):
+        return {"codes": codes, "status": "optimal", "prices": lam, "multipliers": mu, "stats": stats, "message": ""}
+    # the LP bound is not met by an integer allocation: a gap the solver proves, not an optimum it claims
+    return {"codes": codes, "status": "feasible", "prices": lam, "multipliers": mu, "stats": stats,
+            "message": f"side constraints: within {stats['gap']:.2e} of the LP bound (the integrality gap "
+                       f"left after settling {len(part)} users by MIP)"}
+
+
+def _penalty(con, scale: float) -> float:
+    """A price per unit outside a side bound above any shadow price the constraint can have: moving one
+    user changes the ETV by at most ``2 * scale`` and the activity by at least the smallest coefficient."""
+    w = np.abs(con.fund_weight if con.grid is None else con.grid)
+    if con.user_weight is not None:
+        w = np.abs(con.user_weight)[:, None] * w[None, :]
+    small = float(w[w > 0].min()) if (w > 0).any() else 1.0
+    return 100.0 * (scale + 1.0) / small
+
+
+def _failed(codes, stats, message):
+    return {"codes": codes, "status": "error", "prices": None, "multipliers": None, "stats": stats,
+            "message": message}
+
+
+def _core(c: CompiledProblem, excess: np.ndarray, missed: np.ndarray) -> str:
+    """Name the constraints the LP relaxation had to break, and by how much (the infeasible core)."""
+    parts = []
+    for q in np.flatnonzero(missed):
+        con = c.constraints[q]
+        side = f"above at_most {con.hi:,.6g}" if excess[q] > 0 else f"below at_least {con.lo:,.6g}"
+        parts.append(f"{con.name!r} by {abs(excess[q]):,.6g} ({side})")
+    return "; ".join(parts) + " at the least"
+
+
+def _fixed_value(c: CompiledProblem, codes: np.ndarray, free: np.ndarray) -> float:
+    held = np.flatnonzero(~free & (codes >= 0))
+    return float(np.asarray(c.etv[held, codes[held]], dtype=np.float64).sum())
