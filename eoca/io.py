@@ -11,7 +11,9 @@ Problem files
 ``CHUNK_USERS`` users, each chunk with a CRC-32C checksum), ``risk_code`` (each user's position on the risk
 scale) and the user ids (``user`` for integers; for strings ``user_offsets`` and ``user_bytes``: the UTF-8
 bytes of every id one after another, and where each starts, as in Arrow's string layout); the fund table,
-risk scale, holdout, name, id kinds, dtypes and the problem's fingerprint in the group's attributes. A Zarr
+risk scale, holdout, name, id kinds, dtypes and the problem's fingerprint in the group's attributes. A
+problem with side rules adds the mask ``eligible`` and one array ``constraint_<q>`` per side constraint,
+described in the attribute ``constraints`` (:mod:`eoca.rules_io`). A Zarr
 problem can be opened lazily (``load_problem(path, chunks=...)``) for the distributed solve.
 ``.nc`` (NetCDF through h5netcdf): the same content as one Dataset, read whole.
 """
@@ -35,6 +37,7 @@ from eoca.checks import check_allocation, check_and_bound
 from eoca.errors import FileFormatError, ValidationError, show_values
 from eoca.problem import FUND, USER, AllocationProblem, id_kind
 from eoca.result import Result, Status, assigned_values
+from eoca.rules_io import side_arrays, side_records, side_rules
 from eoca.zarr_chunks import _read_chunked, lazy_zarr_array, read_zarr_chunk  # noqa: F401 - public here too
 
 __all__ = [
@@ -163,6 +166,8 @@ def _header(problem: AllocationProblem) -> dict[str, Any]:
         "risk_tolerance_dtype": str(tol.dtype) if tol.dtype.kind != "O" else "object",
         "etv_dtype": str(c.etv.dtype),
         "fingerprint": problem.fingerprint(),
+        "has_mask": c.mask is not None,
+        "constraints": side_records(problem),
         **_levels_attrs(problem.risk_levels),
     }
 
@@ -242,6 +247,8 @@ def _write_zarr(problem: AllocationProblem, tmp: Path) -> None:
         offsets, data = _string_layout(problem.users)
         put("user_offsets", offsets, (rows + 1,))
         put("user_bytes", data, (max(1, min(len(data), 64 * CHUNK_USERS)),))
+    for name, values in side_arrays(problem).items():  # the mask and constraint weights, chunked like the grid
+        put(name, values, (rows, max(1, c.n_funds))[: values.ndim])
     group.attrs.update({"eoca_format": PROBLEM_FORMAT, **_header(problem)})
 
 
@@ -266,8 +273,12 @@ def _save_netcdf(problem: AllocationProblem, path: Path) -> Path:
             "risk_tolerance_dtype": header["risk_tolerance_dtype"],
             "risk_scale": json.dumps(header["levels"]),  # the scale's order (an ordered categorical keeps it)
             "fingerprint": header["fingerprint"],
+            "has_mask": int(header["has_mask"]),
+            "constraints": json.dumps(header["constraints"]),
         },
     )
+    for name, values in side_arrays(problem).items():
+        ds[name] = ((USER, FUND)[: values.ndim], np.asarray(values))
     _atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
     return path
 
@@ -371,10 +382,14 @@ def _load_zarr(path: Path, chunks: int | None) -> AllocationProblem:
                                                          if attrs.get("fund_id_kind") == "string" else funds})
     demand = {f: (int(a) if a == b else (int(a), int(b))) for f, a, b in zip(funds, lo, hi)}
     fund_risk = dict(zip(funds, levels[fund_code].tolist()))
+    eligible, constraints = side_rules(
+        attrs.get("constraints", []), bool(attrs.get("has_mask", False)),
+        lambda name, shape: _read_chunked(path, _array(group, path, name, shape), name),
+        grid.get_index(USER), grid.get_index(FUND), str(path))
     problem = AllocationProblem(
         etv=grid, demand=demand, risk_level=fund_risk,
         risk_tolerance=_tolerance_series(tol, levels, grid.get_index(USER), attrs.get("risk_tolerance_dtype", "object")),
-        holdout=bool(attrs.get("holdout", False)), name=attrs.get("name"),
+        holdout=bool(attrs.get("holdout", False)), name=attrs.get("name"), eligible=eligible, constraints=constraints,
     )
     if problem.fingerprint() != attrs.get("fingerprint"):
         raise FileFormatError(f"{path}: its content does not match the fingerprint it was saved with (corrupt store)")
@@ -407,6 +422,12 @@ def _load_netcdf(path: Path) -> AllocationProblem:
     demand = {f: (int(a) if a == b else (int(a), int(b))) for f, a, b in zip(funds.tolist(), lo, hi)}
     grid = xr.DataArray(ds["etv"].values, dims=(USER, FUND),
                         coords={USER: users, FUND: pd.Index(funds, dtype=funds.dtype)})
+    try:
+        records = json.loads(ds.attrs.get("constraints", "[]"))
+    except ValueError:
+        raise FileFormatError(f"{path}: the attribute 'constraints' is not valid JSON (corrupt file)") from None
+    eligible, constraints = side_rules(records, bool(ds.attrs.get("has_mask", 0)), lambda name, shape: _nc_array(
+        ds, path, name, shape), grid.get_index(USER), grid.get_index(FUND), str(path))
     problem = AllocationProblem(
         etv=grid,
         demand=demand,
@@ -415,11 +436,22 @@ def _load_netcdf(path: Path) -> AllocationProblem:
                                          grid.get_index(USER), ds.attrs.get("risk_tolerance_dtype")),
         holdout=bool(ds.attrs.get("holdout", 0)),
         name=ds.attrs.get("name") or None,
+        eligible=eligible,
+        constraints=constraints,
     )
     saved = ds.attrs.get("fingerprint")
     if saved is not None and problem.fingerprint() != saved:
         raise FileFormatError(f"{path}: its content does not match the fingerprint it was saved with (corrupt file)")
     return problem
+
+
+def _nc_array(ds: xr.Dataset, path: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    if name not in ds.data_vars:
+        raise FileFormatError(f"{path} lacks the variable {name!r} (truncated or not a problem file)")
+    values = ds[name].values
+    if values.shape != shape:
+        raise FileFormatError(f"{path}: variable {name!r} has shape {values.shape}, expected {shape}")
+    return values
 
 
 def _jsonable(value: Any) -> Any:
