@@ -37,7 +37,7 @@ from eoca.checks import check_allocation, check_and_bound
 from eoca.errors import FileFormatError, ValidationError, show_values
 from eoca.problem import FUND, USER, AllocationProblem, id_kind
 from eoca.result import Result, Status, assigned_values
-from eoca.rules_io import side_arrays, side_records, side_rules
+from eoca.rules_io import dataset_array, side_arrays, side_records, side_rules
 from eoca.zarr_chunks import _read_chunked, lazy_zarr_array, read_zarr_chunk  # noqa: F401 - public here too
 
 __all__ = [
@@ -426,7 +426,7 @@ def _load_netcdf(path: Path) -> AllocationProblem:
         records = json.loads(ds.attrs.get("constraints", "[]"))
     except ValueError:
         raise FileFormatError(f"{path}: the attribute 'constraints' is not valid JSON (corrupt file)") from None
-    eligible, constraints = side_rules(records, bool(ds.attrs.get("has_mask", 0)), lambda name, shape: _nc_array(
+    eligible, constraints = side_rules(records, bool(ds.attrs.get("has_mask", 0)), lambda name, shape: dataset_array(
         ds, path, name, shape), grid.get_index(USER), grid.get_index(FUND), str(path))
     problem = AllocationProblem(
         etv=grid,
@@ -443,15 +443,6 @@ def _load_netcdf(path: Path) -> AllocationProblem:
     if saved is not None and problem.fingerprint() != saved:
         raise FileFormatError(f"{path}: its content does not match the fingerprint it was saved with (corrupt file)")
     return problem
-
-
-def _nc_array(ds: xr.Dataset, path: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    if name not in ds.data_vars:
-        raise FileFormatError(f"{path} lacks the variable {name!r} (truncated or not a problem file)")
-    values = ds[name].values
-    if values.shape != shape:
-        raise FileFormatError(f"{path}: variable {name!r} has shape {values.shape}, expected {shape}")
-    return values
 
 
 def _jsonable(value: Any) -> Any:

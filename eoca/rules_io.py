@@ -28,7 +28,7 @@ from eoca.constraints import Linear, Quota
 from eoca.errors import FileFormatError
 from eoca.problem import FUND, USER, AllocationProblem
 
-__all__ = ["side_records", "side_arrays", "side_rules"]
+__all__ = ["side_records", "side_arrays", "side_rules", "dataset_array"]
 
 
 def _bound(value: float) -> float | None:
@@ -93,3 +93,13 @@ def side_rules(records: Any, has_mask: bool, read: Callable[[str, tuple[int, ...
         else:
             raise FileFormatError(f"{where}: side constraint {name!r} has an unknown kind {kind!r} (corrupt file)")
     return eligible, constraints
+
+
+def dataset_array(ds: xr.Dataset, path: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A variable of a loaded NetCDF problem file, of the shape expected (FileFormatError otherwise)."""
+    if name not in ds.data_vars:
+        raise FileFormatError(f"{path} lacks the variable {name!r} (truncated or not a problem file)")
+    values = ds[name].values
+    if values.shape != shape:
+        raise FileFormatError(f"{path}: variable {name!r} has shape {values.shape}, expected {shape}")
+    return values

@@ -123,6 +123,10 @@ def solve(problem: AllocationProblem, solver: str | Solver = DEFAULT_SOLVER, **o
 
     status = Status(out.status)
     message = out.message
+    if status is Status.INFEASIBLE:  # a solver's proof that no allocation meets the side rules (its message)
+        return Result(problem=problem, codes=codes, objective=float("nan"), status=status, checks=checks,
+                      bound=float("nan"), prices=None, timings=timings, solver=instance.name, message=message,
+                      stats=dict(out.stats))
     if not checks.ok and status is Status.TIME_LIMIT:
         message = ("stopped by the time limit before the allocation met every rule: "
                    f"{checks.describe()}" + (f"; {message}" if message else ""))

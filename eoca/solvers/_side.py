@@ -9,7 +9,7 @@ import numpy as np
 
 from eoca.problem import CompiledProblem
 
-__all__ = ["allowed_pairs", "pair_coefficients", "penalised", "lp_relaxation"]
+__all__ = ["allowed_pairs", "pair_coefficients", "penalised", "lp_relaxation", "infeasible_core", "core_message"]
 
 
 def allowed_pairs(c: CompiledProblem, users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -57,6 +57,11 @@ def penalised(c: CompiledProblem, etv: np.ndarray | None = None) -> CompiledProb
 #: its time on the n user rows, which it cannot reduce (measured, 3,000 users x 8 funds: 11.9 s with
 #: presolve, 0.78 s dual simplex and 0.14 s interior point without).
 LP_METHOD = "highs-ipm"
+#: What a failed interior-point solve is tried again with: with costs that span many orders of magnitude
+#: (an elastic bound's penalty against small weights) the interior point can report a feasible LP as
+#: infeasible (seen: 1,000 users x 3 funds, a commission budget in tenths of a cent); the dual simplex
+#: does not, at about 5x the time, paid only when the interior point fails.
+LP_FALLBACK = "highs-ds"
 
 
 class _Rows:
@@ -96,6 +101,10 @@ class _Rows:
         y[self.eq_idx] -= eq_marginals[:len(self.eq_idx)]
         return y[:self.k], y[self.k:]
 
+    def holds_at_zero(self) -> bool:
+        """Whether choosing nothing meets every row (the case of a model without pairs)."""
+        return bool((self.b_ub >= 0).all() and (self.b_eq == 0).all())
+
     def args(self):
         out = {}
         if self.a_ub.shape[0]:
@@ -105,7 +114,7 @@ class _Rows:
         return out
 
 
-def solve_lp(values, users, funds, coef, n, k, lo_f, hi_f, lo_s, hi_s, holdout, penalty=None):
+def solve_lp(values, users, funds, coef, n, k, lo_f, hi_f, lo_s, hi_s, holdout, penalty=None, box=None):
     """Maximise ``values . x`` over the pairs (``users`` numbered 0..n-1) subject to one fund per user,
     fund counts in [lo_f, hi_f] and side activities ``coef @ x`` in [lo_s, hi_s], with HiGHS (scipy).
 
@@ -115,16 +124,27 @@ def solve_lp(values, users, funds, coef, n, k, lo_f, hi_f, lo_s, hi_s, holdout, 
     constraint) the side bounds are elastic: a unit outside them costs its penalty, so the LP is feasible
     whenever the demands are, and ``excess`` (per constraint, signed: above its maximum > 0, below its
     minimum < 0) says by how much the bounds are missed; ``objective`` is then the ETV alone.
+
+    ``box = (lower, upper)`` (one pair per side constraint, within +-penalty) generalises it: a unit above
+    a constraint's bounds costs ``upper`` and a unit below earns ``lower``, which keeps each multiplier in
+    [lower, upper] (a box step around earlier multipliers; where the box binds, ``excess`` is not zero).
     """
     from scipy.optimize import linprog
 
     p, m = len(users), len(lo_s)
-    elastic = penalty is not None and m > 0
+    elastic = (penalty is not None or box is not None) and m > 0
     rows = _Rows(users, funds, coef, n, k, lo_f, hi_f, lo_s, hi_s, holdout, elastic=elastic)
     cost = np.asarray(values, dtype=np.float64)
     if elastic:
-        cost = np.concatenate([cost, -np.asarray(penalty, dtype=np.float64), -np.asarray(penalty, dtype=np.float64)])
+        lower, upper = box if box is not None else (-np.asarray(penalty), np.asarray(penalty))
+        cost = np.concatenate([cost, -np.asarray(upper, dtype=np.float64), np.asarray(lower, dtype=np.float64)])
+    if not len(cost):  # nothing to choose: feasible iff every row holds at zero
+        if not rows.holds_at_zero():
+            return None
+        return 0.0, np.zeros(0), np.zeros(k), np.zeros(m), np.zeros(m)
     res = linprog(-cost, bounds=(0, None), method=LP_METHOD, options={"presolve": False}, **rows.args())
+    if res.status != 0:
+        res = linprog(-cost, bounds=(0, None), method=LP_FALLBACK, options={"presolve": False}, **rows.args())
     if res.status != 0:
         return None
     ub = res.ineqlin.marginals if rows.a_ub.shape[0] else np.zeros(0)
@@ -142,6 +162,8 @@ def solve_mip(values, users, funds, coef, n, k, lo_f, hi_f, lo_s, hi_s, holdout,
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     rows = _Rows(users, funds, coef, n, k, lo_f, hi_f, lo_s, hi_s, holdout)
+    if not len(users):
+        return np.zeros(0, dtype=bool) if rows.holds_at_zero() else None
     cons = []
     if rows.a_ub.shape[0]:
         cons.append(LinearConstraint(rows.a_ub, -np.inf, rows.b_ub))
@@ -173,3 +195,49 @@ def lp_relaxation(c: CompiledProblem):
                    pair_coefficients(c, users, funds), c.n_users, c.n_funds, c.demand_min.astype(np.float64),
                    c.demand_max.astype(np.float64), lo_s, hi_s, c.holdout)
     return None if out is None else (out[0], out[2], out[3])
+
+
+#: Most allowed pairs over which :func:`infeasible_core` runs its deletion filter (one LP per constraint).
+CORE_PAIRS = 2_000_000
+
+
+def infeasible_core(c: CompiledProblem) -> list[int] | None:
+    """When the LP relaxation is infeasible: a set of side constraints that cannot hold together with the
+    demands, the eligibility and the risk rule, and from which none can be left out (a deletion filter:
+    each constraint is dropped in turn and kept out when the rest stays infeasible). ``[]`` when the
+    demands alone are infeasible; None when the relaxation is feasible or the problem is too large to
+    filter (more than :data:`CORE_PAIRS` allowed pairs)."""
+    users, funds = allowed_pairs(c)
+    if len(users) > CORE_PAIRS:
+        return None
+    coef = pair_coefficients(c, users, funds)
+    lo_s, hi_s = side_bounds(c)
+    zero = np.zeros(len(users))
+    lo_f, hi_f = c.demand_min.astype(np.float64), c.demand_max.astype(np.float64)
+
+    def feasible(keep: list[int]) -> bool:
+        return solve_lp(zero, users, funds, coef[keep], c.n_users, c.n_funds, lo_f, hi_f, lo_s[keep], hi_s[keep],
+                        c.holdout) is not None
+
+    core = list(range(len(c.constraints)))
+    if feasible(core):
+        return None
+    for q in list(core):
+        rest = [p for p in core if p != q]
+        if not feasible(rest):
+            core = rest
+    return core
+
+
+def core_message(c: CompiledProblem, core: list[int] | None, fallback: str = "") -> str | None:
+    """Why no allocation meets the side rules, from :func:`infeasible_core`'s answer; None when the LP
+    relaxation is feasible (the caller then has no proof of infeasibility)."""
+    if core is None:
+        return f"the side constraints cannot all be met with the demands: {fallback}" if fallback else None
+    if not core:
+        return "the demands cannot be met within the eligibility and the risk rule"
+    names = ", ".join(repr(c.constraints[q].name) for q in core)
+    many = len(core) > 1
+    return (f"no allocation, even a fractional one, meets the side constraint{'s' if many else ''} {names} "
+            f"{'together ' if many else ''}with the demands, the eligibility and the risk rule: relax "
+            f"{'one of them' if many else 'it'}")

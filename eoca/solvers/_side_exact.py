@@ -28,7 +28,16 @@ from dataclasses import replace
 import numpy as np
 
 from eoca.problem import CompiledProblem
-from eoca.solvers._side import allowed_pairs, pair_coefficients, penalised, side_bounds, solve_lp, solve_mip
+from eoca.solvers._side import (
+    allowed_pairs,
+    core_message,
+    infeasible_core,
+    pair_coefficients,
+    penalised,
+    side_bounds,
+    solve_lp,
+    solve_mip,
+)
 
 __all__ = ["solve_with_constraints"]
 
@@ -39,6 +48,9 @@ _ROUNDS = 50  # restricted-LP rounds before giving up
 _SETTLE = 200  # least users re-solved by the settlement MIP besides the fractional ones
 _SETTLE_GAP = 1e-7  # share of the LP optimum by which the settlement MIP may stop short of its optimum
 _SAMPLE = 5000  # users of the sample whose LP gives the warm prices and multipliers
+_BOX = 0.1  # half-width of the first box step around a multiplier, as a share of it (measured at 1M users x 8
+# funds, 6 constraints: 0.5 or no box let 19,000 fixed users break after the first LP, 0.1 about 8,500)
+_BOX_FLOOR = 1e-3  # least half-width: this share of the largest ETV per typical coefficient
 
 
 def _choices(c: CompiledProblem, etv: np.ndarray, lam: np.ndarray, mu: np.ndarray, fixed: np.ndarray | None):
@@ -146,38 +158,47 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
     size = min(n, max(_FIRST, int(_SHARE * n)))
     free = np.zeros(n, dtype=bool)
     free[np.argpartition(gap, size - 1)[:size] if size < n else slice(None)] = True
-    stats = {"transport_s": time.perf_counter() - start, "rounds": 0}
+    stats = {"transport_s": time.perf_counter() - start, "rounds": 0, "largest_lp_users": 0}
+    # a box step: each restricted LP keeps the multipliers within `width` of the previous ones. On the
+    # users near the boundary a constraint's multiplier is often degenerate (any value in a wide range is
+    # optimal for them); unboxed, HiGHS may pick one far from the right one and thousands of fixed users
+    # then break. Where a box binds it widens, so the final LP is the plain restricted LP.
+    width = np.maximum(_BOX * np.abs(mu), [_BOX_FLOOR * scale / _typical(con) for con in c.constraints])
     lp = None
     for rnd in range(_ROUNDS):
         stats["rounds"] = rnd + 1
         members = np.flatnonzero(free)
+        stats["largest_lp_users"] = max(stats["largest_lp_users"], len(members))
         users, funds, local, values, coef = _local_model(c, members)
         lo_f, hi_f, lo_s, hi_s = _residual(c, fixed, free)
         # elastic side bounds: where the fixed users leave the working set no room, the LP misses a
         # bound at a high price instead of failing, and the users that price moves join the set
-        lp = solve_lp(values, local, funds, coef, len(members), k, lo_f, hi_f, lo_s, hi_s, c.holdout, penalty)
+        box = (np.maximum(mu - width, -penalty), np.minimum(mu + width, penalty))
+        lp = solve_lp(values, local, funds, coef, len(members), k, lo_f, hi_f, lo_s, hi_s, c.holdout, box=box)
         if lp is None:  # the demands themselves leave the working set no room: widen it by gap order
             if free.all():
-                return _failed(fixed, stats, "the demands cannot be met within the eligibility and risk rule")
+                return _infeasible(c, fixed, stats, "")
             free[np.argsort(np.where(free, -np.inf, gap), kind="stable")[:min(n, 2 * len(members))]] = True
             continue
         _, x, lam, mu, excess = lp
-        missed = np.abs(excess) > 1e-9 * (1 + np.abs(np.where(excess > 0, hi_s, lo_s)))
+        used = np.abs(excess) > 1e-9 * (1 + np.abs(np.where(excess > 0, hi_s, lo_s)))
+        boxed = used & np.where(excess > 0, box[1] < penalty, box[0] > -penalty)
+        missed = used & ~boxed
+        width[boxed] *= 4
         _, gap, short = _choices(c, etv, lam, mu, fixed)
         broken = ~free & (short > tol)
-        if not broken.any():
+        if not broken.any() and not boxed.any():
             if not missed.any():
                 break
             if free.all():
-                return _failed(fixed, stats, "the side constraints cannot all be met with the demands: "
-                               + _core(c, excess, missed))
+                return _infeasible(c, fixed, stats, _missed(c, excess, missed))
             free[np.argsort(np.where(free, -np.inf, gap), kind="stable")[:min(n, 2 * len(members))]] = True
             continue
-        free |= broken
         if deadline is not None and time.perf_counter() > deadline:
             break
+        free |= broken
     stats.update(working_users=int(free.sum()), lp_s=time.perf_counter() - start - stats["transport_s"])
-    if lp is None or broken.any() or missed.any():
+    if lp is None or broken.any() or missed.any() or boxed.any():
         out = _failed(fixed, stats, "the restricted LP did not settle on every user within its rounds")
         out["status"] = "time_limit" if deadline else "error"
         return out
@@ -228,6 +249,17 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
                        f"left after settling {len(part)} users by MIP)"}
 
 
+def _typical(con) -> float:
+    """The mean size of a constraint's non-zero coefficients (1 for a quota)."""
+    def mean_nonzero(a):
+        a = np.abs(a[a != 0])
+        return float(a.mean()) if a.size else 1.0
+
+    if con.grid is not None:
+        return mean_nonzero(con.grid)
+    return mean_nonzero(con.user_weight) * mean_nonzero(con.fund_weight)
+
+
 def _penalty(con, scale: float) -> float:
     """A price per unit outside a side bound above any shadow price the constraint can have: moving one
     user changes the ETV by at most ``2 * scale`` and the activity by at least the smallest coefficient."""
@@ -243,8 +275,17 @@ def _failed(codes, stats, message):
             "message": message}
 
 
-def _core(c: CompiledProblem, excess: np.ndarray, missed: np.ndarray) -> str:
-    """Name the constraints the LP relaxation had to break, and by how much (the infeasible core)."""
+def _infeasible(c: CompiledProblem, codes, stats, missed: str) -> dict:
+    """The LP relaxation over every user cannot meet the rules: name the constraints that cannot hold
+    together (:func:`infeasible_core`) or, past its size, those the elastic LP had to break."""
+    message = core_message(c, infeasible_core(c), missed)
+    if message is None:
+        return _failed(codes, stats, "the LP relaxation failed on every user (numerical trouble in HiGHS)")
+    return {**_failed(codes, stats, message), "status": "infeasible"}
+
+
+def _missed(c: CompiledProblem, excess: np.ndarray, missed: np.ndarray) -> str:
+    """Name the constraints the elastic LP relaxation had to break, and by how much."""
     parts = []
     for q in np.flatnonzero(missed):
         con = c.constraints[q]

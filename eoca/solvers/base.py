@@ -33,7 +33,8 @@ class SolverOutput:
     """What a solver hands back to :func:`eoca.solve`; the checker and the bound are applied after.
 
     ``codes``: int32 fund index per user (-1 for none). ``status``: the solver's own claim, one of
-    "optimal", "feasible", "time_limit", "error". ``prices``: dual price per fund, if any;
+    "optimal", "feasible", "time_limit", "error", or "infeasible" when the solver proves that no
+    allocation meets the side rules (its message names them; the demands alone are diagnosed before). ``prices``: dual price per fund, if any;
     ``multipliers``: one per side constraint, if any (see :func:`eoca.dual_bound`).
     """
 

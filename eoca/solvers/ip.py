@@ -30,7 +30,7 @@ import numpy as np
 
 from eoca.errors import ValidationError
 from eoca.problem import AllocationProblem, CompiledProblem
-from eoca.solvers._side import allowed_pairs, lp_relaxation, pair_coefficients
+from eoca.solvers._side import allowed_pairs, core_message, infeasible_core, lp_relaxation, pair_coefficients
 from eoca.solvers.base import FEATURES, Solver, SolverOutput, register_solver
 
 if TYPE_CHECKING:
@@ -282,6 +282,9 @@ def solve_model(
         )
 
 
+_INFEASIBLE = ("provenInfeasible", "infeasibleOrUnbounded")
+
+
 def fund_prices(c: CompiledProblem, codes: np.ndarray) -> np.ndarray | None:
     """Optimal fund prices certifying an allocation, or None when the allocation is not optimal.
 
@@ -401,14 +404,26 @@ class IPSolver(Solver):
         )
         out.timings = {"build": built, **out.timings}
         out.stats.update(variables=len(model.assign), constraints=c.n_users + c.n_funds + len(c.constraints))
-        if out.status == "optimal" and c.constraints:
+        if out.status == "error" and c.constraints and out.stats.get("termination") in _INFEASIBLE:
+            # the declared problem (not a user's added rows: run() builds the model itself) has no
+            # allocation: name the side constraints that cannot hold together
+            message = core_message(c, infeasible_core(c))
+            if message is not None:
+                out.status, out.message = "infeasible", message
+        elif out.status == "optimal" and c.constraints:
             # side constraints: the duals of the LP relaxation bound the optimum (their gap, if any, is
             # the integrality gap the checker reports; HiGHS's own claim is not the certificate)
             start = time.perf_counter()
             lp = lp_relaxation(c)
-            if lp is not None:
+            if lp is None:  # HiGHS accepted a model its own rows make infeasible (one without variables)
+                out.status, out.message = "infeasible", core_message(c, infeasible_core(c)) or "no allocation"
+            else:
                 out.prices, out.multipliers = lp[1], lp[2]
                 out.stats["lp_objective"] = lp[0]
+                found, proven = out.stats.get("objective"), out.stats.get("objective_bound")
+                if found is not None and proven is not None and lp[0] > found + 1e-9 * max(1.0, abs(lp[0])):
+                    out.message = (f"HiGHS proves no integer allocation better (its bound {proven:.6g}); the "
+                                   f"bound eoca certifies is the LP relaxation's, {lp[0]:.6g}")
             out.timings["prices"] = time.perf_counter() - start
         elif out.status == "optimal":
             start = time.perf_counter()
