@@ -91,9 +91,13 @@ def _cheapest(loss, m):
     return np.concatenate([below, at])
 
 
-def repair_allocation(compiled, codes):
+def repair_allocation(compiled, codes, forbidden=None):
     """Make ``codes`` (Algorithm 1's allocation, -1 = no fund) meet every rule, moving as few users as the
     risk levels require.
+
+    ``forbidden``: the pairs an eligibility mask forbids (bool, users x funds; ``compiled`` then carries
+    them as very low values). Users on one are freed too, and when the freed users cannot be placed
+    without one, everyone is re-allocated.
 
     Returns
     -------
@@ -120,6 +124,8 @@ def repair_allocation(compiled, codes):
     breach[placed] = user_level[placed] < fund_level[codes[placed]]
     stranded = ~placed if not holdout else np.zeros(len(codes), dtype=bool)
     free = breach | stranded
+    if forbidden is not None:
+        free[placed] |= forbidden[np.flatnonzero(placed), codes[placed]]
     # a fund that takes nobody is nobody's way up
     open_level = np.where(demand_max > 0, fund_level, np.iinfo(np.int32).max).astype(fund_level.dtype)
     tally = _Tally(codes, free, user_level, compiled.n_levels, len(demand_min))
@@ -148,6 +154,15 @@ def repair_allocation(compiled, codes):
         # taken entirely by kept users of the wrong levels): re-allocate everyone
         idx = np.arange(len(codes))
         sol = solve_transport(etv, user_level, fund_level, demand_min, demand_max, holdout)
+    if forbidden is not None and len(idx) < len(codes) and _uses(forbidden, idx, sol.assignment):
+        # the kept users leave the freed ones only forbidden places: re-allocate everyone
+        idx = np.arange(len(codes))
+        sol = solve_transport(etv, user_level, fund_level, demand_min, demand_max, holdout)
     out[idx] = sol.assignment
     moved = int((out[idx] != codes[idx]).sum())
     return out, dict(stats, repair_moved=moved, repair_freed=len(idx))
+
+
+def _uses(forbidden, idx, assignment) -> bool:
+    placed = assignment >= 0
+    return bool(forbidden[idx[placed], assignment[placed]].any())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from eoca.errors import ValidationError
 from eoca.problem import AllocationProblem
 from eoca.solvers._greedy import algorithm1
@@ -59,15 +61,19 @@ class HeuristicSolver(Solver):
     def run(self, problem: AllocationProblem) -> SolverOutput:
         c = problem.compile()
         start = time.perf_counter()
+        forbidden = None
         if c.mask is not None:
             # Algorithm 1 and its repair are level-ordered: a forbidden pair reaches them as a value so low
-            # that no fund takes it while another way is left (the checker counts any that is taken)
+            # that no fund takes it while another way is left; the risk-safe variants repair any it takes
+            forbidden = ~c.mask
             c = penalised(c)
         reroute = self.settings["risk_safe"] and self.settings["safety_net"] == "reroute"
         codes, stats = algorithm1(c, safe=reroute)
-        if self.settings["risk_safe"] and not reroute:
+        placed = codes >= 0
+        misplaced = forbidden is not None and bool(forbidden[np.flatnonzero(placed), codes[placed]].any())
+        if self.settings["risk_safe"] and (not reroute or misplaced):
             stats["algorithm1_s"] = time.perf_counter() - start
-            codes, repair_stats = repair_allocation(c, codes)
+            codes, repair_stats = repair_allocation(c, codes, forbidden)
             stats.update(repair_stats, repair_s=time.perf_counter() - start - stats["algorithm1_s"])
         return SolverOutput(codes=codes, status="feasible", stats=stats,
                             timings={"solve": time.perf_counter() - start})
