@@ -35,6 +35,11 @@ def _guide_expectations():
         r"u1\s+f1\nu2\s+(NaN|None)\nu3\s+f2",
         r"infeasible: risk level 'R3' and above: funds need at least 2 users but only 1 users tolerate that "
         r"risk \(short by 1\)",
+        # side rules: a certified gap, the binding budget priced, the checker naming every broken rule
+        r"(optimal|feasible) gap \d\.\de[-+]\d\d True",
+        r"commission budget\s+4[45]\d\.\d+\s+NaN\s+450\.0\s+\d+\.\d+\s+True",
+        r"\d+ users shown a fund the eligibility mask forbids; constraint 'new users in money_market' broken",
+        r"no allocation, even a fractional one, meets the side constraint 'onboarding'",
         r"\noptimal\n",
     ]
 

@@ -244,8 +244,13 @@ def test_every_scenario_solves(scenario):
     from eoca.cli import load_scenario
 
     params = {"n_users": 2000} if scenario.stem != "paper_toy" else {}
-    result = eoca.solve(load_scenario(scenario, **params))
-    assert result.status is eoca.Status.OPTIMAL and result.checks.ok
+    problem = load_scenario(scenario, **params)
+    result = eoca.solve(problem)
+    assert result.checks.ok
+    if problem.constraints:  # the bound is the LP relaxation's: a small delivery may keep an integrality gap
+        assert result.status is eoca.Status.OPTIMAL or (result.status is eoca.Status.FEASIBLE and result.gap < 1e-3)
+    else:
+        assert result.status is eoca.Status.OPTIMAL
 
 
 def test_assignment_and_summary_from_different_saves_are_caught(tmp_path):
