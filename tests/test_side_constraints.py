@@ -750,3 +750,67 @@ def test_no_constraint_table_without_constraints():
     problem = _masked(4, ["A", "B"], {"A": 2, "B": 2}, {"u0": [False, True]}, holdout=False)
     result = eoca.solve(problem, solver="exact")
     assert result.constraints is None and result.multipliers is None
+
+
+# ---- the compiled passes equal plain numpy -----------------------------------------------------------------
+
+
+def _plain_choices(c, etv, lam, mu, fixed):
+    """Best option, gap to the second and shortfall of ``fixed``, built with numpy from the definitions."""
+    n, k = etv.shape
+    r = etv - lam[None, :]
+    for q, con in enumerate(c.constraints):
+        r = r - mu[q] * con.coefficients()
+    r[~c.eligible()] = -np.inf
+    if c.holdout:
+        r = np.concatenate([r, np.zeros((n, 1))], axis=1)
+    top2 = -np.partition(-r, 1, axis=1)[:, :2]
+    arg = r.argmax(axis=1)
+    short = np.zeros(n) if fixed is None else top2[:, 0] - r[np.arange(n), np.where(fixed < 0, k, fixed)]
+    return np.where(arg == k, -1, arg), top2[:, 0] - top2[:, 1], short
+
+
+@pytest.mark.parametrize("holdout", [False, True])
+@pytest.mark.parametrize("extra_grids", [0, 3])  # 3 more per-pair budgets: past the two read in place
+def test_reduced_choices_equal_plain_numpy(holdout, extra_grids):
+    from eoca.instances import constrained_problem
+    from eoca.solvers._side import penalised
+    from eoca.solvers._side_kernels import reduced_choices
+
+    base = constrained_problem(400, 5, seed=4)
+    rng = np.random.default_rng(5)
+    grids = [eoca.Linear(weights=pd.DataFrame(rng.random((400, 5)), index=base.users, columns=base.funds),
+                         at_most=1e9, name=f"extra {g}") for g in range(extra_grids)]
+    etv = base.etv.values.copy()
+    etv[:50] = np.round(etv[:50])  # ties
+    problem = eoca.AllocationProblem(
+        etv=xr.DataArray(etv, dims=("user", "fund"), coords={"user": base.users, "fund": base.funds}),
+        demand={f: (0, 400) for f in base.funds}, risk_level=base.risk_level.to_series().to_dict(),
+        risk_tolerance=base.risk_tolerance, holdout=holdout, eligible=base.eligible,
+        constraints=list(base.constraints) + grids)
+    c = problem.compile()
+    m = len(c.constraints)
+    for mu in (np.zeros(m), rng.normal(size=m), np.where(rng.random(m) < 0.5, 0.0, rng.normal(size=m))):
+        lam = rng.normal(size=5)
+        fixed = rng.integers(-1 if holdout else 0, 5, 400).astype(np.int32)
+        for fx in (None, fixed):
+            values = penalised(c).etv
+            got = reduced_choices(c, values, lam, mu, fx)
+            want = _plain_choices(c, values, lam, mu, fx)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(got[2], want[2], rtol=1e-12, atol=1e-9)
+
+
+def test_allowed_patterns_counted_three_ways_agree():
+    from eoca.feasibility import _patterns_by_rows, allowed_patterns
+
+    rng = np.random.default_rng(0)
+    for n, k in ((3000, 6), (2000, 24), (500, 70)):  # bincount, unique over keys, packed rows
+        user_level, fund_level = rng.integers(0, 4, n), rng.integers(0, 4, k)
+        mask = rng.random((n, k)) < 0.7
+        mask[: n // 3] = mask[0]  # repeated patterns
+        got, want = allowed_patterns(user_level, fund_level, mask), _patterns_by_rows(user_level, fund_level, mask)
+        key = lambda g: [tuple(r) for r in g.astype(int)]  # noqa: E731
+        assert dict(zip(key(got[0]), got[1].tolist())) == dict(zip(key(want[0]), want[1].tolist()))
+        assert got[1].sum() == n
