@@ -3,15 +3,20 @@ the price boundary, verified on every user, and the last fractional users settle
 
 A side constraint couples users only through one extra multiplier, so at fixed prices ``lambda`` (one
 per fund) and multipliers ``mu`` (one per constraint) every user is independent: it takes a best pair
-of ``etv - lambda - sum_q mu_q a_q``. The method (docs/guide.md, "Side constraints"):
+of ``etv - lambda - sum_q mu_q a_q``. The method (docs/guide.md, "Business rules"):
 
-1. The transport optimum without the constraints (the exact kernel, the mask folded in as forbidden
+1. The LP relaxation on a random sample of users (bounds scaled to it) gives warm multipliers; the
+   transport optimum on the grid priced by them (the exact kernel, the mask folded in as forbidden
    values) gives starting prices and each user's gap between its best and second-best pair.
 2. **Restricted LP.** The users of smallest gap form a working set W; every other user is fixed at a
    best pair under the current prices. HiGHS solves the LP relaxation over W's pairs with the demands
-   and constraint bounds less what the fixed users take; its duals are new prices and multipliers.
+   and constraint bounds less what the fixed users take; its duals are new prices and multipliers,
+   kept within a box around the last ones (widened where it binds: a multiplier is often degenerate on
+   W alone, and a far one would break thousands of fixed users).
 3. **Verification on all users.** A fixed user that is no longer at a best pair under the new duals
-   breaks complementary slackness: such users join W and step 2 repeats. When none is left, the LP
+   breaks complementary slackness: such users join W and step 2 repeats, W's other users leaving it at
+   the pair the LP gave them unless fractional or of small gap (so W stays small; after a few rounds it
+   only grows, so the rounds end). When no user is broken and no box binds, the LP
    solution over W with the fixed users is optimal for the whole LP relaxation and the duals certify it:
    the checker's dual bound of (prices, multipliers) equals the LP optimum.
 4. **Settlement.** The LP optimum has at most about k + m fractional users. They and the W users of
@@ -28,6 +33,7 @@ from dataclasses import replace
 import numpy as np
 
 from eoca.problem import CompiledProblem
+from eoca.solvers import _tuning
 from eoca.solvers._side import (
     allowed_pairs,
     core_message,
@@ -41,19 +47,6 @@ from eoca.solvers._side import (
 from eoca.solvers._side_kernels import coefficient_sizes, reduced_choices
 
 __all__ = ["solve_with_constraints"]
-
-_ROWS = 1 << 18  # users whose reduced values are built at once
-_FIRST = 4096  # least users in the first working set
-_SHARE = 0.005  # share of the users in the first working set
-_ROUNDS = 50  # restricted-LP rounds before giving up
-_SETTLE = 200  # least users re-solved by the settlement MIP besides the fractional ones
-_SETTLE_GAP = 1e-7  # share of the LP optimum by which the settlement MIP may stop short of its optimum
-_SAMPLE = 5000  # users of the sample whose LP gives the warm prices and multipliers
-_BOX = 0.1  # half-width of the first box step around a multiplier, as a share of it (measured at 1M users x 8
-# funds, 6 constraints: 0.5 or no box let 19,000 fixed users break after the first LP, 0.1 about 8,500)
-_BOX_FLOOR = 1e-3  # least half-width: this share of the largest ETV per typical coefficient
-_SHRINK_ROUNDS = 8  # rounds whose working set may shrink back (measured at 1M: 12,400 -> 6,800 -> 5,000 users
-# in rounds 2-4 instead of 13,500 -> 15,500 -> 15,500, 11 s instead of 17 s); then it only grows
 
 
 def _residual(c: CompiledProblem, codes: np.ndarray, free: np.ndarray):
@@ -69,8 +62,8 @@ def _residual(c: CompiledProblem, codes: np.ndarray, free: np.ndarray):
 def _priced(c: CompiledProblem, etv: np.ndarray, mu: np.ndarray) -> np.ndarray:
     """``etv - sum_q mu_q a_q`` as a read-only float64 grid (forbidden pairs stay forbidden)."""
     out = np.array(etv, dtype=np.float64)
-    for s in range(0, c.n_users, _ROWS):
-        rows = slice(s, min(s + _ROWS, c.n_users))
+    for s in range(0, c.n_users, _tuning.SIDE_ROWS):
+        rows = slice(s, min(s + _tuning.SIDE_ROWS, c.n_users))
         for q, con in enumerate(c.constraints):
             if mu[q]:
                 out[rows] -= mu[q] * con.coefficients(rows)
@@ -82,9 +75,9 @@ def _sample_duals(c: CompiledProblem, seed: int, penalty: np.ndarray):
     """Warm prices and multipliers: the LP relaxation on a random sample of users, every bound scaled by
     the sample's share (widened by 5% if that is infeasible). None when even that is infeasible."""
     rng = np.random.default_rng(seed)
-    members = np.sort(rng.choice(c.n_users, size=_SAMPLE, replace=False))
+    members = np.sort(rng.choice(c.n_users, size=_tuning.SIDE_SAMPLE, replace=False))
     users, funds, local, values, coef = _local_model(c, members)
-    r = _SAMPLE / c.n_users
+    r = _tuning.SIDE_SAMPLE / c.n_users
     lo_s, hi_s = side_bounds(c)
     for widen in (0.0, 0.05):
         lo_f = np.floor(c.demand_min * r * (1 - widen))
@@ -93,7 +86,7 @@ def _sample_duals(c: CompiledProblem, seed: int, penalty: np.ndarray):
             lo_f = hi_f = c.demand_min * r  # exact scaled demands add up to the sample
         lo = np.where(np.isfinite(lo_s), lo_s * r * (1 - widen * np.sign(lo_s)), lo_s)
         hi = np.where(np.isfinite(hi_s), hi_s * r * (1 + widen * np.sign(hi_s)), hi_s)
-        lp = solve_lp(values, local, funds, coef, _SAMPLE, c.n_funds, lo_f, hi_f, lo, hi, c.holdout or widen > 0,
+        lp = solve_lp(values, local, funds, coef, _tuning.SIDE_SAMPLE, c.n_funds, lo_f, hi_f, lo, hi, c.holdout or widen > 0,
                       penalty)
         if lp is not None:
             return lp[2], lp[3]
@@ -122,7 +115,7 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
     # user changes the ETV by at most 2 * scale and the activity by at least the smallest coefficient
     penalty = 100.0 * (scale + 1.0) / smallest
     mu = np.zeros(m)
-    warm = _sample_duals(c, n, penalty) if n > _SAMPLE else None
+    warm = _sample_duals(c, n, penalty) if n > _tuning.SIDE_SAMPLE else None
     if warm is not None:
         # the transport on the grid priced by the sample's multipliers: every demand met, every user at a
         # best option under (its prices, the multipliers); only the constraints' activities are left off,
@@ -134,7 +127,7 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
     lam = np.asarray(sol.prices, dtype=np.float64)
     fixed = np.asarray(sol.assignment, dtype=np.int32).copy()
     _, gap, _ = reduced_choices(c, etv, lam, mu, None)
-    size = min(n, max(_FIRST, int(_SHARE * n)))
+    size = min(n, max(_tuning.SIDE_FIRST, int(_tuning.SIDE_SHARE * n)))
     free = np.zeros(n, dtype=bool)
     free[np.argpartition(gap, size - 1)[:size] if size < n else slice(None)] = True
     stats = {"transport_s": time.perf_counter() - start, "rounds": 0, "largest_lp_users": 0}
@@ -142,9 +135,9 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
     # users near the boundary a constraint's multiplier is often degenerate (any value in a wide range is
     # optimal for them); unboxed, HiGHS may pick one far from the right one and thousands of fixed users
     # then break. Where a box binds it widens, so the final LP is the plain restricted LP.
-    width = np.maximum(_BOX * np.abs(mu), _BOX_FLOOR * scale / typical)
+    width = np.maximum(_tuning.SIDE_BOX * np.abs(mu), _tuning.SIDE_BOX_FLOOR * scale / typical)
     lp = None
-    for rnd in range(_ROUNDS):
+    for rnd in range(_tuning.SIDE_ROUNDS):
         stats["rounds"] = rnd + 1
         members = np.flatnonzero(free)
         stats["largest_lp_users"] = max(stats["largest_lp_users"], len(members))
@@ -175,7 +168,7 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
             continue
         if deadline is not None and time.perf_counter() > deadline:
             break
-        if rnd < _SHRINK_ROUNDS:
+        if rnd < _tuning.SIDE_SHRINK_ROUNDS:
             free = _next_working_set(free, members, funds, local, x, fixed, gap, broken, size, c.holdout)
         else:  # past them the working set only grows, so the rounds end
             free |= broken
@@ -198,7 +191,7 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
     frac = ~whole & ((share > 1e-9) | (not c.holdout))
     settle_s = time.perf_counter()
     total = float(lp[0]) + _fixed_value(c, fixed, free)  # the LP optimum over all users
-    extra = _SETTLE + 20 * (k + m)
+    extra = _tuning.SIDE_SETTLE + 20 * (k + m)
     chosen = None
     while chosen is None:
         pick = frac.copy()
@@ -211,7 +204,7 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
         lo_f, hi_f, lo_s, hi_s = _residual(c, codes, settle)
         left = None if deadline is None else max(deadline - time.perf_counter(), 1.0)
         chosen = solve_mip(p_values, p_local, p_funds, p_coef, len(part), k, lo_f, hi_f, lo_s, hi_s,
-                           c.holdout, time_limit=left, abs_gap=_SETTLE_GAP * abs(total))
+                           c.holdout, time_limit=left, abs_gap=_tuning.SIDE_SETTLE_GAP * abs(total))
         if chosen is None:
             if pick.all():
                 return {"codes": codes, "status": "error", "prices": lam, "multipliers": mu, "stats": stats,

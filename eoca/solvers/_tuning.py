@@ -52,3 +52,19 @@ GAP_SAMPLE = 2_000_000  # gaps returned by pass A to choose the gather threshold
 SURPLUS_SLACK = 1000  # users beyond twice a fund's surplus that its own threshold gathers
 GROWTH = 4  # the gather threshold's quantile grows by this factor per verify round
 # (all five move test_bench_distributed: gathered users and rounds)
+
+# ---- side constraints (eoca.solvers._side_exact): the restricted LP over users near the price boundary ----
+SIDE_ROWS = 1 << 18  # users whose priced grid is built at once
+SIDE_SAMPLE = 5000  # users of the random sample whose LP gives the warm prices and multipliers (0.9 s at 1M)
+SIDE_FIRST = 4096  # least users in a working set
+SIDE_SHARE = 0.005  # share of the users in a working set (5,000 at 1M): every restricted LP costs about
+# 0.15 s per 1,000 users there (HiGHS's interior point with crossover)
+SIDE_ROUNDS = 50  # restricted-LP rounds before giving up (1M users, 6 constraints: 4)
+SIDE_BOX = 0.1  # half-width of the first box step around a multiplier, as a share of it (1M x 8, 6
+# constraints: with 0.5 or no box 19,000 fixed users broke after the first LP, with 0.1 8,500)
+SIDE_BOX_FLOOR = 1e-3  # least half-width: this share of the largest ETV per typical coefficient
+SIDE_SHRINK_ROUNDS = 8  # rounds whose working set may shrink back (1M: LPs of 12,400 -> 6,800 -> 5,000 users
+# instead of 13,500 -> 15,500 -> 15,500, 11 s instead of 17 s); past them it only grows, so the rounds end
+SIDE_SETTLE = 200  # least users re-solved by the settlement MIP besides the fractional ones
+SIDE_SETTLE_GAP = 1e-7  # share of the LP optimum by which the settlement MIP may stop short of its optimum
+# (all move benchmarks/test_bench_side.py: time against the plain solve, working users, gap)
