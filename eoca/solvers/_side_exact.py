@@ -225,13 +225,17 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
 
 
 def _next_working_set(free, members, funds, local, x, fixed, gap, broken, size, holdout):
+    """The users of the next restricted LP: those the last LP left fractional, the fixed users its duals
+    broke, and the ``size`` users of smallest gap under them. The others of the last working set leave it
+    at the option the LP gave them (a best option under its duals), so the next LP stays small however
+    many users earlier rounds added; ``fixed`` is updated in place."""
     n = len(free)
     whole = x > 1 - 1e-9
     choice = np.full(len(members), -1, dtype=np.int32)
     choice[local[whole]] = funds[whole]
     integral = np.zeros(len(members), dtype=bool)
     integral[local[whole]] = True
-    if holdout:
+    if holdout:  # a user the LP leaves without a fund is integral too
         share = np.zeros(len(members))
         np.add.at(share, local, x)
         integral |= share < 1e-9
