@@ -55,6 +55,10 @@ def format_result(result: Result) -> str:
     shown = table.rename(columns=cols)
     formatters = {"ETV": "{:,.2f}".format, "price": "{:,.4f}".format}
     lines += ["", shown.to_string(formatters=formatters)]
+    rules = result.constraints
+    if rules is not None:
+        lines += ["", rules.to_string(formatters={c: "{:,.6g}".format for c in ("activity", "at_least", "at_most",
+                                                                                "slack", "price")})]
     if result.prices is not None:
         lines += [
             "",

@@ -35,6 +35,14 @@ import xarray as xr
 
 from eoca.checks import check_allocation, check_and_bound
 from eoca.errors import FileFormatError, ValidationError, show_values
+from eoca.io_encoding import (
+    levels_attrs,
+    levels_from,
+    netcdf_labels,
+    string_layout,
+    strings_from_layout,
+    tolerance_series,
+)
 from eoca.problem import FUND, USER, AllocationProblem, id_kind
 from eoca.result import Result, Status, assigned_values
 from eoca.rules_io import dataset_array, side_arrays, side_records, side_rules
@@ -107,46 +115,6 @@ def _atomic_write_dir(target: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def _plain(values: np.ndarray) -> np.ndarray:
-    """Arrays NetCDF can store: labels as unicode, numbers as they are (ints as int64)."""
-    values = np.asarray(values)
-    if values.dtype.kind in "iufb":
-        return values.astype(np.int64) if values.dtype.kind in "iu" else values
-    kind = pd.api.types.infer_dtype(values, skipna=False)
-    if kind == "integer":
-        return values.astype(np.int64)
-    if kind in ("floating", "mixed-integer-float"):
-        return values.astype(np.float64)
-    if kind == "boolean":
-        return values.astype(bool)
-    return np.asarray(values, dtype=str)
-
-
-def _levels_attrs(levels: np.ndarray) -> dict[str, Any]:
-    values = [v.item() if isinstance(v, np.generic) else v for v in levels.tolist()]
-    return {"levels": values, "levels_dtype": str(np.asarray(levels).dtype) if levels.dtype.kind != "O" else "object"}
-
-
-def _levels_from(attrs: dict[str, Any]) -> np.ndarray:
-    dtype = attrs.get("levels_dtype", "object")
-    return np.asarray(attrs["levels"], dtype=object if dtype.startswith("<U") or dtype == "object" else dtype)
-
-
-def _tolerance_series(values: np.ndarray, levels: np.ndarray, index: pd.Index, dtype: str | None) -> pd.Series:
-    """The users' risk tolerances as declared: on an ordered categorical scale where the problem's levels
-    are not in their sort order (the scale came from an ordered categorical), else in their saved dtype."""
-    labels = levels.tolist()
-    try:
-        declared_order = labels != sorted(labels)
-    except TypeError:
-        declared_order = True
-    if declared_order:
-        return pd.Series(pd.Categorical(values, categories=levels, ordered=True), index=index, copy=False)
-    if dtype:
-        values = values.astype(object if dtype == "object" else dtype)
-    return pd.Series(values, index=index, dtype=values.dtype, copy=False)
-
-
 def _header(problem: AllocationProblem) -> dict[str, Any]:
     """What a problem file says about itself beside the arrays (JSON-ready)."""
     c = problem.compile()
@@ -168,34 +136,8 @@ def _header(problem: AllocationProblem) -> dict[str, Any]:
         "fingerprint": problem.fingerprint(),
         "has_mask": c.mask is not None,
         "constraints": side_records(problem),
-        **_levels_attrs(problem.risk_levels),
+        **levels_attrs(problem.risk_levels),
     }
-
-
-def _string_layout(ids: pd.Index) -> tuple[np.ndarray, np.ndarray]:
-    """UTF-8 bytes of every id one after another and the offset where each starts (n + 1 entries)."""
-    import pyarrow as pa
-
-    arr = pa.array(np.asarray(ids, dtype=object), type=pa.large_string())
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
-    return offsets - offsets[0], data[offsets[0] : offsets[-1]]
-
-
-def _strings_from_layout(offsets: np.ndarray, data: np.ndarray, where: str) -> np.ndarray:
-    import pyarrow as pa
-
-    if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(data) or (
-        len(offsets) > 1 and (np.diff(offsets) < 0).any()
-    ):
-        raise FileFormatError(f"{where}: the user ids' offsets do not describe their bytes (corrupt file)")
-    try:
-        arr = pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(np.ascontiguousarray(offsets)),
-                                                pa.py_buffer(np.ascontiguousarray(data)))
-        arr.validate(full=True)
-    except (pa.ArrowException, ValueError) as exc:
-        raise FileFormatError(f"{where}: the user ids are not valid UTF-8 strings (corrupt file): {exc}") from None
-    return arr.to_numpy(zero_copy_only=False)
 
 
 def save_problem(problem: AllocationProblem, path: str | os.PathLike) -> Path:
@@ -244,7 +186,7 @@ def _write_zarr(problem: AllocationProblem, tmp: Path) -> None:
     if id_kind(problem.users) == "integer":
         put("user", np.asarray(problem.users, dtype=np.int64), (rows,))
     else:
-        offsets, data = _string_layout(problem.users)
+        offsets, data = string_layout(problem.users)
         put("user_offsets", offsets, (rows + 1,))
         put("user_bytes", data, (max(1, min(len(data), 64 * CHUNK_USERS)),))
     for name, values in side_arrays(problem).items():  # the mask and constraint weights, chunked like the grid
@@ -259,10 +201,10 @@ def _save_netcdf(problem: AllocationProblem, path: Path) -> Path:
             "etv": ((USER, FUND), np.asarray(problem.etv.values)),
             "demand_min": ((FUND,), np.asarray(problem.demand_min.values)),
             "demand_max": ((FUND,), np.asarray(problem.demand_max.values)),
-            "risk_level": ((FUND,), _plain(problem.risk_level.values)),
-            "risk_tolerance": ((USER,), _plain(problem.risk_tolerance.values)),
+            "risk_level": ((FUND,), netcdf_labels(problem.risk_level.values)),
+            "risk_tolerance": ((USER,), netcdf_labels(problem.risk_tolerance.values)),
         },
-        coords={USER: _plain(problem.users.to_numpy()), FUND: _plain(problem.funds.to_numpy())},
+        coords={USER: netcdf_labels(problem.users.to_numpy()), FUND: netcdf_labels(problem.funds.to_numpy())},
         attrs={
             "eoca_format": PROBLEM_FORMAT_NC,
             "holdout": int(problem.holdout),
@@ -352,7 +294,7 @@ def _load_zarr(path: Path, chunks: int | None) -> AllocationProblem:
     try:
         n, funds = int(attrs["n_users"]), list(attrs["funds"])
         k = len(funds)
-        levels = _levels_from(attrs)
+        levels = levels_from(attrs)
         lo, hi = attrs["demand_min"], attrs["demand_max"]
         fund_code = np.asarray(attrs["fund_risk_code"], dtype=np.int64)
         kind = attrs["user_id_kind"]
@@ -369,7 +311,7 @@ def _load_zarr(path: Path, chunks: int | None) -> AllocationProblem:
         if data_arr is None:
             raise FileFormatError(f"{path} lacks the array 'user_bytes' (truncated or not a problem store)")
         _all_chunks_stored(path, data_arr, "user_bytes")
-        ids = _strings_from_layout(offsets, _read_chunked(path, data_arr, "user_bytes"), str(path))
+        ids = strings_from_layout(offsets, _read_chunked(path, data_arr, "user_bytes"), str(path))
         dtype = attrs.get("user_id_dtype", "object")
         users = pd.Index(ids, dtype=object) if dtype == "object" else pd.Index(ids, dtype=dtype)
     etv_arr = _array(group, path, "etv", (n, k))
@@ -388,7 +330,7 @@ def _load_zarr(path: Path, chunks: int | None) -> AllocationProblem:
         grid.get_index(USER), grid.get_index(FUND), str(path))
     problem = AllocationProblem(
         etv=grid, demand=demand, risk_level=fund_risk,
-        risk_tolerance=_tolerance_series(tol, levels, grid.get_index(USER), attrs.get("risk_tolerance_dtype", "object")),
+        risk_tolerance=tolerance_series(tol, levels, grid.get_index(USER), attrs.get("risk_tolerance_dtype", "object")),
         holdout=bool(attrs.get("holdout", False)), name=attrs.get("name"), eligible=eligible, constraints=constraints,
     )
     if problem.fingerprint() != attrs.get("fingerprint"):
@@ -432,7 +374,7 @@ def _load_netcdf(path: Path) -> AllocationProblem:
         etv=grid,
         demand=demand,
         risk_level=dict(zip(funds.tolist(), ds["risk_level"].values.tolist())),
-        risk_tolerance=_tolerance_series(tol, np.asarray(json.loads(ds.attrs["risk_scale"]), dtype=object) if "risk_scale" in ds.attrs else np.unique(tol),
+        risk_tolerance=tolerance_series(tol, np.asarray(json.loads(ds.attrs["risk_scale"]), dtype=object) if "risk_scale" in ds.attrs else np.unique(tol),
                                          grid.get_index(USER), ds.attrs.get("risk_tolerance_dtype")),
         holdout=bool(ds.attrs.get("holdout", 0)),
         name=ds.attrs.get("name") or None,
@@ -483,7 +425,15 @@ def result_summary(result: Result) -> dict[str, Any]:
                 "demand_misses": checks.demand_misses,
                 "risk_violations": checks.risk_violations,
                 "invalid": checks.invalid,
+                "ineligible": checks.ineligible,
             },
+            # side constraints: the recount and the solver's multipliers (restored by load_result to certify
+            # the bound again)
+            "constraints": None if result.constraints is None else {
+                str(name): {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+                for name, row in result.constraints.to_dict(orient="index").items()
+            },
+            "multipliers": None if result.multipliers is None else [float(v) for v in result.multipliers],
             "funds": {
                 str(f): {
                     "users": int(n),
@@ -745,8 +695,12 @@ def load_result(directory: str | os.PathLike, problem: AllocationProblem) -> Res
         xr.DataArray(np.array(prices, dtype=float), dims=(FUND,), coords={FUND: problem.funds}, name="price")
         if has_prices else None
     )
-    # with prices, the checks and the bound on this problem in one read of the grid
-    checks, price_bound = (check_and_bound(problem, codes, price_da.values) if has_prices
+    # with prices, the checks and the bound on this problem in one read of the grid; a result with side
+    # constraints also saved the multipliers that price them (ignored unless one per constraint)
+    multipliers = summary.get("multipliers")
+    if not (isinstance(multipliers, list) and len(multipliers) == len(problem.constraints) and multipliers):
+        multipliers = None
+    checks, price_bound = (check_and_bound(problem, codes, price_da.values, multipliers) if has_prices
                            else (check_allocation(problem, codes), float("nan")))
     same = summary.get("problem_fingerprint") == problem.fingerprint()
     saved = Status(summary["status"])
@@ -797,4 +751,5 @@ def load_result(directory: str | os.PathLike, problem: AllocationProblem) -> Res
         solver=summary.get("solver", ""),
         message=message,
         stats=dict(summary.get("stats", {})),
+        multipliers=None if multipliers is None else np.asarray(multipliers, dtype=np.float64),
     )

@@ -97,7 +97,8 @@ class Checks:
 
     def describe(self) -> str:
         if self.ok:
-            return "all checks pass: every demand met, every user within risk tolerance"
+            return "all checks pass: every demand met, every user within risk tolerance" + (
+                f", every side constraint met ({len(self.constraints)})" if self.constraints is not None else "")
         parts = []
         if self.risk_violations:
             parts.append(f"{self.risk_violations:,} users above their risk tolerance")

@@ -129,3 +129,48 @@ def test_a_netcdf_lacking_a_side_rule_variable_is_named(tmp_path):
     ds.to_netcdf(tmp_path / "q.nc", engine="h5netcdf")
     with pytest.raises(eoca.FileFormatError, match="q.nc lacks the variable 'eligible'"):
         load_problem(tmp_path / "q.nc")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_result_with_side_constraints_reads_back_with_its_certificate(tmp_path, fmt):
+    from eoca.io import load_result, load_summary, save_result
+
+    problem = ruled()
+    result = eoca.solve(problem, solver="exact")
+    assert result.checks.ok and result.multipliers is not None
+    path = save_result(result, tmp_path / "r", format=fmt)
+    summary = load_summary(path)
+    assert summary["multipliers"] == pytest.approx(list(result.multipliers))
+    assert set(summary["constraints"]) == {c.name for c in problem.constraints}
+    assert summary["constraints"]["commission"]["activity"] == pytest.approx(result.constraints.loc["commission", "activity"])
+    again = load_result(path, problem)
+    # the bound is recomputed on the problem from the saved prices and multipliers: the same certificate
+    assert again.status is result.status and again.bound == pytest.approx(result.bound, rel=1e-12)
+    np.testing.assert_allclose(again.multipliers, result.multipliers)
+    assert again.constraints["ok"].all()
+
+
+def test_a_loaded_result_breaking_a_constraint_of_the_problem_it_is_given_is_an_error(tmp_path):
+    from eoca.io import load_result, save_result
+
+    problem = ruled()
+    path = save_result(eoca.solve(problem, solver="exact"), tmp_path / "r")
+    stricter = eoca.AllocationProblem(
+        problem.etv, {f: (int(a), int(b)) for f, a, b in zip(problem.funds, problem.demand_min.values,
+                                                               problem.demand_max.values)},
+        problem.risk_level.to_series().to_dict(), problem.risk_tolerance, eligible=problem.eligible,
+        constraints=[eoca.Quota(users=list(problem.users), funds=["fund 1"], at_most=0, name="nobody in fund 1")],
+        name="stricter")
+    again = load_result(path, stricter)
+    assert again.status is eoca.Status.ERROR and "nobody in fund 1" in again.message
+
+
+def test_the_command_line_prints_the_side_constraints(tmp_path, capsys):
+    from eoca.cli import main
+
+    path = save_problem(ruled(), tmp_path / "p.zarr")
+    assert main(["solve", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "every side constraint met (4)" in out
+    for name in ("listed users in fund 1", "a group placed", "commission", "cost"):
+        assert re.search(rf"(?m)^{re.escape(name)}\s+[\d,.]+", out), name
