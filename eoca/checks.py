@@ -293,9 +293,13 @@ def dual_bound(compiled: CompiledProblem, prices: np.ndarray, multipliers: np.nd
     relaxation, so it may stay above the best integer allocation.
     """
     prices = _prices(compiled, prices)
+    if compiled.has_side_rules and compiled.is_lazy:
+        if compiled.constraints:
+            raise ValidationError("problem", "side constraints on a Dask-backed grid are not supported yet")
+        users = sum(map_user_blocks(_masked_best_block, compiled.etv, [compiled.user_level, compiled.mask],
+                                    args=(compiled.fund_level, prices, compiled.holdout)))
+        return float(users + _fund_term(compiled, prices))
     if compiled.has_side_rules:
-        if compiled.is_lazy:
-            raise ValidationError("problem", "side rules on a Dask-backed grid are not supported yet")
         return _side_bound(compiled, prices, _multipliers(compiled, multipliers)) + _fund_term(compiled, prices)
     if compiled.is_lazy:  # a sum over users: one map-reduce over the grid's chunks
         users = sum(
@@ -307,6 +311,13 @@ def dual_bound(compiled: CompiledProblem, prices: np.ndarray, multipliers: np.nd
     else:
         users = _best_reduced(compiled.etv, compiled.user_level, compiled.fund_level, prices, compiled.holdout)
     return float(users + _fund_term(compiled, prices))
+
+
+def _masked_best_block(etv, user_level, mask, fund_level, prices, holdout):
+    """The users' part of the dual value on one chunk of a Dask grid with an eligibility mask."""
+    reduced = np.where((user_level[:, None] >= fund_level[None, :]) & mask, etv - prices[None, :], -np.inf)
+    best = reduced.max(axis=1, initial=-np.inf)
+    return float((np.maximum(best, 0.0) if holdout else best).sum())
 
 
 def recount(result: Result) -> Checks:

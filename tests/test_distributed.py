@@ -203,3 +203,20 @@ def test_frame_and_saved_result_of_a_dask_grid_match_memory(client, tmp_path, mo
     lazy_table = pq.read_table(tmp_path / "lazy" / "assignment.parquet")
     assert lazy_table.equals(pq.read_table(tmp_path / "memory" / "assignment.parquet"))
     np.testing.assert_array_equal(lazy_table.column("etv").to_numpy(), expected.to_frame()["etv"].to_numpy())
+
+
+def test_a_masked_grid_is_allocated_on_the_cluster_as_in_memory(client):
+    from eoca.instances import constrained_problem
+
+    ruled = constrained_problem(12_000, 6, seed=3, eligible_share=0.8)
+
+    def masked(etv):
+        return eoca.AllocationProblem(etv, {f: int(d) for f, d in ruled.demand_min.to_series().items()},
+                                      ruled.risk_level.to_series().to_dict(), ruled.risk_tolerance,
+                                      eligible=ruled.eligible)
+
+    expected = eoca.solve(masked(ruled.etv))
+    result = eoca.solve(masked(ruled.etv.chunk({"user": 2_500})))
+    assert result.status == "optimal" and result.checks.ok and result.checks.ineligible == 0
+    assert result.objective == pytest.approx(expected.objective, rel=1e-12)
+    assert result.bound == pytest.approx(expected.bound, rel=1e-12)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -314,10 +315,27 @@ def run_lazy(solver: Solver, problem: AllocationProblem) -> SolverOutput:
     if solver.name != "exact":
         raise ValidationError("solver", f"{solver.name!r} has no chunk-wise solve for a Dask-backed grid")
     start = time.perf_counter()
-    sol = solve_exact(problem.compile(), time_limit=solver.settings["time_limit"])
+    sol = solve_exact(lazy_penalised(problem.compile()), time_limit=solver.settings["time_limit"])
     return solver_output(sol, time.perf_counter() - start)
 
 
 def lazy_optimal_prices(compiled: CompiledProblem) -> np.ndarray:
     """Optimal fund prices of a feasible problem with a Dask-backed grid (to bound any solver's result)."""
-    return np.asarray(solve_exact(compiled).prices, dtype=np.float64)
+    return np.asarray(solve_exact(lazy_penalised(compiled)).prices, dtype=np.float64)
+
+
+def lazy_penalised(c: CompiledProblem) -> CompiledProblem:
+    """A Dask-backed problem with an eligibility mask as one without: every chunk of the grid reads its
+    forbidden pairs as :func:`~eoca.solvers._side.forbidden_value` (lazily, chunk by chunk, as the
+    in-memory solve folds the mask in), so every phase of the solve runs unchanged. The mask itself is in
+    the client's memory (one byte per pair) and travels with the task graph, cut like the grid."""
+    if c.mask is None:
+        return c
+    import dask.array as da
+
+    from eoca.solvers._side import forbidden_value
+
+    top = float(da.maximum(c.etv.max(), 0.0).compute()) if c.n_users else 0.0  # one pass over the grid
+    value = forbidden_value(c, top)
+    mask = da.from_array(c.mask, chunks=c.etv.chunks)
+    return replace(c, etv=da.where(mask, c.etv, value), mask=None, constraints=())

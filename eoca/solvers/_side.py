@@ -33,10 +33,12 @@ def pair_coefficients(c: CompiledProblem, users: np.ndarray, funds: np.ndarray) 
     return out
 
 
-def forbidden_value(c: CompiledProblem) -> float:
+def forbidden_value(c: CompiledProblem, top: float | None = None) -> float:
     """A value so low that an allocation using one pair of it is worth less than any allocation using
-    none (every ETV is >= 0, so ``-(n + 1) * (max ETV + 1)`` is below the worst feasible total)."""
-    top = float(np.max(c.etv, initial=0.0)) if c.etv.size else 0.0
+    none (every ETV is >= 0, so ``-(n + 1) * (max ETV + 1)`` is below the worst feasible total). ``top``:
+    the largest ETV where the caller knows it (read from the grid otherwise)."""
+    if top is None:
+        top = float(np.max(c.etv, initial=0.0)) if c.etv.size else 0.0
     return -float(c.n_users + 1) * (top + 1.0)
 
 
