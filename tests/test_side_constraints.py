@@ -631,15 +631,23 @@ def test_every_registered_solver_supports_the_mask():
             assert result.ok, (name, result)
 
 
+_NOBODY = ["u0", "u1", "u2"]
+
+
+def _nothing_allowed(constraint) -> eoca.AllocationProblem:
+    """Three users, two funds of demand 0, holdout, and a mask that allows no pair at all."""
+    funds = ["f0", "f1"]
+    return eoca.AllocationProblem(
+        etv=pd.DataFrame(np.ones((3, 2)), index=_NOBODY, columns=funds), demand={"f0": 0, "f1": 0},
+        risk_level={"f0": 1, "f1": 1}, risk_tolerance=dict.fromkeys(_NOBODY, 1), holdout=True,
+        eligible=pd.DataFrame(False, index=_NOBODY, columns=funds), constraints=[constraint])
+
+
 @pytest.mark.parametrize("solver", ["exact", "ip"])
 def test_a_mask_that_allows_no_pair_with_holdout_gives_the_empty_allocation(solver):
     # feasible: every demand is 0 and holdout lets everyone go without a fund; the budget holds at 0
-    users, funds = ["u0", "u1", "u2"], ["f0", "f1"]
-    problem = eoca.AllocationProblem(
-        etv=pd.DataFrame(np.ones((3, 2)), index=users, columns=funds), demand={"f0": 0, "f1": 0},
-        risk_level={"f0": 1, "f1": 1}, risk_tolerance=dict.fromkeys(users, 1), holdout=True,
-        eligible=pd.DataFrame(False, index=users, columns=funds),
-        constraints=[eoca.Linear(weights=pd.Series(1.0, index=users), funds=["f0"], at_most=1.0, name="budget")])
+    problem = _nothing_allowed(eoca.Linear(weights=pd.Series(1.0, index=_NOBODY), funds=["f0"], at_most=1.0,
+                                           name="budget"))
     result = eoca.solve(problem, solver=solver)
     assert result.ok and result.status is eoca.Status.OPTIMAL, result
     assert (result.codes == -1).all() and result.objective == 0
@@ -648,13 +656,8 @@ def test_a_mask_that_allows_no_pair_with_holdout_gives_the_empty_allocation(solv
 @pytest.mark.parametrize("solver", ["exact", "ip"])
 def test_side_constraints_no_allocation_can_meet_are_reported_not_raised(solver):
     # the flow is feasible (nobody has to be placed) but the target needs u1 in f0, which the mask forbids
-    users, funds = ["u0", "u1", "u2"], ["f0", "f1"]
-    problem = eoca.AllocationProblem(
-        etv=pd.DataFrame(np.ones((3, 2)), index=users, columns=funds), demand={"f0": 0, "f1": 0},
-        risk_level={"f0": 1, "f1": 1}, risk_tolerance=dict.fromkeys(users, 1), holdout=True,
-        eligible=pd.DataFrame(False, index=users, columns=funds),
-        constraints=[eoca.Linear(weights=pd.Series([0.0, 0.75, 0.0], index=users), funds=["f0"], at_least=1.0,
-                                 name="target")])
+    problem = _nothing_allowed(eoca.Linear(weights=pd.Series([0.0, 0.75, 0.0], index=_NOBODY), funds=["f0"],
+                                           at_least=1.0, name="target"))
     assert problem.diagnose().feasible  # the mask alone is fine
     result = eoca.solve(problem, solver=solver)
     # the LP relaxation is infeasible, so the solver proves it and names the constraint
