@@ -47,7 +47,7 @@ def _seconds(problem) -> tuple[float, eoca.Result]:
     return time.perf_counter() - start - result.timings.get("compile", 0.0), result
 
 
-@pytest.mark.parametrize("n_users", [200_000, 1_000_000], ids=["200k", "1M"])
+@pytest.mark.parametrize("n_users", [200_000, 1_000_000, 10_000_000], ids=["200k", "1M", "10M"])
 def test_side_constraints_against_the_plain_solve(benchmark, n_users):
     problem = constrained_problem(n_users, 8, seed=0, eligible_share=0.9)
     plain = _plain(problem)
