@@ -87,3 +87,14 @@ def test_the_report_keeps_the_sections_measured_by_the_benchmarks(tmp_path):
     allocation = page.index("## Allocation: solvers across scales\n\nthe allocation table")
     assert page.index("## Pipeline: from grid to delivered assignment\n\nstages") > allocation
     assert "## None" not in page and "ESDPM at platform scale" not in page  # only the sections that exist
+
+
+def test_a_spec_with_side_constraints_skips_the_solvers_that_cannot_honour_them():
+    from eoca.instances import constrained_problem
+
+    spec = register_spec(BenchSpec("toy-rules", lambda n: constrained_problem(n, 4, seed=2), (400,), (400,)))
+    rows = run_allocation_benchmarks([spec], solvers=["exact", "heuristic", "manual", "ip"]).set_index("solver")
+    assert rows.loc["exact", "skipped"] == "" and rows.loc["ip", "skipped"] == ""
+    assert rows.loc["ip", "objective"] == pytest.approx(rows.loc["exact", "objective"], rel=1e-9)
+    for name in ("heuristic", "manual"):
+        assert rows.loc[name, "skipped"].startswith("unsupported:") and "'exact'" in rows.loc[name, "skipped"]

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 
 from eoca.bench.specs import SOLVER_REACH, BenchSpec
+from eoca.errors import UnsupportedFeatureError
 from eoca.result import Status
 from eoca.solve import solve
-from eoca.solvers.base import available_solvers
+from eoca.solvers.base import available_solvers, get_solver
 
 __all__ = ["run_allocation_benchmarks", "ALLOCATION_SOLVERS"]
 
@@ -68,6 +69,11 @@ def run_allocation_benchmarks(
                     row["skipped"] = f"{name} is not installed"
                 elif problem.n_users > reach:
                     row["skipped"] = f"beyond {reach:,} users: {why}"
+                else:
+                    try:  # a spec with side rules: the solvers that cannot honour them say so, by name
+                        get_solver(name, **options).check_supports(problem)
+                    except UnsupportedFeatureError as exc:
+                        row["skipped"] = f"unsupported: {exc}"
                 if row["skipped"]:
                     rows.append(row)
                     continue
