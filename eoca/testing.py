@@ -189,9 +189,10 @@ def recount(problem: AllocationProblem, codes) -> Recount:
     miss = np.maximum(counts - hi, 0) - np.maximum(lo - counts, 0)
     user_rank, fund_rank = _ranks(problem)
     activity, broken = {}, []
-    for name, lo, hi, coef in side_constraints(problem):
+    for name, at_least, at_most, coef in side_constraints(problem):  # not the demands' lo and hi above
         activity[name] = float(coef[placed, funds].sum())
-        if not lo - 1e-9 * max(1.0, abs(lo)) <= activity[name] <= hi + 1e-9 * max(1.0, abs(hi)):
+        if not (at_least - 1e-9 * max(1.0, abs(at_least)) <= activity[name]
+                <= at_most + 1e-9 * max(1.0, abs(at_most))):
             broken.append(name)
     return Recount(
         counts=counts,
