@@ -17,12 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from eoca.solvers import _tuning
+
 __all__ = ["warmup", "cache_location", "WARMUP_CASES"]
 
-#: (family, users, holdout): instances whose solves reach every kernel (the exact solver's Newton step
-#: runs from 50,000 users; ties, zeros and tight risk levels take their own repair paths).
+#: (family, users, holdout): instances whose solves reach every kernel. The exact solver's Newton step
+#: runs from 50,000 users on the grid itself and from 500,000 on its warm-start sample (every tenth user,
+#: a strided view numba compiles apart); ties, zeros and tight risk levels take their own repair paths.
 WARMUP_CASES = (
-    ("matching", 200_000, False),
+    ("matching", _tuning.SAMPLE_STEP * _tuning.NEWTON_USERS, False),
     ("ties", 60_000, False),
     ("zeros", 60_000, True),
     ("tight", 60_000, False),

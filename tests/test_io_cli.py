@@ -577,3 +577,24 @@ def test_an_ordered_risk_scale_survives_the_file(tmp_path, suffix):
     again = load_problem(save_problem(problem, tmp_path / f"p{suffix}"))
     assert list(again.risk_levels) == ["low", "mid", "high"] and again.fingerprint() == problem.fingerprint()
     assert eoca.solve(again).objective == eoca.solve(problem).objective
+
+
+def test_warmup_reaches_the_newton_step_on_the_strided_warm_start_sample(monkeypatch):
+    """A kernel the warm-up never called is compiled (or loaded) in a user's first large solve and shows
+    as compile time there: the exact solver's Newton step runs on the every-tenth-user sample from 500k
+    users, a strided view that numba compiles apart from a contiguous grid."""
+    from eoca import warmup as w
+    from eoca.solvers import _transport
+
+    layouts = []
+    density = _transport.K.arc_density
+
+    def spy(etv, *args):
+        layouts.append(etv.flags.c_contiguous)
+        return density(etv, *args)
+
+    monkeypatch.setattr(_transport.K, "arc_density", spy)
+    monkeypatch.setattr(w, "WARMUP_CASES", w.WARMUP_CASES[:1])
+    monkeypatch.setattr(w, "WARMUP_SOLVERS", ("exact",))
+    w.warmup(("float64",), echo=None)
+    assert False in layouts and True in layouts
