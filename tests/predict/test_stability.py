@@ -5,6 +5,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
@@ -139,35 +140,74 @@ def test_fund_calibration_recovers_a_known_per_fund_bias():
     np.testing.assert_array_equal(shuffled[:, 1], grid[:, 1])
 
 
-def test_a_calibrated_predictor_scales_each_fund_to_its_held_out_amounts(tmp_path):
+def test_fund_factors_pool_what_the_held_out_data_cannot_tell_apart():
+    """Four funds with the same true bias (1.3) and heavy-tailed amounts: their raw held-out ratios differ
+    by noise alone, and the pooled factors keep at most that share of each deviation from the common
+    level; a fund with too few purchases takes the common level itself."""
+    rng = np.random.default_rng(5)
+    funds = np.array(["A", "B", "C", "D", "E"])
+    fund = rng.integers(0, 4, size=8_000)
+    fund[:40] = 4
+    etv = rng.gamma(0.5, 20.0, size=fund.size)
+    bought = rng.random(fund.size) < 0.2
+    bought[:40] = np.arange(40) < MIN_POSITIVES - 1  # fund E: one purchase short of being fitted
+    amount = np.where(bought, 1.3 * etv / 0.2 * rng.lognormal(-0.72, 1.2, size=fund.size), 0.0)
+    factors = FundCalibration.fit("fund", funds, etv, amount, fund).factors
+    ratio = np.array([amount[fund == j].sum() / etv[fund == j].sum() for j in range(4)])
+    level = math.log(factors[4])
+    common = np.log(ratio).mean()
+    assert np.ptp(np.log(factors[:4])) < 0.5 * np.ptp(np.log(ratio))  # the noise is mostly pooled away
+    assert abs(level - math.log(1.3)) < 0.2 and abs(level - common) < 0.1, (level, common)
+    # one fund alone: its own log-ratio, shrunk towards 0 by its standard error
+    one = fund == 0
+    alone = FundCalibration.fit("fund", funds[:1], etv[one], amount[one], np.zeros(one.sum(), int)).factors
+    r = ratio[0]
+    var = ((amount[one] - r * etv[one]) ** 2).sum() / amount[one].sum() ** 2
+    assert alone[0] == pytest.approx(math.exp(math.log(r) ** 3 / (math.log(r) ** 2 + var)), rel=1e-9)
+
+
+@pytest.mark.parametrize("calibrate_on", ["all", "validation"])
+def test_a_calibrated_predictor_scales_each_fund_to_its_held_out_amounts(tmp_path, calibrate_on):
     platform = synthetic_platform(n_users=3000, n_funds=4, seed=3, impressions_per_user=4)
     train, valid, test = platform.data.split()
     plain = ETVPredictor("mtl-mse", **FAST).fit(train, validation=valid)
-    calibrated = ETVPredictor("mtl-mse", calibration="fund", **FAST).fit(train, validation=valid)
-    # the factors are the held-out amounts over the held-out ETV of the same network, fund by fund, shrunk
-    # towards 1 by the ratio's standard error
-    table = evaluate(plain, valid).calibration_by_fund
-    enough = (table["positives"] >= MIN_POSITIVES).to_numpy()
+    calibrated = ETVPredictor("mtl-mse", calibration="fund", calibrate_on=calibrate_on, **FAST).fit(
+        train, validation=valid)
+    # the factors pool the funds' log-ratios (amounts over the ETV of the same network, on the impressions
+    # chosen): a precision-weighted mean, shrunk towards 0 by its standard error, plus each fund's own
+    # deviation in the share the spread between funds has beyond their noise (recomputed here with pandas)
+    frames = []
+    for part in [valid, train] if calibrate_on == "all" else [valid]:
+        imps = part.impressions
+        grid = plain.predict(part)
+        etv = grid.sel(user=xr.DataArray(imps["user_id"].to_numpy()),
+                       fund=xr.DataArray(imps["fund_id"].to_numpy())).to_numpy()
+        frames.append(pd.DataFrame({"fund": imps["fund_id"].to_numpy(), "etv": etv, "amount": imps["amount"].to_numpy()}))
+    held = pd.concat(frames, ignore_index=True)
+    funds = valid.funds["fund_id"].to_numpy()
+    sums = held.groupby("fund").agg(etv=("etv", "sum"), amount=("amount", "sum"),
+                                    positives=("amount", lambda a: int((a > 0).sum()))).reindex(funds)
+    enough = (sums["positives"] >= MIN_POSITIVES).to_numpy()
     assert enough.sum() >= 2
-    grid = plain.predict(valid)
-    imps = valid.impressions
-    etv = grid.sel(user=xr.DataArray(imps["user_id"].to_numpy()), fund=xr.DataArray(imps["fund_id"].to_numpy())).to_numpy()
-    expected = np.ones(len(table))
-    for j, fund in enumerate(table.index):
-        here = (imps["fund_id"] == fund).to_numpy()
-        if enough[j]:
-            ratio = imps["amount"][here].sum() / etv[here].sum()
-            se2 = ((imps["amount"][here] - ratio * etv[here]) ** 2).sum() / etv[here].sum() ** 2
-            expected[j] = 1 + (ratio - 1) ** 3 / ((ratio - 1) ** 2 + se2)
+    ratio = sums["amount"] / sums["etv"]
+    resid2 = (held["amount"] - held["fund"].map(ratio) * held["etv"]) ** 2
+    var = resid2.groupby(held["fund"]).sum().reindex(funds) / sums["amount"] ** 2
+    lr, v = np.log(ratio[enough]), var[enough]
+    m = (lr / v).sum() / (1 / v).sum()
+    q = ((lr - m) ** 2 / v).sum()
+    tau2 = max(0.0, (q - (len(lr) - 1)) / ((1 / v).sum() - (1 / v**2).sum() / (1 / v).sum()))
+    level = m**3 / (m**2 + 1 / (1 / v).sum())
+    expected = np.full(len(funds), np.exp(level))
+    expected[enough] = np.exp(level + tau2 / (tau2 + v) * (lr - m))
     assert np.abs(expected - 1).max() > 0.01  # some fund is corrected
     np.testing.assert_allclose(calibrated.calibration_.factors, expected, rtol=1e-6)
     scale = calibrated.predict(test) / plain.predict(test)
     np.testing.assert_allclose(scale.max("user"), scale.min("user"), rtol=1e-9)
-    np.testing.assert_allclose(scale.isel(user=0), expected, rtol=1e-6)
-    # on the split it was fitted on, every fund with enough purchases then moves towards a ratio of 1
-    after = evaluate(calibrated, valid).calibration_by_fund
-    moved = np.abs(np.log(after["ratio"][enough])) <= np.abs(np.log(table["ratio"][enough])) + 1e-9
-    assert moved.all(), (table, after)
+    np.testing.assert_allclose(scale.sel(fund=funds).isel(user=0), expected, rtol=1e-6)
+    # on the impressions it was fitted on, each fund's log-ratio moves towards the common level: its
+    # distance from it shrinks by the fund's weight, so no fund ends further from the others than it started
+    after = np.log(ratio[enough] / expected[enough])
+    assert (np.abs(after - (m - level)) <= np.abs(lr - m) + 1e-9).all(), (lr, after)
     calibrated.save(tmp_path / "calibrated.pt")
     np.testing.assert_array_equal(ETVPredictor.load(tmp_path / "calibrated.pt").predict(test), calibrated.predict(test))
 
@@ -192,6 +232,8 @@ def test_calibration_by_fund_counts_the_impressions_of_each_fund(tiny):
     assert table["ratio"][~bought].isna().all()
     with pytest.raises(PredictorSettingError, match="calibration"):
         ETVPredictor("mtl-mse", calibration="per-fund", **FAST).fit(train, validation=valid)
+    with pytest.raises(PredictorSettingError, match="calibrate_on.*'training'"):
+        ETVPredictor("mtl-mse", calibration="fund", calibrate_on="training", **FAST).fit(train, validation=valid)
 
 
 def test_the_censored_esj_trains_a_lognormal_model_within_the_bounds(tiny):
