@@ -7,6 +7,7 @@ above their risk tolerance.
 
 from eoca.checks import check_allocation, dual_bound
 from eoca.constraints import Linear, Quota
+from eoca.data import synthetic as _synthetic
 from eoca.errors import (
     ConstraintError,
     DemandError,
@@ -26,6 +27,17 @@ from eoca.solve import solve
 from eoca.solvers import Solver, available_solvers, get_solver, register_solver
 
 __version__ = "0.1.0"
+
+
+def _decision_value(platform, grid) -> float:
+    """The true value of the exact allocation from ``grid`` over the true optimum (installed for
+    :func:`eoca.predict.evaluate`, which knows nothing of allocation)."""
+    from eoca.simulate import allocation_value_ratio
+
+    return allocation_value_ratio(platform, grid)
+
+
+_synthetic.set_decision_value(_decision_value)
 
 __all__ = [
     "AllocationProblem",

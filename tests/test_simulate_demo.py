@@ -125,5 +125,23 @@ def test_allocation_value_ratio_is_one_for_the_truth_and_lower_for_worse_grids()
     cols = pd.Index(truth["fund"].values).get_indexer(chosen.values)
     assert ratios[1] == pytest.approx(truth.values[rows, cols].sum() / best, rel=1e-12)
     _, _, test = platform.data.split()
-    report = evaluate(noisy, test, truth=platform, allocation_value=partial(allocation_value_ratio, platform))
-    assert report["allocation_value_ratio"] == pytest.approx(ratios[1], rel=1e-12)
+    # evaluate(..., truth=platform) reports it by itself (the decision value eoca installs), and an explicit
+    # allocation_value (another contract) takes its place
+    assert evaluate(noisy, test, truth=platform)["allocation_value_ratio"] == pytest.approx(ratios[1], rel=1e-12)
+    assert evaluate(truth, test, truth=platform)["allocation_value_ratio"] == pytest.approx(1.0, abs=1e-12)
+    other = contract_demands(users["risk_tolerance"].to_numpy(), funds["risk_level"].to_numpy(), seed=1)
+    report = evaluate(noisy, test, truth=platform,
+                      allocation_value=partial(allocation_value_ratio, platform, demand=other))
+    assert report["allocation_value_ratio"] == pytest.approx(allocation_value_ratio(platform, noisy, demand=other),
+                                                             rel=1e-12)
+    assert report["allocation_value_ratio"] != pytest.approx(ratios[1], rel=1e-6)
+    # without the decision value (the predictor alone, as eoca.data sees it) the metric is absent, not made up
+    from eoca.data import synthetic
+
+    installed = synthetic.decision_value()
+    synthetic.set_decision_value(None)
+    try:
+        assert "allocation_value_ratio" not in evaluate(noisy, test, truth=platform).metrics
+    finally:
+        synthetic.set_decision_value(installed)
+    assert "allocation_value_ratio" not in evaluate(noisy, test, truth=truth).metrics  # a bare grid has no contract

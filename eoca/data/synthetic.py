@@ -6,6 +6,7 @@ ETV grid can be compared with the *true* ETV rather than only with noisy realise
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,23 @@ import xarray as xr
 from eoca.data.errors import DataValidationError
 from eoca.data.platform import PlatformData
 
-__all__ = ["SyntheticPlatform", "synthetic_platform"]
+__all__ = ["SyntheticPlatform", "synthetic_platform", "decision_value", "set_decision_value"]
+
+# How a model's grid is valued by the decisions it leads to on a synthetic platform: ``value(platform,
+# grid) -> float``. The allocation lives outside the data and predictor rooms, so ``eoca`` installs it when
+# it loads (:func:`eoca.simulate.allocation_value_ratio`) and :func:`eoca.predict.evaluate` asks for it.
+_DECISION_VALUE: list[Callable] = []
+
+
+def set_decision_value(value: Callable | None) -> None:
+    """Install ``value(platform, grid) -> float`` as the decision value of a grid on a synthetic platform
+    (None removes it)."""
+    _DECISION_VALUE[:] = [] if value is None else [value]
+
+
+def decision_value() -> Callable | None:
+    """The installed decision value (see :func:`set_decision_value`), or None."""
+    return _DECISION_VALUE[0] if _DECISION_VALUE else None
 
 _FUND_TYPES = ("money", "bond", "index", "mixed", "equity", "qdii", "gold", "reit")
 _ACTIONS = np.array(["click", "favourite", "purchase", "sell"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import xarray as xr
 
 from eoca.data import PlatformData, SyntheticPlatform
 from eoca.data.errors import DataValidationError
+from eoca.data.synthetic import decision_value
 
 __all__ = ["evaluate", "EvaluationReport", "normalized_gini", "decile_calibration"]
 
@@ -123,14 +125,19 @@ def evaluate(
     data : PlatformData
         Evaluation platform, usually a test split.
     truth : SyntheticPlatform or DataArray, optional
-        The true ETV (and pCTCVR, for a SyntheticPlatform) to score against the truth.
+        The true ETV (and pCTCVR, for a SyntheticPlatform) to score against the truth. With a
+        SyntheticPlatform the report also has ``allocation_value_ratio``: the true value of the exact
+        allocation computed from the model's grid under the platform's contract (demands, risk levels and
+        tolerances, as the demo builds them), over the true optimum (1 for the true grid;
+        :func:`eoca.simulate.allocation_value_ratio`).
     n_bins : int
         Bins of the calibration table.
     allocation_value : callable, optional
         Given the model's grid, the value of the decisions it leads to, reported as
-        ``allocation_value_ratio``: e.g. ``functools.partial(eoca.simulate.allocation_value_ratio,
-        platform)``, the true value of the exact allocation from the grid over the true optimum. (The
-        predictor knows nothing of allocation, so the allocation is passed in.)
+        ``allocation_value_ratio`` in place of the platform's own: e.g. ``functools.partial(
+        eoca.simulate.allocation_value_ratio, platform, demand=...)`` for another contract. (The predictor
+        knows nothing of allocation: the default is the decision value ``eoca`` installs when it loads,
+        :func:`eoca.data.synthetic.decision_value`.)
 
     Returns
     -------
@@ -186,6 +193,7 @@ def evaluate(
     m["thc"] = float(conv[hit].sum())
     m["tha"] = float(amount[hit].sum())
     m["hits"] = float(hit.sum())
+    platform = truth if isinstance(truth, SyntheticPlatform) else None
     if truth is not None:
         true_pctcvr = None
         if isinstance(truth, SyntheticPlatform):
@@ -200,6 +208,8 @@ def evaluate(
         m["tha_ratio"] = m["true_tha"] / m["oracle_tha"] if m["oracle_tha"] > 0 else float("nan")
         if true_pctcvr is not None:
             m["true_thc"] = float(true_pctcvr[rows, top].sum())
+    if allocation_value is None and platform is not None and (value := decision_value()) is not None:
+        allocation_value = partial(value, platform)
     if allocation_value is not None:
         m["allocation_value_ratio"] = float(allocation_value(grid))
     by_fund = calibration_by_fund(data.funds["fund_id"].to_numpy(), f, amount, etv)
