@@ -37,7 +37,7 @@ AB_SIZES = {"quick": ([0, 1], 2_000, 3), "full": ([0, 1, 2, 3, 4], 4_000, 12)}
 
 
 #: Sections of the report kept from the benchmarks under ``benchmarks/`` (not rerun by ``eoca bench``).
-MEASURED_SECTIONS = ("predict_scale", "pipeline", "side")
+MEASURED_SECTIONS = ("predict_scale", "pipeline", "side", "trust")
 
 _HEADINGS = {
     "allocation": "Allocation: solvers across scales",
