@@ -150,7 +150,10 @@ def map_user_blocks(
     parts : list, optional
         Output of :func:`split_users` (already scattered slices).
     per_block : sequence of tuple, optional
-        Extra small arguments per chunk.
+        Extra arguments per chunk (e.g. the indices of a chunk's gathered users). With a
+        ``dask.distributed`` client they are scattered like ``parts`` (kept by the client and scattered
+        again after a worker loss), never embedded in the task graph: at 50M users the gathered users'
+        indices alone are tens of MB, and a graph that large makes Dask warn and slows every pass.
     progress : bool, optional
         Show a progress bar (default: the ``eoca.progress`` Dask config value).
 
@@ -166,12 +169,13 @@ def map_user_blocks(
     blocks = blocks.ravel()
     if parts is None:
         parts = split_users(etv, vectors)
+    extra: list = [()] * len(blocks) if per_block is None else [list(p) for p in per_block]
+    client = _client()
+    if client is not None and per_block is not None:
+        extra = ScatteredParts(client, extra)
     call = dask.delayed(_call, pure=True)
     for attempt in range(LOST_RETRIES + 1):
-        tasks = [
-            call(func, blocks[i], parts[i], tuple(per_block[i]) if per_block is not None else (), args)
-            for i in range(len(blocks))
-        ]
+        tasks = [call(func, blocks[i], parts[i], extra[i], args) for i in range(len(blocks))]
         try:
             return _compute(tasks, progress)
         except Exception as exc:
@@ -183,8 +187,9 @@ def map_user_blocks(
                     f"data with a worker {LOST_RETRIES + 1} times ({type(exc).__name__}: {exc}); retry the call "
                     "once the cluster is healthy"
                 ) from exc
-            if isinstance(parts, ScatteredParts):
-                parts.rescatter()
+            for scattered in (parts, extra):
+                if isinstance(scattered, ScatteredParts):
+                    scattered.rescatter()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
