@@ -112,6 +112,17 @@ def _tally_block(etv, user_level, codes, fund_level):
     return _tally(etv, user_level, fund_level, codes)
 
 
+def _tally_bound_block(etv, user_level, codes, fund_level, prices, holdout):
+    """:func:`_tally` and :func:`_best_reduced` in one read of one chunk of a Dask grid."""
+    return _tally_bound(etv, user_level, fund_level, codes, prices, holdout, True, True)
+
+
+def _tally_masked_block(etv, user_level, codes, mask, fund_level, prices, holdout):
+    """:func:`_tally_bound_block` for a grid with an eligibility mask (its chunk beside the grid's)."""
+    return (*_tally(etv, user_level, fund_level, codes),
+            _masked_best_block(etv, user_level, mask, fund_level, prices, holdout))
+
+
 def codes_from_assignment(problem: AllocationProblem, assignment: xr.DataArray) -> np.ndarray:
     """Turn a labelled assignment (fund id per user, missing for none) into fund codes (-1 for none)."""
     if not isinstance(assignment, xr.DataArray) or assignment.dims != ("user",):
@@ -228,6 +239,19 @@ def check_and_bound(problem: AllocationProblem, codes: np.ndarray, prices: np.nd
         The checker's report and the Lagrangian dual value of ``prices`` (an upper bound on the optimum).
     """
     c = problem.compile()
+    if c.is_lazy and not c.constraints:  # one map-reduce over the grid's chunks for both
+        codes = _codes(problem, codes)
+        prices = _prices(c, prices)
+        if c.mask is None:
+            parts = map_user_blocks(_tally_bound_block, c.etv, [c.user_level, codes],
+                                    args=(c.fund_level, prices, c.holdout))
+        else:
+            parts = map_user_blocks(_tally_masked_block, c.etv, [c.user_level, codes, c.mask],
+                                    args=(c.fund_level, prices, c.holdout))
+        counts = np.sum([p[0] for p in parts], axis=0, dtype=np.int64) if parts else np.zeros(c.n_funds, np.int64)
+        objective, unplaced, invalid, risk, users = (sum(p[i] for p in parts) for i in range(1, 6))
+        checks = _checks(problem, counts, objective, unplaced, invalid, risk, codes)
+        return checks, float(users + _fund_term(c, prices))
     if c.is_lazy or c.has_side_rules:
         return check_allocation(problem, codes), dual_bound(c, prices, multipliers)
     codes = _codes(problem, codes)
