@@ -122,6 +122,8 @@ def _solve_on_cluster(client, problem) -> dict:
         "objective": result.objective,
         "bound": result.bound,
         "gathered": result.stats.get("gathered"),
+        "pre_gathered": result.stats.get("pre_gathered"),
+        "first_gather_from_pass_a": bool(result.stats.get("rounds", [{}])[0].get("from_pass_a", False)),
         "rounds": len(result.stats.get("rounds", [])),
         "sample_s": round(result.stats["sample_s"], 2),
         "pass_a_s": round(result.stats["pass_a_s"], 2),

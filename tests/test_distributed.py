@@ -273,3 +273,33 @@ def test_check_and_bound_read_a_dask_grid_once(client, monkeypatch, masked):
         expected[0].unplaced, expected[0].invalid, expected[0].risk_violations, expected[0].ineligible, expected[0].ok)
     np.testing.assert_array_equal(got.counts.values, expected[0].counts.values)
     assert got.risk_violations > 0 and (got.ineligible > 0) == masked  # the codes break rules: counted alike
+
+
+@pytest.mark.parametrize(("pre_share", "covered"), [(0.9, True), (0.05, False), (0.0, False)])
+def test_the_first_gather_comes_from_pass_a_when_its_threshold_covers(client, monkeypatch, pre_share, covered):
+    """Pass A returns the users of smallest gap under the warm prices; when they cover the threshold chosen
+    after it, pass B is not run in the first round, and the users gathered, the rounds and the optimum are
+    those of the run with pass B."""
+    from eoca.distributed import solve as engine
+
+    problem = synthetic_problem(30_000, family="matching", seed=3)
+    c = lazy(problem, 6_000).compile()
+    monkeypatch.setattr(engine._tuning, "GATHER_MIN", 2_000)
+    monkeypatch.setattr(engine._tuning, "PRE_GATHER", 0.0)
+    monkeypatch.setattr(engine, "_pre_gather_threshold", lambda *a: -np.inf)
+    without = solve_exact(c)
+    monkeypatch.undo()
+    monkeypatch.setattr(engine._tuning, "GATHER_MIN", 2_000)
+    monkeypatch.setattr(engine._tuning, "PRE_GATHER", pre_share)
+    passes = []
+    real = engine.map_user_blocks
+    monkeypatch.setattr(engine, "map_user_blocks", lambda func, *a, **kw: passes.append(func.__name__) or real(func, *a, **kw))
+    sol = solve_exact(c)
+    first = sol.stats["rounds"][0]
+    assert first.get("from_pass_a", False) is covered
+    assert ("_pass_b" in passes) is (not covered or len(sol.stats["rounds"]) > 1)
+    assert 0 < first["gathered"] < 30_000 and first["gathered"] == without.stats["rounds"][0]["gathered"]
+    assert len(sol.stats["rounds"]) == len(without.stats["rounds"])
+    np.testing.assert_array_equal(sol.assignment, without.assignment)
+    np.testing.assert_array_equal(sol.prices, without.prices)
+    assert check_allocation(problem, sol.assignment).objective == pytest.approx(eoca.solve(problem).objective, rel=1e-12)

@@ -6,10 +6,14 @@ The exact solve on a Dask grid (:func:`solve_exact`)
    gathered and solved exactly, in memory, with scaled demands (the in-memory kernel's own recursion).
 2. **Pass A** (map-reduce): each chunk puts its users at their best fund under the warm prices (the
    kernel's ``assign_pass``), counts users per fund and returns a systematic sample of the users' gaps to
-   their second-best fund. From the sample the client picks a gap threshold theta that selects about
-   ``gather_users`` users (more when the warm prices leave a larger imbalance).
+   their second-best fund, and its users whose gap is below a threshold read off the warm-start sample's
+   own gaps (``PRE_GATHER``: the 8% of users nearest a price boundary, with their ETV rows). From the
+   gap sample the client picks a gap threshold theta per fund that selects about ``gather_users`` users
+   (more when the warm prices leave a larger imbalance).
 3. **Pass B**: each chunk returns only its users with gap <= theta (the *gathered* set G: their ETV rows,
-   risk codes and warm fund). Every other user stays fixed at its warm fund.
+   risk codes and warm fund). Every other user stays fixed at its warm fund. In the first round, when
+   theta lies below pass A's threshold everywhere, G is taken from what pass A returned (the same users:
+   the same kernel on the same prices) and the pass is not run: one read of the grid fewer.
 4. **Settlement** in the client: the kernel's successive-shortest-path ``repair`` on G alone, with each
    fund's demand reduced by its fixed users.
 5. **Pass C** (verification): each chunk rebuilds its final assignment (warm funds, G's settled funds) and
@@ -57,9 +61,11 @@ class GatherLimitError(EocaError, RuntimeError):
 
 
 
-def _pass_a(block, ul, lo, hi, lam0, target, stride):
+def _pass_a(block, ul, lo, hi, lam0, target, stride, theta_pre):
     assign, gap, counts, nbad, _smax, _hist = K.assign_pass(block, ul, lo, hi, lam0, target)
-    return counts, int(nbad), gap[::stride].copy(), assign[::stride].copy()
+    take = np.flatnonzero(gap <= theta_pre)  # the users pass B would gather, if theta ends up below theta_pre
+    return (counts, int(nbad), gap[::stride].copy(), assign[::stride].copy(),
+            (take, np.ascontiguousarray(block[take]), ul[take], assign[take], gap[take]))
 
 
 def _pass_b(block, ul, extra, lo, hi, lam0, target, theta):
@@ -83,6 +89,29 @@ def _pass_c(block, ul, g_idx, g_node, lo, hi, lam0, target, lam, rtol, tight_lv,
     M2 = K.closed_best(block, ul, closed, closed_lv, node_block, nb, assign, p) if len(closed) else None
     K.to_output(assign, k)
     return counts, viol, M, M2, assign
+
+
+def _select(pre, theta):
+    """Pass B's output for one chunk from what pass A returned: its users with gap <= theta at their fund."""
+    idx, rows, ul, assign, gap = pre
+    take = gap <= theta[assign]
+    return idx[take], rows[take], ul[take], assign[take]
+
+
+def _pre_gather_threshold(sub, sul, lo, hi, lam0, target, n, gather_limit) -> float:
+    """The gap below which pass A returns its users: the ``PRE_GATHER`` share of the users (at least
+    ``GATHER_MIN``) of smallest gap under the warm prices, read off the warm-start sample's own gaps;
+    -inf (nothing) where that would gather more than twice as many, or more than ``gather_limit``
+    (a grid of many exact ties has a mass of zero gaps)."""
+    share = len(sul) / n
+    sample_target = np.floor(target * share).astype(np.int64)
+    gap = K.assign_pass(sub, sul, lo, hi, lam0, sample_target)[1].astype(np.float64)
+    want = max(_tuning.GATHER_MIN, int(_tuning.PRE_GATHER * n))
+    theta = _quantile_threshold(gap, n, want)
+    if not math.isfinite(theta):
+        return theta  # every user: no threshold needed
+    est = np.count_nonzero(gap <= theta) / max(len(gap), 1) * n
+    return theta if est <= min(gather_limit, 2 * want) else -math.inf
 
 
 def _quantile_threshold(sample: np.ndarray, n: int, want: int) -> float:
@@ -159,6 +188,7 @@ def solve_exact(
     # 1. warm prices from a systematic sample, solved in memory by the kernel's own recursion
     t0 = time.perf_counter()
     lam0 = np.zeros(k + 1)
+    theta_pre = -math.inf  # gap below which pass A already returns its users (none without a sample)
     if n > _tuning.BASE_USERS:
         step = max(_tuning.SAMPLE_STEP, -(-n // sample_users))
         sub = np.ascontiguousarray(_compute([etv[::step]], progress)[0], dtype=np.float64)
@@ -166,6 +196,8 @@ def solve_exact(
         lam0 = T.warm_prices(sub, sul, n, levels.user_counts, lo, hi, dmin, dmax_r, holdout, levels, deadline,
                              {"sample_levels": [], "level_seconds": []}, settle=True)
         stats["sample_users"] = len(sul)
+        theta_pre = _pre_gather_threshold(sub, sul, lo, hi, lam0, T.pass_targets(lam0, dmin, dmax_r, n, holdout),
+                                          n, gather_limit)
         del sub
     stats["sample_s"] = time.perf_counter() - t0
     target = T.pass_targets(lam0, dmin, dmax_r, n, holdout)
@@ -174,13 +206,16 @@ def solve_exact(
     t0 = time.perf_counter()
     parts = split_users(etv, [ul])
     stride = max(1, n // _tuning.GAP_SAMPLE)
-    found = map_user_blocks(_pass_a, etv, parts=parts, args=(lo, hi, lam0, target, stride), progress=progress)
+    found = map_user_blocks(_pass_a, etv, parts=parts, args=(lo, hi, lam0, target, stride, theta_pre),
+                            progress=progress)
     counts0 = np.sum([f[0] for f in found], axis=0)
     if sum(f[1] for f in found):
         raise ValueError(f"{sum(f[1] for f in found)} users may take no fund (their risk level is below every open fund's)")
     gaps = np.concatenate([f[2] for f in found]).astype(np.float64)
     gap_nodes = np.concatenate([f[3] for f in found])
+    pre = [f[4] for f in found]
     del found
+    stats["pre_gathered"] = int(sum(len(p[0]) for p in pre))
     excess = T.pass_imbalance(counts0, lam0, dmin, dmax_r, n)[1]
     want = int(gather_users if gather_users is not None else max(_tuning.GATHER_MIN, _tuning.GATHER_PER_EXCESS * excess))
     stats.update(initial_excess=excess, pass_a_s=time.perf_counter() - t0)
@@ -209,12 +244,18 @@ def solve_exact(
                 f"{theta.min():.6g}), more than gather_limit={gather_limit:,}; raise gather_limit or load the grid"
             )
         rs: dict[str, Any] = {"theta": float(theta.min())}
-        # 3. pass B: gather the users near a price boundary
+        # 3. pass B: gather the users near a price boundary (in the first round, from what pass A returned
+        # when its threshold covers theta: the same users, by the same kernel on the same prices)
         t0 = time.perf_counter()
-        extra = [extra_global[(extra_global >= bounds[i]) & (extra_global < bounds[i + 1])] - bounds[i]
-                 for i in range(len(bounds) - 1)]
-        got = map_user_blocks(_pass_b, etv, parts=parts, per_block=[(e,) for e in extra],
-                              args=(lo, hi, lam0, target, theta), progress=progress)
+        if pre is not None and len(extra_global) == 0 and bool((theta <= theta_pre).all()):
+            got = [_select(p, theta) for p in pre]
+            rs["from_pass_a"] = True
+        else:
+            extra = [extra_global[(extra_global >= bounds[i]) & (extra_global < bounds[i + 1])] - bounds[i]
+                     for i in range(len(bounds) - 1)]
+            got = map_user_blocks(_pass_b, etv, parts=parts, per_block=[(e,) for e in extra],
+                                  args=(lo, hi, lam0, target, theta), progress=progress)
+        pre = None
         g_local = [g[0] for g in got]
         g_idx = np.concatenate([g[0] + bounds[i] for i, g in enumerate(got)])
         g_etv = np.ascontiguousarray(np.concatenate([g[1] for g in got]).reshape(-1, k), dtype=np.float64)
