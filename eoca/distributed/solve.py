@@ -100,13 +100,15 @@ def _select(pre, theta):
 
 def _pre_gather_threshold(sub, sul, lo, hi, lam0, target, n, gather_limit) -> float:
     """The gap below which pass A returns its users: the ``PRE_GATHER`` share of the users (at least
-    ``GATHER_MIN``) of smallest gap under the warm prices, read off the warm-start sample's own gaps;
+    twice ``GATHER_MIN``) of smallest gap under the warm prices, read off the warm-start sample's own gaps;
     -inf (nothing) where that would gather more than twice as many, or more than ``gather_limit``
     (a grid of many exact ties has a mass of zero gaps)."""
     share = len(sul) / n
     sample_target = np.floor(target * share).astype(np.int64)
     gap = K.assign_pass(sub, sul, lo, hi, lam0, sample_target)[1].astype(np.float64)
-    want = max(_tuning.GATHER_MIN, int(_tuning.PRE_GATHER * n))
+    # twice the first gather's floor: the threshold chosen after pass A, from pass A's own gap sample,
+    # lands a little above or below the one the warm-start sample gives for the same share
+    want = max(2 * _tuning.GATHER_MIN, int(_tuning.PRE_GATHER * n))
     theta = _quantile_threshold(gap, n, want)
     if not math.isfinite(theta):
         return theta  # every user: no threshold needed

@@ -51,7 +51,7 @@ GATHER_PER_EXCESS = 32  # ... or this many per unit of imbalance under the warm 
 GAP_SAMPLE = 2_000_000  # gaps returned by pass A to choose the gather threshold
 SURPLUS_SLACK = 1000  # users beyond twice a fund's surplus that its own threshold gathers
 GROWTH = 4  # the gather threshold's quantile grows by this factor per verify round
-PRE_GATHER = 0.08  # share of the users (at least GATHER_MIN) that pass A already returns: those of smallest
+PRE_GATHER = 0.08  # share of the users (at least 2 x GATHER_MIN) that pass A already returns: those of smallest
 # gap under the warm prices, by the warm-start sample's gaps. When they cover the threshold chosen after
 # pass A (at 10M-50M users it selects 3-5%), the first round's gathering pass B is not run: one read of
 # the grid fewer (10 s of 50 s at 50M users), for a transfer of 8% of the grid's rows to the client
