@@ -92,6 +92,19 @@ def calibration_by_fund(funds: np.ndarray, fund: np.ndarray, amount: np.ndarray,
                          "ratio": ratio}, index=pd.Index(funds, name="fund"))
 
 
+def _keeping_torch_threads(value: Callable[[xr.DataArray], float], grid: xr.DataArray) -> float:
+    """``value(grid)`` with PyTorch's thread count as it was: the allocation's numba kernels run on the
+    OpenMP runtime that PyTorch shares, and their first parallel call may set its thread count (a model
+    trained on one thread afterwards trained on two: slower here, and no longer bit for bit the same)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return float(value(grid))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _aligned(grid: xr.DataArray, data: PlatformData, name: str) -> np.ndarray:
     if not isinstance(grid, xr.DataArray) or set(grid.dims) != {"user", "fund"}:
         raise DataValidationError(
@@ -211,6 +224,6 @@ def evaluate(
     if allocation_value is None and platform is not None and (value := decision_value()) is not None:
         allocation_value = partial(value, platform)
     if allocation_value is not None:
-        m["allocation_value_ratio"] = float(allocation_value(grid))
+        m["allocation_value_ratio"] = _keeping_torch_threads(allocation_value, grid)
     by_fund = calibration_by_fund(data.funds["fund_id"].to_numpy(), f, amount, etv)
     return EvaluationReport(metrics=m, calibration=calibration, calibration_by_fund=by_fund)

@@ -68,3 +68,22 @@ def test_misaligned_grid_is_rejected():
     )
     with pytest.raises(ValueError, match="'c'"):
         evaluate(bad, _platform())
+
+
+def test_the_decision_value_leaves_torchs_thread_count_as_it_was(tiny):
+    """The allocation's numba kernels share PyTorch's OpenMP runtime and may set its thread count on their
+    first parallel call; a model trained after evaluate() must train on the threads the user chose."""
+    import torch
+
+    platform, (_, _, test) = tiny
+    before = torch.get_num_threads()
+
+    def value(grid):
+        torch.set_num_threads(before + 1)  # what the OpenMP runtime's first parallel region can do
+        return 0.5
+
+    report = evaluate(platform.true_etv, test, truth=platform, allocation_value=value)
+    assert report["allocation_value_ratio"] == 0.5
+    assert torch.get_num_threads() == before
+    evaluate(platform.true_etv, test, truth=platform)  # the decision value eoca installs
+    assert torch.get_num_threads() == before
