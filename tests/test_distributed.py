@@ -303,3 +303,23 @@ def test_the_first_gather_comes_from_pass_a_when_its_threshold_covers(client, mo
     np.testing.assert_array_equal(sol.assignment, without.assignment)
     np.testing.assert_array_equal(sol.prices, without.prices)
     assert check_allocation(problem, sol.assignment).objective == pytest.approx(eoca.solve(problem).objective, rel=1e-12)
+
+
+@pytest.mark.parametrize("family", ["matching", "tight"])
+def test_the_gathered_users_are_settled_by_the_in_memory_phases_newton_step_included(client, monkeypatch, family):
+    """The distributed settlement is the in-memory level's pass, Newton step and repair on the gathered
+    block (the step runs from NEWTON_USERS users, lowered here to reach it on a small grid): it reads some
+    users, and the optimum and assignment are the in-memory ones."""
+    from eoca.distributed import solve as engine
+
+    problem = synthetic_problem(40_000, family=family, seed=6)
+    expected = eoca.solve(problem)
+    monkeypatch.setattr(engine._tuning, "NEWTON_USERS", 1_000)
+    monkeypatch.setattr(engine._tuning, "GATHER_MIN", 5_000)
+    sol = solve_exact(lazy(problem, 10_000).compile())
+    steps = [r["newton_read"] for r in sol.stats["rounds"] if "newton_read" in r]
+    assert steps and steps[0][0] > 0, sol.stats["rounds"]
+    checks = check_allocation(problem, sol.assignment)
+    assert checks.ok and checks.objective == pytest.approx(expected.objective, rel=1e-12)
+    assert dual_bound(problem.compile(), sol.prices) == pytest.approx(expected.objective, rel=1e-9)
+    np.testing.assert_array_equal(sol.assignment, expected.codes)

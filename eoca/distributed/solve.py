@@ -14,8 +14,9 @@ The exact solve on a Dask grid (:func:`solve_exact`)
    risk codes and warm fund). Every other user stays fixed at its warm fund. In the first round, when
    theta lies below pass A's threshold everywhere, G is taken from what pass A returned (the same users:
    the same kernel on the same prices) and the pass is not run: one read of the grid fewer.
-4. **Settlement** in the client: the kernel's successive-shortest-path ``repair`` on G alone, with each
-   fund's demand reduced by its fixed users.
+4. **Settlement** in the client: the in-memory level's phases on G alone from the warm prices
+   (:func:`eoca.solvers._transport.settle`: pass, Newton step, successive-shortest-path ``repair``), with
+   each fund's demand reduced by its fixed users.
 5. **Pass C** (verification): each chunk rebuilds its final assignment (warm funds, G's settled funds) and
    counts the users that are *not* at a best fund under the new prices, counts per fund, and the maxima
    needed for the kernel's tight-risk-level price correction and the prices of empty funds. If every user
@@ -277,10 +278,13 @@ def solve_exact(
         if (sdmax < 0).any():
             status = K.STATUS_INFEASIBLE
         elif m:
-            status, st = K.repair(g_etv, g_ul, lo, hi, sdmin, sdmax, lam, g_assign, g_counts,
-                                  np.arange(m, dtype=np.int32), np.full((k + 1) ** 2, math.inf), 0.0, deadline)
+            # the in-memory level's phases on the gathered block: pass, Newton step, repair
+            info: dict[str, Any] = {"sample_levels": [], "level_seconds": []}
+            lam, g_assign, status, st = T.settle(g_etv, g_ul, lo, hi, sdmin, sdmax, holdout, levels, deadline,
+                                                 info, lam0)
             status = int(status)
             rs["moved"] = int(st[K.ST_MOVED])
+            rs["newton_read"] = info["newton_read"]
         rs["repair_s"] = time.perf_counter() - t0
         del g_etv, g_ul
         ok = status == K.STATUS_OPTIMAL

@@ -316,9 +316,19 @@ def pass_imbalance(counts, lam0, dmin, dmax, n):
     return f, int(np.maximum(counts[:k] - f, 0).sum() + max(counts[k] + f.sum() - n, 0))
 
 
-def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, warm=True, code_counts=None, top=True):
+def settle(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, prices):
+    """Phases 2-4 on one block of users from given node ``prices`` (sink at 0) instead of a warm-start
+    sample: the pass, the Newton step (from ``NEWTON_USERS`` users) and the repair, exactly as a level of
+    the in-memory recursion runs them. The distributed solve calls it on the users it gathers, with each
+    fund's demand less the users fixed elsewhere. Returns (prices, assignment, status, repair stats)."""
+    return _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, warm=False, start=prices)
+
+
+def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, warm=True, code_counts=None, top=True,
+                 start=None):
     """Prices and assignment of one level of the recursion. Returns (lam, assign, status, repair stats).
-    ``code_counts``: the users per risk code (:meth:`_Levels.counts` of ``ul``), if already known. A
+    ``code_counts``: the users per risk code (:meth:`_Levels.counts` of ``ul``), if already known.
+    ``start``: prices to start from where ``warm`` is false (zero prices without). A
     sample level (``top`` false, under ``_tuning.UNREPAIRED`` users) whose Newton step cuts its imbalance to at
     most ``_tuning.WARM_CUT`` returns the step's prices with status ``_WARM``: they only start the level above,
     whose own Newton step and repair make up the difference (its imbalance barely grows, and the sample's
@@ -326,7 +336,7 @@ def _solve_level(etv, ul, lo, hi, dmin, dmax, holdout, levels, deadline, info, w
     user's second gap (see :func:`_newton_step`)."""
     n, k = etv.shape
     t0 = time.perf_counter()
-    lam0 = np.zeros(k + 1)
+    lam0 = np.zeros(k + 1) if start is None else np.array(start, dtype=np.float64)
     if warm and n > _tuning.BASE_USERS:
         # a strided view, not a copy: no memory to map and fill (a 10M grid's sample is 64 MB); the kernels
         # read it about as fast

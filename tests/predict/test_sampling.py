@@ -133,9 +133,10 @@ def test_a_small_platform_trains_and_predicts_with_sampling(tiny):
     assert grid.shape == (len(test.users), len(test.funds))
     assert np.isfinite(grid).all() and (grid >= 0).all()
     assert a.history_.train_loss[-1] < a.history_.train_loss[0]
-    # seeded: the same fit twice draws the same neighbours; the float sums may differ in their last bits
-    # (the BLAS picks kernels by the alignment of each allocation: 8e-7 relative seen after 3 epochs in a
-    # full test run), while another neighbourhood moves the grid by far more (asserted below)
+    # seeded: the same fit twice draws the same neighbours. Compared to float precision: on more than one
+    # thread PyTorch's reductions may add in another order (8e-7 relative after 3 epochs, seen when the
+    # allocation's OpenMP layer had raised the thread count), while another neighbourhood moves the grid by
+    # far more (asserted below)
     np.testing.assert_allclose(grid, b.predict(test), rtol=1e-5)
     other = ETVPredictor("esdpm", graph_fanout=(2, 3), **dict(fit, seed=1)).fit(train, validation=valid)
     assert not np.allclose(grid, other.predict(test))
