@@ -221,7 +221,8 @@ def check_allocation(problem: AllocationProblem, codes: np.ndarray | xr.DataArra
 
 def check_and_bound(problem: AllocationProblem, codes: np.ndarray, prices: np.ndarray,
                     multipliers: np.ndarray | None = None) -> tuple[Checks, float]:
-    """:func:`check_allocation` and :func:`dual_bound` together, in one read of an in-memory grid.
+    """:func:`check_allocation` and :func:`dual_bound` together, in one read of the grid (in memory, or one
+    map-reduce pass over a Dask grid's chunks; a problem with side constraints takes the two apart).
 
     Parameters
     ----------

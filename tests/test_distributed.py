@@ -323,3 +323,24 @@ def test_the_gathered_users_are_settled_by_the_in_memory_phases_newton_step_incl
     assert checks.ok and checks.objective == pytest.approx(expected.objective, rel=1e-12)
     assert dual_bound(problem.compile(), sol.prices) == pytest.approx(expected.objective, rel=1e-9)
     np.testing.assert_array_equal(sol.assignment, expected.codes)
+
+
+def test_pass_a_never_returns_more_rows_than_twice_its_share_or_the_gather_limit(monkeypatch):
+    """The early gather is read off the warm-start sample's gaps. Where most users may take one fund only
+    (an infinite gap each) the share's threshold is +inf and would return every row of the grid: no
+    early gather then. A small grid (at most twice GATHER_MIN users) returns them all, within gather_limit."""
+    from eoca.distributed import solve as engine
+
+    sample = 10_000
+    gaps = np.full(sample, np.inf, dtype=np.float32)
+    gaps[: sample // 20] = np.linspace(0.0, 1.0, sample // 20)  # 5% with a second fund
+    monkeypatch.setattr(engine.K, "assign_pass", lambda *a: (None, gaps))
+
+    def threshold(n, limit=20_000_000):
+        return engine._pre_gather_threshold(None, np.zeros(sample), None, None, None, np.zeros(3, np.int64), n, limit)
+
+    assert threshold(3_000_000) == -np.inf  # 8% would need the infinite gaps: 95% of the rows
+    assert threshold(300_000) == np.inf  # a small grid: every row
+    assert threshold(300_000, limit=100_000) == -np.inf  # ... unless the gather limit forbids it
+    gaps[:] = np.linspace(0.0, 1.0, sample)  # every user has a second fund: 8% of them (800k of 10M)
+    assert threshold(10_000_000) == pytest.approx(np.quantile(gaps, 0.08), abs=1e-3)

@@ -102,17 +102,17 @@ def _select(pre, theta):
 def _pre_gather_threshold(sub, sul, lo, hi, lam0, target, n, gather_limit) -> float:
     """The gap below which pass A returns its users: the ``PRE_GATHER`` share of the users (at least
     twice ``GATHER_MIN``) of smallest gap under the warm prices, read off the warm-start sample's own gaps;
-    -inf (nothing) where that would gather more than twice as many, or more than ``gather_limit``
-    (a grid of many exact ties has a mass of zero gaps)."""
+    -inf (nothing) where that would gather more than twice as many, or more than ``gather_limit`` (a grid
+    of many exact ties has a mass of zero gaps; one where most users may take a single fund has a mass of
+    infinite gaps). On a grid of at most twice ``GATHER_MIN`` users it is +inf: every user's row, as a
+    first gather there takes most of them anyway."""
     share = len(sul) / n
     sample_target = np.floor(target * share).astype(np.int64)
     gap = K.assign_pass(sub, sul, lo, hi, lam0, sample_target)[1].astype(np.float64)
     # twice the first gather's floor: the threshold chosen after pass A, from pass A's own gap sample,
     # lands a little above or below the one the warm-start sample gives for the same share
     want = max(2 * _tuning.GATHER_MIN, int(_tuning.PRE_GATHER * n))
-    theta = _quantile_threshold(gap, n, want)
-    if not math.isfinite(theta):
-        return theta  # every user: no threshold needed
+    theta = _quantile_threshold(gap, n, want)  # +inf where want covers every user or most have one fund
     est = np.count_nonzero(gap <= theta) / max(len(gap), 1) * n
     return theta if est <= min(gather_limit, 2 * want) else -math.inf
 
