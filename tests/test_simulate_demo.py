@@ -1,5 +1,7 @@
 """Simulated deliveries, the A/B suite and the end-to-end demo, at toy sizes."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -145,3 +147,12 @@ def test_allocation_value_ratio_is_one_for_the_truth_and_lower_for_worse_grids()
     finally:
         synthetic.set_decision_value(installed)
     assert "allocation_value_ratio" not in evaluate(noisy, test, truth=truth).metrics  # a bare grid has no contract
+    # a grid that does not price the whole platform (some users, a negative entry) has no value to report:
+    # the other metrics come back, the decision value is left out rather than failing the evaluation
+    half = users["user_id"].to_numpy()[: len(users) // 2]
+    part = dataclasses.replace(test, **{name: getattr(test, name)[getattr(test, name)["user_id"].isin(half)]
+                                        for name in ("users", "impressions", "behaviours", "payments")})
+    assert "allocation_value_ratio" not in evaluate(noisy.sel(user=half), part, truth=platform).metrics
+    broken = noisy.copy()
+    broken[0, 0] = -1.0
+    assert "allocation_value_ratio" not in evaluate(broken, test, truth=platform).metrics

@@ -10,11 +10,13 @@ the training and validation impressions by default, or the validation ones alone
   amounts are heavy-tailed, and a fund with a few dozen purchases has a ratio whose standard
   error ``s_j`` (of ``log r_j``, by the delta method: ``sqrt(sum (amount - r_j etv)^2) / sum(amount)``)
   is 0.1 to 0.3 on a 20,000-user platform. So the funds' log-ratios are pooled the way a random-effects
-  meta-analysis pools studies: their precision-weighted mean ``m`` is the platform's overall bias, the spread of the true
-  per-fund biases around it is ``tau^2`` (DerSimonian-Laird: what the observed spread has beyond the
-  noise), and each fund keeps the share ``w_j = tau^2 / (tau^2 + s_j^2)`` of its own deviation:
-  ``log factor_j = m* + w_j (log r_j - m)``, where the overall level ``m`` is itself shrunk towards 0 by
-  its standard error, ``m* = m^3 / (m^2 + 1 / sum_j s_j^-2)``. A bias that stands out of the noise is
+  meta-analysis pools studies: the spread of the true per-fund biases is ``tau^2`` (DerSimonian-Laird:
+  what the observed spread has beyond the noise), the platform's overall bias ``m`` is the funds' mean
+  log-ratio weighted by ``1 / (s_j^2 + tau^2)``, shrunk towards 0 by its standard error to
+  ``m* = m^3 / (m^2 + 1 / sum_j (s_j^2 + tau^2)^-1)``, and each fund keeps the share
+  ``w_j = tau^2 / (tau^2 + s_j^2)`` of its own deviation from that level:
+  ``log factor_j = m* + w_j (log r_j - m*)`` (a well-measured fund keeps its own ratio, a noisy one takes
+  the level). A bias that stands out of the noise is
   corrected almost fully; differences between funds that the data cannot tell from noise
   leave the funds' ETVs in the same proportions to one another, so the allocation does not move for
   them. Measured on 20,000-user synthetic platforms (8 funds, ESDPM-NCG for 10 epochs, 2 seeds; spread:
@@ -70,15 +72,17 @@ def pooled_log_factors(n_funds: int, etv: np.ndarray, amount: np.ndarray, fund: 
     fitted = np.isfinite(log_ratio)
     if not fitted.any():
         return np.zeros(n_funds)
-    lr, weight = log_ratio[fitted], 1.0 / var[fitted]
-    mean = float((weight * lr).sum() / weight.sum())
-    level = mean**3 / (mean**2 + 1.0 / weight.sum()) if mean != 0.0 else 0.0
+    lr, v = log_ratio[fitted], var[fitted]
     tau2 = 0.0
     if len(lr) > 1:  # DerSimonian-Laird: the spread of the funds' log-ratios beyond their noise
-        q = float((weight * (lr - mean) ** 2).sum())
-        tau2 = max(0.0, (q - (len(lr) - 1)) / (weight.sum() - (weight**2).sum() / weight.sum()))
+        w = 1.0 / v
+        q = float((w * (lr - (w * lr).sum() / w.sum()) ** 2).sum())
+        tau2 = max(0.0, (q - (len(lr) - 1)) / (w.sum() - (w**2).sum() / w.sum()))
+    w = 1.0 / (v + tau2)  # random-effects weights: the common level and its standard error
+    mean = float((w * lr).sum() / w.sum())
+    level = mean**3 / (mean**2 + 1.0 / w.sum()) if mean != 0.0 else 0.0
     out = np.full(n_funds, level)
-    out[fitted] = level + tau2 / (tau2 + var[fitted]) * (lr - mean)
+    out[fitted] = level + tau2 / (tau2 + v) * (lr - level)
     return out
 
 

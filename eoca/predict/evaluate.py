@@ -92,6 +92,16 @@ def calibration_by_fund(funds: np.ndarray, fund: np.ndarray, amount: np.ndarray,
                          "ratio": ratio}, index=pd.Index(funds, name="fund"))
 
 
+def _covers(grid: xr.DataArray, platform: SyntheticPlatform) -> bool:
+    """Whether ``grid`` prices every (user, fund) pair of ``platform`` with a finite, non-negative ETV: what
+    its delivery contract needs to be allocated from the grid."""
+    truth = platform.true_etv
+    if not (set(truth["user"].values) <= set(grid["user"].values) and set(truth["fund"].values) <= set(grid["fund"].values)):
+        return False
+    values = np.asarray(grid.sel(user=truth["user"].values, fund=truth["fund"].values).values, dtype=np.float64)
+    return bool(np.isfinite(values).all() and (values >= 0).all())
+
+
 def _keeping_torch_threads(value: Callable[[xr.DataArray], float], grid: xr.DataArray) -> float:
     """``value(grid)`` with PyTorch's thread count as it was: the allocation's numba kernels run on the
     OpenMP runtime that PyTorch shares, and their first parallel call may set its thread count (a model
@@ -139,10 +149,11 @@ def evaluate(
         Evaluation platform, usually a test split.
     truth : SyntheticPlatform or DataArray, optional
         The true ETV (and pCTCVR, for a SyntheticPlatform) to score against the truth. With a
-        SyntheticPlatform the report also has ``allocation_value_ratio``: the true value of the exact
-        allocation computed from the model's grid under the platform's contract (demands, risk levels and
-        tolerances, as the demo builds them), over the true optimum (1 for the true grid;
-        :func:`eoca.simulate.allocation_value_ratio`).
+        SyntheticPlatform, and a grid that prices every user and fund of it with a finite, non-negative
+        ETV (as ``predict`` on any split of it does), the report also has ``allocation_value_ratio``: the
+        true value of the exact allocation computed from the model's grid under the platform's contract
+        (demands, risk levels and tolerances, as the demo builds them), over the true optimum (1 for the
+        true grid; :func:`eoca.simulate.allocation_value_ratio`; two exact solves of the platform).
     n_bins : int
         Bins of the calibration table.
     allocation_value : callable, optional
@@ -222,7 +233,8 @@ def evaluate(
         if true_pctcvr is not None:
             m["true_thc"] = float(true_pctcvr[rows, top].sum())
     if allocation_value is None and platform is not None and (value := decision_value()) is not None:
-        allocation_value = partial(value, platform)
+        if _covers(grid, platform):  # the contract is the whole platform's
+            allocation_value = partial(value, platform)
     if allocation_value is not None:
         m["allocation_value_ratio"] = _keeping_torch_threads(allocation_value, grid)
     by_fund = calibration_by_fund(data.funds["fund_id"].to_numpy(), f, amount, etv)

@@ -193,21 +193,22 @@ def test_a_calibrated_predictor_scales_each_fund_to_its_held_out_amounts(tmp_pat
     resid2 = (held["amount"] - held["fund"].map(ratio) * held["etv"]) ** 2
     var = resid2.groupby(held["fund"]).sum().reindex(funds) / sums["amount"] ** 2
     lr, v = np.log(ratio[enough]), var[enough]
-    m = (lr / v).sum() / (1 / v).sum()
-    q = ((lr - m) ** 2 / v).sum()
+    fixed = (lr / v).sum() / (1 / v).sum()
+    q = ((lr - fixed) ** 2 / v).sum()
     tau2 = max(0.0, (q - (len(lr) - 1)) / ((1 / v).sum() - (1 / v**2).sum() / (1 / v).sum()))
-    level = m**3 / (m**2 + 1 / (1 / v).sum())
+    m = (lr / (v + tau2)).sum() / (1 / (v + tau2)).sum()  # the random-effects mean
+    level = m**3 / (m**2 + 1 / (1 / (v + tau2)).sum())
     expected = np.full(len(funds), np.exp(level))
-    expected[enough] = np.exp(level + tau2 / (tau2 + v) * (lr - m))
+    expected[enough] = np.exp(level + tau2 / (tau2 + v) * (lr - level))
     assert np.abs(expected - 1).max() > 0.01  # some fund is corrected
     np.testing.assert_allclose(calibrated.calibration_.factors, expected, rtol=1e-6)
     scale = calibrated.predict(test) / plain.predict(test)
     np.testing.assert_allclose(scale.max("user"), scale.min("user"), rtol=1e-9)
     np.testing.assert_allclose(scale.sel(fund=funds).isel(user=0), expected, rtol=1e-6)
-    # on the impressions it was fitted on, each fund's log-ratio moves towards the common level: its
-    # distance from it shrinks by the fund's weight, so no fund ends further from the others than it started
+    # on the impressions it was fitted on, what is left of each fund's log-ratio is its distance from the
+    # common level shrunk by the fund's weight: never more than that distance
     after = np.log(ratio[enough] / expected[enough])
-    assert (np.abs(after - (m - level)) <= np.abs(lr - m) + 1e-9).all(), (lr, after)
+    assert (np.abs(after) <= np.abs(lr - level) + 1e-9).all(), (lr, after)
     calibrated.save(tmp_path / "calibrated.pt")
     np.testing.assert_array_equal(ETVPredictor.load(tmp_path / "calibrated.pt").predict(test), calibrated.predict(test))
 
