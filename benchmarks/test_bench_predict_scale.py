@@ -127,8 +127,9 @@ def test_predict_a_million_users_by_eight_funds(benchmark):
     data = _platform(SIZES[-1]).data
     torch.set_num_threads(PREDICT_THREADS)
     with _PeakRSS() as memory:
+        start = time.perf_counter()  # timed here too: under --benchmark-disable the fixture keeps no stats
         grid = benchmark.pedantic(predictor.predict, args=(data,), rounds=1, iterations=1)
-    seconds = benchmark.stats.stats.max
+        seconds = time.perf_counter() - start
     # chunked equals whole: 5,000 users scored apart, with the whole platform's merchants, give the same rows
     merchant_h = predictor._merchant_embeddings(predictor._merchant_partials(data))
     alone = predictor._predict(_piece(data, data.users["user_id"].to_numpy()[:5000]), merchant_h)
@@ -168,8 +169,9 @@ def test_predict_ten_million_users_by_eight_funds(benchmark):
         return grid
 
     with _PeakRSS() as memory:
+        start = time.perf_counter()
         grid = benchmark.pedantic(predict, rounds=1, iterations=1)
-    seconds = benchmark.stats.stats.max
+        seconds = time.perf_counter() - start
     # every piece holds the same users under other ids and every piece saw the same merchants
     np.testing.assert_array_equal(grid[:size], grid[-size:])
     solve_seconds, result = _solve(_allocation(grid, np.arange(n), base))
