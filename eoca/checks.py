@@ -123,6 +123,13 @@ def _tally_masked_block(etv, user_level, codes, mask, fund_level, prices, holdou
             _masked_best_block(etv, user_level, mask, fund_level, prices, holdout))
 
 
+def _summed(parts: list, n_funds: int, scalars: int) -> tuple:
+    """The per-chunk results of a tally pass (counts per fund, then ``scalars`` numbers) summed over the
+    chunks."""
+    counts = np.sum([p[0] for p in parts], axis=0, dtype=np.int64) if parts else np.zeros(n_funds, np.int64)
+    return (counts, *(sum(p[i] for p in parts) for i in range(1, scalars + 1)))
+
+
 def codes_from_assignment(problem: AllocationProblem, assignment: xr.DataArray) -> np.ndarray:
     """Turn a labelled assignment (fund id per user, missing for none) into fund codes (-1 for none)."""
     if not isinstance(assignment, xr.DataArray) or assignment.dims != ("user",):
@@ -212,8 +219,7 @@ def check_allocation(problem: AllocationProblem, codes: np.ndarray | xr.DataArra
     c = problem.compile()
     if c.is_lazy:  # chunk by chunk on the Dask workers, summed here
         parts = map_user_blocks(_tally_block, c.etv, [c.user_level, codes], args=(c.fund_level,))
-        counts = np.sum([p[0] for p in parts], axis=0, dtype=np.int64) if parts else np.zeros(c.n_funds, np.int64)
-        objective, unplaced, invalid, risk = (sum(p[i] for p in parts) for i in range(1, 5))
+        counts, objective, unplaced, invalid, risk = _summed(parts, c.n_funds, 4)
     else:
         counts, objective, unplaced, invalid, risk = _tally(c.etv, c.user_level, c.fund_level, codes)
     return _checks(problem, counts, objective, unplaced, invalid, risk, codes)
@@ -249,8 +255,7 @@ def check_and_bound(problem: AllocationProblem, codes: np.ndarray, prices: np.nd
         else:
             parts = map_user_blocks(_tally_masked_block, c.etv, [c.user_level, codes, c.mask],
                                     args=(c.fund_level, prices, c.holdout))
-        counts = np.sum([p[0] for p in parts], axis=0, dtype=np.int64) if parts else np.zeros(c.n_funds, np.int64)
-        objective, unplaced, invalid, risk, users = (sum(p[i] for p in parts) for i in range(1, 6))
+        counts, objective, unplaced, invalid, risk, users = _summed(parts, c.n_funds, 5)
         checks = _checks(problem, counts, objective, unplaced, invalid, risk, codes)
         return checks, float(users + _fund_term(c, prices))
     if c.is_lazy or c.has_side_rules:

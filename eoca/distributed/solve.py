@@ -7,7 +7,8 @@ The exact solve on a Dask grid (:func:`solve_exact`)
 2. **Pass A** (map-reduce): each chunk puts its users at their best fund under the warm prices (the
    kernel's ``assign_pass``), counts users per fund and returns a systematic sample of the users' gaps to
    their second-best fund, and its users whose gap is below a threshold read off the warm-start sample's
-   own gaps (``PRE_GATHER``: the 8% of users nearest a price boundary, with their ETV rows). From the
+   own gaps (``PRE_GATHER``: the 8% of users nearest a price boundary, at least 400,000, with their
+   ETV rows; none where that would take more than twice as many or more than ``gather_limit``). From the
    gap sample the client picks a gap threshold theta per fund that selects about ``gather_users`` users
    (more when the warm prices leave a larger imbalance).
 3. **Pass B**: each chunk returns only its users with gap <= theta (the *gathered* set G: their ETV rows,
@@ -199,11 +200,11 @@ def solve_exact(
         lam0 = T.warm_prices(sub, sul, n, levels.user_counts, lo, hi, dmin, dmax_r, holdout, levels, deadline,
                              {"sample_levels": [], "level_seconds": []}, settle=True)
         stats["sample_users"] = len(sul)
-        theta_pre = _pre_gather_threshold(sub, sul, lo, hi, lam0, T.pass_targets(lam0, dmin, dmax_r, n, holdout),
-                                          n, gather_limit)
+    target = T.pass_targets(lam0, dmin, dmax_r, n, holdout)
+    if n > _tuning.BASE_USERS:
+        theta_pre = _pre_gather_threshold(sub, sul, lo, hi, lam0, target, n, gather_limit)
         del sub
     stats["sample_s"] = time.perf_counter() - t0
-    target = T.pass_targets(lam0, dmin, dmax_r, n, holdout)
 
     # 2. pass A: counts under the warm prices and a sample of the gaps
     t0 = time.perf_counter()

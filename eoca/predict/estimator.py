@@ -159,9 +159,9 @@ class ETVPredictor(BaseEstimator):
         non-decreasing step function. ``None`` (default): the model's own ETV. Saved with the model.
     calibrate_on : {"all", "validation"}
         The impressions the calibration is fitted on: ``"all"`` (default) the training and validation
-        impressions (nine times the purchases of the validation split alone with an 80/10/10 split: on 20,000-user synthetic
-        platforms the funds' ratios to their true ETV came out within 1.17-1.26 of one another against
-        1.31-1.50 on validation alone), ``"validation"`` the held-out ones only (where the platform drifts
+        impressions (nine times the purchases of the validation split alone with an 80/10/10 split: on
+        20,000-user synthetic platforms the funds' ratios to their true ETV came out within 1.17-1.26 of
+        one another against 1.31-1.50 on validation alone), ``"validation"`` the held-out ones only (where the platform drifts
         between the training period and the validation one).
     lr, weight_decay : float
         Adam settings.

@@ -96,9 +96,11 @@ def _covers(grid: xr.DataArray, platform: SyntheticPlatform) -> bool:
     """Whether ``grid`` prices every (user, fund) pair of ``platform`` with a finite, non-negative ETV: what
     its delivery contract needs to be allocated from the grid."""
     truth = platform.true_etv
-    if not (set(truth["user"].values) <= set(grid["user"].values) and set(truth["fund"].values) <= set(grid["fund"].values)):
+    users = grid.indexes["user"].get_indexer(truth.indexes["user"])
+    funds = grid.indexes["fund"].get_indexer(truth.indexes["fund"])
+    if (users < 0).any() or (funds < 0).any():
         return False
-    values = np.asarray(grid.sel(user=truth["user"].values, fund=truth["fund"].values).values, dtype=np.float64)
+    values = np.asarray(grid.values, dtype=np.float64)[np.ix_(users, funds)]
     return bool(np.isfinite(values).all() and (values >= 0).all())
 
 
