@@ -202,6 +202,22 @@ def _close(a: float, b: float, scale: float) -> bool:
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(instances())
 def test_exact_and_ip_against_enumeration_with_mask_and_side_constraints(inst):
+    _check_exact_and_ip(inst)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(instances())
+def test_exact_by_the_smoothed_dual_against_enumeration(inst):
+    # the path exact takes from DUAL_USERS users on, forced here on small instances: its prices come
+    # from Newton's method on the smoothed dual, and where that fails the restricted LPs take over
+    from eoca.solvers import _tuning
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_tuning, "DUAL_USERS", 0)
+        _check_exact_and_ip(inst)
+
+
+def _check_exact_and_ip(inst):
     optimum, _ = enumerate_assignments(inst)
     problem = inst.problem()
     exact = eoca.solve(problem, solver="exact")

@@ -44,6 +44,7 @@ from eoca.solvers._side import (
     solve_lp,
     solve_mip,
 )
+from eoca.solvers._side_dual import smoothed_duals
 from eoca.solvers._side_kernels import coefficient_sizes, reduced_choices
 
 __all__ = ["solve_with_constraints"]
@@ -106,6 +107,10 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
     start = time.perf_counter()
     deadline = None if time_limit is None else start + time_limit
     n, k, m = c.n_users, c.n_funds, len(c.constraints)
+    if n >= _tuning.DUAL_USERS:
+        out = _by_smoothed_dual(c, np.ascontiguousarray(c.etv, dtype=np.float64), deadline, start)
+        if out is not None:
+            return out
     base = penalised(c)
     etv = base.etv  # float64, forbidden pairs at a value no optimum takes
     scale = max(1.0, float(np.max(c.etv, initial=0.0)))  # ETVs are >= 0 (validated): no copy of the grid
@@ -130,7 +135,8 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
     size = min(n, max(_tuning.SIDE_FIRST, int(_tuning.SIDE_SHARE * n)))
     free = np.zeros(n, dtype=bool)
     free[np.argpartition(gap, size - 1)[:size] if size < n else slice(None)] = True
-    stats = {"transport_s": time.perf_counter() - start, "rounds": 0, "largest_lp_users": 0}
+    stats = {"method": "restricted LP", "transport_s": time.perf_counter() - start, "rounds": 0,
+             "largest_lp_users": 0}
     # a box step: each restricted LP keeps the multipliers within `width` of the previous ones. On the
     # users near the boundary a constraint's multiplier is often degenerate (any value in a wide range is
     # optimal for them); unboxed, HiGHS may pick one far from the right one and thousands of fixed users
@@ -189,15 +195,85 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
     whole = np.zeros(len(members), dtype=bool)
     whole[local[big]] = True
     frac = ~whole & ((share > 1e-9) | (not c.holdout))
-    settle_s = time.perf_counter()
     total = float(lp[0]) + _fixed_value(c, fixed, free)  # the LP optimum over all users
-    extra = _tuning.SIDE_SETTLE + 20 * (k + m)
+    stats["fractional_users"] = int(frac.sum())
+    return _settle(c, codes, members, gap[members], frac, _tuning.SIDE_SETTLE + 20 * (k + m), total, lam, mu,
+                   stats, deadline, "the LP bound")
+
+
+def _by_smoothed_dual(c: CompiledProblem, etv: np.ndarray, deadline: float | None, start: float) -> dict | None:
+    """The path for many users: prices and multipliers from Newton's method on the smoothed dual
+    (:mod:`eoca.solvers._side_dual`), every user at a best option under them, and the users of smallest
+    gap settled by the MIP. None where the smoothed dual fails (the restricted LPs then take over)."""
+    def choices(lam, mu):
+        best, gap, _ = reduced_choices(c, etv, lam, mu, None)
+        return best, gap
+
+    duals = smoothed_duals(c, choices, deadline)
+    if duals is None:
+        return None
+    stats = {"method": "smoothed dual", **duals["stats"], "transport_s": 0.0, "rounds": 0,
+             "largest_lp_users": 0, "lp_s": time.perf_counter() - start, "fractional_users": 0}
+    codes, must, pool, pool_gap = _relaxed_settlement(c, duals["best"].astype(np.int32), duals["gap"], stats)
+    if codes is None:
+        return None
+    out = _settle(c, codes, pool, pool_gap, must, _tuning.SIDE_SETTLE_SMALL, duals["bound"], duals["prices"], duals["multipliers"], stats,
+                  deadline, "the dual bound")
+    return None if out["status"] == "error" else out
+
+
+def _relaxed_settlement(c: CompiledProblem, best: np.ndarray, gap: np.ndarray, stats: dict):
+    """Every user at a best option meets the rules only up to the users near a tie. The LP relaxation
+    over the ``SIDE_SETTLE + 20 (k + m)`` users of smallest gap (four times as many while it has no
+    solution), everyone else kept, places all but at most about k + m of them; those fractional ones are
+    left for the MIP (a MIP over all of them costs HiGHS a second where this LP costs a few hundredths).
+    Returns (codes, must, pool, pool_gap): the codes with the LP's whole users placed, and the users the
+    MIP must settle among a pool to pick more from, or Nones where the LP fails on every size."""
+    n, k, m = c.n_users, c.n_funds, len(c.constraints)
+    size = _tuning.SIDE_SETTLE + 20 * (k + m)
+    while True:
+        take = min(size, n)
+        part = np.argpartition(gap, take - 1)[:take] if take < n else np.arange(n)
+        part.sort()
+        users, funds, local, values, coef = _local_model(c, part)
+        settle = np.zeros(n, dtype=bool)
+        settle[part] = True
+        lo_f, hi_f, lo_s, hi_s = _residual(c, best, settle)
+        lp = solve_lp(values, local, funds, coef, len(part), k, lo_f, hi_f, lo_s, hi_s, c.holdout)
+        if lp is not None:
+            break
+        if take == n:
+            return None, None, None, None
+        size *= 4
+    x = lp[1]
+    codes = best.copy()
+    codes[part] = -1
+    big = x > 1 - 1e-9
+    codes[users[big]] = funds[big]
+    placed = np.zeros(len(part))
+    np.add.at(placed, local, x)
+    whole = np.zeros(len(part), dtype=bool)
+    whole[local[big]] = True
+    must = ~whole & ((placed > 1e-9) | (not c.holdout))
+    stats["fractional_users"] = int(must.sum())
+    stats["relaxed_users"] = int(take)
+    return codes, must, part, gap[part]
+
+
+def _settle(c: CompiledProblem, codes: np.ndarray, pool: np.ndarray, pool_gap: np.ndarray, must: np.ndarray,
+            extra: int, total: float, lam: np.ndarray, mu: np.ndarray, stats: dict, deadline: float | None,
+            bound: str) -> dict:
+    """Re-solve by MIP the users of ``pool`` that ``must`` be (fractional ones) and the ``extra`` ones of
+    smallest gap (four times as many while no allocation exists) against what everyone else takes under
+    ``codes``, so that every constraint holds; ``total`` is the bound the result is measured against."""
+    n, k = c.n_users, c.n_funds
+    settle_s = time.perf_counter()
     chosen = None
     while chosen is None:
-        pick = frac.copy()
-        order = np.argsort(gap[members], kind="stable")
-        pick[order[:extra]] = True
-        part = members[pick]
+        pick = must.copy()
+        take = min(extra, len(pool))
+        pick[np.argpartition(pool_gap, take - 1)[:take] if take < len(pool) else slice(None)] = True
+        part = pool[pick]
         p_users, p_funds, p_local, p_values, p_coef = _local_model(c, part)
         settle = np.zeros(n, dtype=bool)
         settle[part] = True
@@ -210,17 +286,17 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
                 return {"codes": codes, "status": "error", "prices": lam, "multipliers": mu, "stats": stats,
                         "message": "no integer allocation meets the side constraints near the LP optimum"}
             extra *= 4
+    codes = codes.copy()
     codes[part] = -1
     codes[p_users[chosen]] = p_funds[chosen]
-    stats.update(fractional_users=int(frac.sum()), settled_users=int(len(part)),
-                 settle_s=time.perf_counter() - settle_s, lp_objective=total)
+    stats.update(settled_users=int(len(part)), settle_s=time.perf_counter() - settle_s, lp_objective=total)
     value = _fixed_value(c, codes, np.zeros(n, dtype=bool))
     stats["gap"] = max(total - value, 0.0) / max(abs(total), 1e-300)
     if total - value <= 1e-12 * max(abs(total), 1.0):
         return {"codes": codes, "status": "optimal", "prices": lam, "multipliers": mu, "stats": stats, "message": ""}
-    # the LP bound is not met by an integer allocation: a gap the solver proves, not an optimum it claims
+    # the bound is not met by an integer allocation: a gap the solver proves, not an optimum it claims
     return {"codes": codes, "status": "feasible", "prices": lam, "multipliers": mu, "stats": stats,
-            "message": f"side constraints: within {stats['gap']:.2e} of the LP bound (the integrality gap "
+            "message": f"side constraints: within {stats['gap']:.2e} of {bound} (the integrality gap "
                        f"left after settling {len(part)} users by MIP)"}
 
 

@@ -1,0 +1,523 @@
+"""The side constraints' prices at platform scale: Newton's method on the smoothed dual, one read of the
+grid per step.
+
+With fund prices ``lam`` and constraint multipliers ``mu`` every user is independent, and the dual of the
+LP relaxation is ``F(lam, mu) = sum_i max_j r_ij + sum_t sigma_t(y_t)`` with the reduced values
+``r_ij = etv[i, j] - lam[j] - sum_q mu_q a_q[i, j]`` over the allowed pairs (and 0 for "no fund" with
+holdout), ``y = (lam, mu)`` and ``sigma_t(y) = max(y * hi_t, y * lo_t)`` for a bound pair ``[lo_t, hi_t]``
+(a demand or a side constraint). ``F`` is convex and piecewise linear in only ``k + m`` variables, and it
+is an upper bound on every allocation for any ``y`` (the checker evaluates it).
+
+The max over a user's options is smoothed by ``tau * log sum_j exp(r_ij / tau)`` (the entropy-regularised
+LP) and each ``sigma_t`` by ``tau * log int_lo^hi exp(y s / tau) ds`` (a log barrier where one bound is
+missing). The result is smooth and strictly convex up to the shift shared by all prices, so Newton's method
+in ``k + m`` variables converges in a few steps from one ``tau`` to the next: ``tau`` falls by a constant
+factor per stage, as in an interior-point method, from a tenth of the mean ETV down to where the smoothing
+changes the bound by a negligible share. Each step reads the grid once (value, gradient and, on a stride of
+the users whose options are not settled, the Hessian); the first stages run on a random sample of users
+with the bounds scaled to it.
+
+What comes out is a pair ``(lam, mu)`` whose dual value ``F`` is within a tiny share of the LP optimum.
+It is not a certificate by itself: the caller settles the users of smallest gap by a MIP and the checker
+computes ``F`` independently, so the gap it reports is proven. On any trouble (no convergence, a dual that
+falls without bound because the rules cannot hold) this returns None and the caller uses the restricted-LP
+method, which diagnoses infeasibility.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numba
+import numpy as np
+
+from eoca.problem import CompiledProblem
+from eoca.solvers import _tuning
+
+__all__ = ["smoothed_duals"]
+
+
+@numba.njit(cache=True, parallel=True)
+def _step_kernel(etv, user_level, fund_level, mask, use_mask, lam, mu, user_w, fund_w, prod_q, grid0, grid1,
+                 stacked, grid_q, holdout, tau, stride, vals, grad, hess, active):  # pragma: no cover - compiled
+    """Per block of users: the smoothed and the hard user terms of the dual, the sum of each user's
+    expected option vector ``z = (e_j, a_q[i, j])`` under its soft choice, the number of users whose
+    choice is not settled and (on users ``i % stride == 0`` among those, scaled by ``stride``) the sum of
+    the covariances of ``z``, which is ``tau`` times the Hessian of the user terms."""
+    n, k = etv.shape
+    m = mu.shape[0]
+    d = k + m
+    nb = vals.shape[0]
+    n_prod = user_w.shape[0]
+    n_grid = 0
+    mu_prod = np.zeros(n_prod)
+    mu_grid = np.zeros(m)
+    for q in range(m):
+        if prod_q[q] >= 0:
+            mu_prod[prod_q[q]] = mu[q]
+        else:
+            mu_grid[grid_q[q]] = mu[q]
+            n_grid += 1
+    for b in numba.prange(nb):
+        first = b * n // nb
+        last = (b + 1) * n // nb
+        r = np.empty(k + 1)
+        w = np.empty(k + 1)
+        uw = np.empty(n_prod)
+        su = np.empty(n_prod)
+        a = np.zeros((k + 1, m))
+        zbar = np.empty(d)
+        smooth = 0.0
+        hard = 0.0
+        count = 0
+        g = grad[b]
+        h = hess[b]
+        for i in range(first, last):
+            for p in range(n_prod):
+                uw[p] = user_w[p, i]
+                su[p] = mu_prod[p] * uw[p]
+            for j in range(k):
+                r[j] = etv[i, j] - lam[j]
+            for p in range(n_prod):
+                for j in range(k):
+                    r[j] -= su[p] * fund_w[p, j]
+            if n_grid > 0:
+                for j in range(k):
+                    r[j] -= mu_grid[0] * grid0[i, j]
+            if n_grid > 1:
+                for j in range(k):
+                    r[j] -= mu_grid[1] * grid1[i, j]
+            for g2 in range(n_grid - 2):
+                for j in range(k):
+                    r[j] -= mu_grid[g2 + 2] * stacked[g2, i, j]
+            top = -np.inf
+            level = user_level[i]
+            for j in range(k):
+                if level < fund_level[j] or (use_mask and not mask[i, j]):
+                    r[j] = -np.inf
+                elif r[j] > top:
+                    top = r[j]
+            options = k
+            if holdout:
+                r[k] = 0.0
+                options = k + 1
+                if top < 0.0:
+                    top = 0.0
+            if top == -np.inf:
+                hard = -np.inf  # a user with no option at all: the dual is unbounded below
+                continue
+            total = 0.0
+            for j in range(options):
+                e = (r[j] - top) / tau
+                w[j] = np.exp(e) if e > -60.0 else 0.0
+                total += w[j]
+            smooth += top + tau * np.log(total)
+            hard += top
+            largest = 0.0
+            for j in range(options):
+                w[j] /= total
+                if w[j] > largest:
+                    largest = w[j]
+            for j in range(k):
+                g[j] += w[j]
+                zbar[j] = w[j]
+                if w[j] > 0.0:
+                    for q in range(m):
+                        p = prod_q[q]
+                        if p >= 0:
+                            a[j, q] = uw[p] * fund_w[p, j]
+                        elif grid_q[q] == 0:
+                            a[j, q] = grid0[i, j]
+                        elif grid_q[q] == 1:
+                            a[j, q] = grid1[i, j]
+                        else:
+                            a[j, q] = stacked[grid_q[q] - 2, i, j]
+            for q in range(m):
+                s = 0.0
+                for j in range(k):
+                    if w[j] > 0.0:
+                        s += w[j] * a[j, q]
+                g[k + q] += s
+                zbar[k + q] = s
+            if largest < 1.0 - 1e-12:
+                count += 1
+                if i % stride == 0:
+                    for j in range(k):
+                        wj = w[j]
+                        if wj == 0.0:
+                            continue
+                        h[j, j] += wj * stride
+                        for q in range(m):
+                            c = wj * a[j, q] * stride
+                            h[j, k + q] += c
+                            for q2 in range(q, m):
+                                h[k + q, k + q2] += c * a[j, q2]
+                    for x in range(d):
+                        zx = zbar[x] * stride
+                        for x2 in range(x, d):
+                            h[x, x2] -= zx * zbar[x2]
+        vals[b, 0] = smooth
+        vals[b, 1] = hard
+        active[b] = count
+
+
+class _Layout:
+    """The arrays the step kernel reads for a problem (or for a sample of its users): the grid, the risk
+    levels, the mask and each constraint's coefficients (a user weight times a fund weight, or a grid)."""
+
+    def __init__(self, c: CompiledProblem, rows: np.ndarray | None = None):
+        take = (lambda a: a) if rows is None else (lambda a: a[rows])
+        k = c.n_funds
+        self.etv = np.ascontiguousarray(take(c.etv))
+        self.user_level = np.ascontiguousarray(take(c.user_level))
+        self.fund_level = c.fund_level
+        self.use_mask = c.mask is not None
+        self.mask = np.ascontiguousarray(take(c.mask)) if self.use_mask else np.zeros((0, 0), dtype=np.bool_)
+        user_w, fund_w, grids, prod_q, grid_q = [], [], [], [], []
+        for con in c.constraints:
+            if con.grid is not None:
+                prod_q.append(-1)
+                grid_q.append(len(grids))
+                grids.append(np.ascontiguousarray(take(con.grid), dtype=np.float64))
+            else:
+                prod_q.append(len(user_w))
+                grid_q.append(-1)
+                user_w.append(take(con.user_weight))
+                fund_w.append(con.fund_weight)
+        n = len(self.etv)
+        self.user_w = np.ascontiguousarray(np.array(user_w, dtype=np.float64).reshape(len(user_w), n))
+        self.fund_w = np.ascontiguousarray(np.array(fund_w, dtype=np.float64).reshape(len(fund_w), k))
+        empty = np.zeros((0, k))
+        self.grid0 = grids[0] if grids else empty
+        self.grid1 = grids[1] if len(grids) > 1 else empty
+        # a third per-pair constraint and more are stacked into one array (a copy; rare)
+        self.stacked = np.stack(grids[2:]) if len(grids) > 2 else np.zeros((0, 0, k))
+        self.prod_q = np.array(prod_q, dtype=np.int64)
+        self.grid_q = np.array(grid_q, dtype=np.int64)
+        self.holdout = bool(c.holdout)
+        self.n = n
+
+
+@np.errstate(all="ignore")
+def _bound_terms(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, tau: float):
+    """The smoothed ``sigma_t`` (value, first and second derivative, summed value) of every bound pair, or
+    None where ``y`` leaves a barrier's domain. ``int_lo^hi exp(u s) ds`` with ``u = y / tau``: a
+    truncated exponential, whose mean and variance are the derivatives."""
+    u = y / tau
+    value = np.zeros_like(y)
+    mean = np.zeros_like(y)
+    var = np.zeros_like(y)
+    for t in range(len(y)):
+        lo_t, hi_t, u_t = lo[t], hi[t], u[t]
+        if lo_t == hi_t:
+            value[t], mean[t] = y[t] * lo_t, lo_t
+        elif np.isinf(hi_t) or np.isinf(lo_t):
+            # one bound: u must point away from the missing one; value tau * (u * b - log|u|)
+            edge = lo_t if np.isinf(hi_t) else hi_t
+            if (u_t >= 0) if np.isinf(hi_t) else (u_t <= 0):
+                return None
+            value[t] = tau * (u_t * edge - np.log(abs(u_t)))
+            mean[t] = edge - 1.0 / u_t
+            var[t] = 1.0 / (u_t * u_t)
+        else:  # both bounds: the density leans towards hi where u > 0, towards lo where u < 0
+            width = hi_t - lo_t
+            v = abs(u_t) * width
+            if v < 1e-4:
+                share, spread, log_int = 0.5 + v / 12.0, 1.0 / 12.0 - v * v / 240.0, -v / 2.0 + v * v / 24.0
+            else:
+                em = -np.expm1(-v)  # 1 - e^-v in (0, 1)
+                share = 1.0 / em - 1.0 / v
+                spread = 1.0 / (v * v) - np.exp(-v) / (em * em)
+                log_int = np.log(em / v)
+            value[t] = tau * (max(u_t * lo_t, u_t * hi_t) + np.log(width) + log_int)
+            mean[t] = lo_t + width * share if u_t >= 0 else hi_t - width * share
+            var[t] = width * width * spread
+    return value, mean, var
+
+
+class _Dual:
+    """The smoothed dual on a layout: ``evaluate(y, tau)`` reads the grid once and returns the value,
+    the gradient, the Hessian and the hard (unsmoothed) dual value at ``y``."""
+
+    def __init__(self, layout: _Layout, lo: np.ndarray, hi: np.ndarray, k: int):
+        self.layout, self.lo, self.hi, self.k = layout, lo, hi, k
+        self.blocks = max(1, min(_tuning.DUAL_BLOCKS, layout.n // 256))
+        self.stride = 1
+        self.passes = 0
+
+    def evaluate(self, y: np.ndarray, tau: float):
+        bounds = _bound_terms(y, self.lo, self.hi, tau)
+        if bounds is None:
+            return None
+        L, k, d, nb = self.layout, self.k, len(y), self.blocks
+        vals = np.zeros((nb, 2))
+        grad = np.zeros((nb, d))
+        hess = np.zeros((nb, d, d))
+        active = np.zeros(nb, dtype=np.int64)
+        _step_kernel(L.etv, L.user_level, L.fund_level, L.mask, L.use_mask, np.ascontiguousarray(y[:k]),
+                     np.ascontiguousarray(y[k:]), L.user_w, L.fund_w, L.prod_q, L.grid0, L.grid1, L.stacked, L.grid_q, L.holdout,
+                     tau, self.stride, vals, grad, hess, active)
+        self.passes += 1
+        value, mean, var = bounds
+        smooth, hard = vals.sum(axis=0)
+        h = hess.sum(axis=0)
+        h = np.triu(h) + np.triu(h, 1).T
+        unsettled = int(active.sum())
+        # the Hessian of the next step reads about DUAL_HESSIAN_USERS of the unsettled users
+        self.stride = max(1, unsettled // _tuning.DUAL_HESSIAN_USERS)
+        return (smooth + value.sum(), mean - grad.sum(axis=0), (h + np.diag(var)) / tau,
+                hard + _hard_bound_terms(y, self.lo, self.hi), unsettled, smooth - hard)
+
+
+def _hard_bound_terms(y, lo, hi) -> float:
+    with np.errstate(invalid="ignore"):
+        terms = np.where(y >= 0, y * hi, y * lo)
+    terms = np.where(y == 0, 0.0, terms)
+    return float(terms.sum())
+
+
+@np.errstate(all="ignore")
+def _newton_direction(g: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Solve ``h d = -g`` on the Jacobi-scaled Hessian, clipping its eigenvalues (the prices' common shift
+    is a flat direction when every user takes a fund and every demand is exact)."""
+    scale = 1.0 / np.sqrt(np.maximum(np.diag(h), 1e-300))
+    hs = h * scale[:, None] * scale[None, :]
+    w, v = np.linalg.eigh(hs)
+    w = np.maximum(w, max(w.max(), 1e-300) * 1e-10)
+    return -scale * (v @ ((v.T @ (g * scale)) / w))
+
+
+def _stage(dual: _Dual, y: np.ndarray, tau: float, tol: float, iters: int, state, inside=None):
+    """Newton's method with a backtracking line search at one ``tau`` until the Newton decrement is
+    below ``tol``. ``state`` is the evaluation at ``y`` (reused: each trial point's evaluation carries
+    the gradient and Hessian of the next step). ``inside(y)``: whether a point is within the region
+    where the evaluation is valid (a step is cut back to it, and the stage ends there).
+    Returns (y, state, cut) or None."""
+    for _ in range(iters):
+        value, g, h = state[:3]
+        if not (np.all(np.isfinite(g)) and np.all(np.isfinite(h))):
+            return None
+        step = _newton_direction(g, h)
+        decrement = -float(g @ step)
+        if not np.isfinite(decrement):
+            return None
+        if decrement <= tol:
+            return y, state, False
+        alpha, cut = 1.0, inside is not None and not inside(y + step)
+        if cut:  # the largest share of the step that stays inside, by bisection
+            low, high = 0.0, 1.0
+            for _ in range(12):
+                mid = 0.5 * (low + high)
+                low, high = (mid, high) if inside(y + mid * step) else (low, mid)
+            alpha = low
+            if alpha <= 0.0:
+                return y, state, True
+        while True:
+            trial = dual.evaluate(y + alpha * step, tau)
+            if trial is not None and trial[0] <= value - 0.25 * alpha * decrement:
+                break
+            alpha *= 0.5
+            if alpha < 1e-8:
+                return y, state, cut  # no progress along the step: as centred as the arithmetic allows
+        y = y + alpha * step
+        state = trial
+        if cut:
+            return y, state, True
+    return y, state, False
+
+
+def _initial(c: CompiledProblem, lo: np.ndarray, hi: np.ndarray, tau: float) -> np.ndarray:
+    """Zero prices; a multiplier of a one-sided bound starts inside its barrier's domain."""
+    y = np.zeros(len(lo))
+    y[np.isinf(hi) & ~np.isinf(lo)] = -tau
+    y[np.isinf(lo) & ~np.isinf(hi)] = tau
+    return y
+
+
+def _bounds(c: CompiledProblem, share: float = 1.0):
+    """Every bound pair (funds' demands, then constraints), scaled by ``share`` for a sample of users."""
+    lo = np.r_[c.demand_min.astype(np.float64), [con.lo for con in c.constraints]] * share
+    hi = np.r_[c.demand_max.astype(np.float64), [con.hi for con in c.constraints]] * share
+    if share < 1.0:  # a sample's bounds widen by its sampling error, so they hold a drawn allocation
+        lo, hi = lo - np.sqrt(np.abs(lo)), hi + np.sqrt(np.abs(hi))
+    return lo, hi
+
+
+def _coefficient_ranges(c: CompiledProblem) -> np.ndarray:
+    """Per constraint, the largest difference between two of a user's coefficients (0 for "no fund"
+    counted with holdout): how far a unit move of its multiplier shifts one option against another."""
+    out = []
+    for con in c.constraints:
+        a = con.grid if con.grid is not None else con.user_weight
+        top, low = float(np.max(a, initial=0.0)), float(np.min(a, initial=0.0))
+        if con.grid is None:  # a user weight times a fund weight
+            f_top, f_low = float(np.max(con.fund_weight, initial=0.0)), float(np.min(con.fund_weight, initial=0.0))
+            corners = [top * f_top, top * f_low, low * f_top, low * f_low]
+            top, low = max(corners + [0.0]), min(corners + [0.0])
+        out.append(top - low)
+    return np.array(out)
+
+
+def _sample_start(c: CompiledProblem, tau: float, scale: float, stats: dict):
+    """The first stages on a random sample of users (bounds scaled to it): (y, tau) to go on from."""
+    n, k = c.n_users, c.n_funds
+    rng = np.random.default_rng(n)
+    rows = np.sort(rng.choice(n, size=_tuning.DUAL_SAMPLE, replace=False))
+    lo, hi = _bounds(c, _tuning.DUAL_SAMPLE / n)
+    sample = _Dual(_Layout(c, rows), lo, hi, k)
+    y = _initial(c, lo, hi, tau)
+    state = sample.evaluate(y, tau)
+    while state is not None and tau > _tuning.DUAL_TAU_SAMPLE * scale:
+        out = _stage(sample, y, tau, 1e-3 * tau * _tuning.DUAL_SAMPLE, _tuning.DUAL_ITERS, state)
+        if out is None:
+            return None
+        y, state, _ = out
+        tau /= _tuning.DUAL_TAU_STEP
+        state = sample.evaluate(y, tau)
+    stats["sample_passes"] = sample.passes
+    return None if state is None else (y, tau)
+
+
+def smoothed_duals(c: CompiledProblem, choices, deadline: float | None = None) -> dict | None:
+    """Prices and multipliers whose dual value is within about ``DUAL_PRECISION`` of the LP optimum, or
+    None. ``choices(lam, mu)`` is every user's best option and gap under them (one read of the grid).
+    Returns ``prices``, ``multipliers``, ``best`` and ``gap`` (every user's, there) and ``stats``.
+
+    Users whose best option leads by far (a gap above ``DUAL_FREEZE * tau``) are frozen at it: their
+    part of the dual is linear in the prices, which shifts the bounds of the others (as the users a
+    restricted LP fixes), and the Newton steps read only the others' rows. They stay frozen while the
+    prices move less than half their margin; past that, one read of the grid freezes afresh.
+    """
+    start = time.perf_counter()
+    k, n = c.n_funds, c.n_users
+    scale = float(np.mean(c.etv[:: max(1, n // 20_000)], dtype=np.float64))
+    if not np.isfinite(scale) or scale <= 0:
+        return None
+    tau = _tuning.DUAL_TAU_START * scale
+    stats = {"full_passes": 0, "passes": 0, "stages": 0, "sample_passes": 0, "freezes": 0, "largest_active": 0}
+    lo, hi = _bounds(c)
+    y = _initial(c, lo, hi, tau)
+    if n > 2 * _tuning.DUAL_SAMPLE:
+        warm = _sample_start(c, tau, scale, stats)
+        if warm is not None and _bound_terms(warm[0], lo, hi, warm[1]) is not None:
+            y, tau = warm
+    share = _tuning.DUAL_ACTIVE
+    ranges = _user_ranges(c, None)
+    best, gap = choices(y[:k], y[k:])
+    stats["full_passes"] += 1
+    for _ in range(_tuning.DUAL_FREEZES):
+        # every user free while the smoothing is wide (the prices still move far), then frozen by gap
+        wide = tau > _tuning.DUAL_TAU_FREEZE * scale
+        margin = np.inf if wide else max(_tuning.DUAL_FREEZE * tau, _quantile(gap, share))
+        freeze = _Freeze(c, y, best, gap, margin, tau, ranges)
+        layout = _Layout(c, None if len(freeze.rows) == n else freeze.rows)
+        dual = _Dual(layout, lo - freeze.taken, hi - freeze.taken, k)
+        stats["freezes"] += 1
+        stats["largest_active"] = max(stats["largest_active"], len(freeze.rows))
+        state = dual.evaluate(y, tau)
+        done = False
+        while True:
+            if state is None:
+                return None
+            out = _stage(dual, y, tau, 1e-3 * tau * max(state[4], 1), _tuning.DUAL_ITERS, state, freeze.inside)
+            # every ETV is >= 0, so a dual value below 0 proves that no allocation meets the rules (the
+            # restricted LPs then name the constraints); too many steps: likewise handed over
+            if out is None or not out[1][3] >= -1e-9 * scale or dual.passes + stats["passes"] > _tuning.DUAL_PASSES:
+                return None
+            y, state, cut = out
+            stats["stages"] += 1
+            if cut:  # a frozen user may have a new best option: freeze afresh, with twice the share free
+                share = min(1.0, 2 * share)
+                break
+            # the users' smoothing adds state[5] to the bound at y: stop once that is negligible
+            done = state[5] <= _tuning.DUAL_PRECISION * max(abs(state[3]), 1.0) or tau < 1e-9 * scale or (
+                deadline is not None and time.perf_counter() > deadline)
+            if done:
+                break
+            tau /= _tuning.DUAL_TAU_STEP
+            if wide and tau <= _tuning.DUAL_TAU_FREEZE * scale:
+                break
+            state = dual.evaluate(y, tau)
+        stats["passes"] += dual.passes
+        best, gap = choices(y[:k], y[k:])
+        stats["full_passes"] += 1
+        if wide:
+            continue
+        if done and (freeze.kept(best) or (deadline is not None and time.perf_counter() > deadline)):
+            break  # every frozen user is still at its option: y is as good on all users
+    else:
+        return None  # the frozen users kept moving: the restricted LPs take over
+    stats.update(dual_s=time.perf_counter() - start, tau=tau / scale)
+    return {"prices": y[:k].copy(), "multipliers": y[k:].copy(), "best": best, "gap": gap,
+            "bound": float(state[3]) + freeze.value, "stats": stats}
+
+
+def _quantile(values: np.ndarray, share: float) -> float:
+    at = int(share * (len(values) - 1))
+    return float(np.partition(values, at)[at])
+
+
+class _Freeze:
+    """Users frozen at their best option under ``y`` (those whose gap is at least ``margin``): what they
+    take (``taken``: fund counts, then constraint activities), the others (``rows``), and ``inside(point)``:
+    whether every frozen user is still at its option with the others weighing nothing at ``point``."""
+
+    def __init__(self, c: CompiledProblem, y: np.ndarray, best: np.ndarray, gap: np.ndarray, margin: float, tau: float,
+                 ranges: np.ndarray):
+        n, k = c.n_users, c.n_funds
+        free = gap < margin
+        if free.sum() < min(n, _tuning.DUAL_MIN_ACTIVE):
+            free[np.argpartition(gap, min(n, _tuning.DUAL_MIN_ACTIVE) - 1)[:_tuning.DUAL_MIN_ACTIVE]] = True
+        self.rows = np.flatnonzero(free)
+        self.held = np.where(free, -1, best)
+        self.free = free
+        self.taken = np.r_[np.bincount(self.held[self.held >= 0], minlength=k).astype(np.float64),
+                           [con.activity(self.held) for con in c.constraints]]
+        placed = np.flatnonzero(self.held >= 0)
+        self.value = float(np.asarray(c.etv[placed, self.held[placed]], dtype=np.float64).sum())
+        self.anchor, self.margin, self.tau, self.k, self.holdout = y, margin, tau, k, c.holdout
+        # the frozen users nearest to the margin are checked one by one (how far each constraint can move
+        # one of their options against another); the rest against the largest such move of any user
+        self.wide = 4.0 * margin
+        near = np.flatnonzero(~free & (gap < self.wide))
+        self.near_gap = gap[near]
+        self.near_ranges = _user_ranges(c, near)
+        self.ranges = ranges
+
+    @np.errstate(all="ignore")
+    def inside(self, point: np.ndarray) -> bool:
+        k = self.k
+        shift = point[:k] - self.anchor[:k]
+        spread = float(max(shift.max(), 0.0 if self.holdout else -np.inf) - min(shift.min(), 0.0 if self.holdout else np.inf))
+        moves = np.abs(point[k:] - self.anchor[k:])
+        room = 30.0 * self.tau + spread  # a shift shared by all prices moves no choice
+        if room + float(moves @ self.ranges) <= self.margin:
+            return True
+        if room + float(moves @ self.ranges) > self.wide:
+            return False
+        return bool(np.all(room + self.near_ranges @ moves <= self.near_gap))
+
+    def kept(self, best: np.ndarray) -> bool:
+        frozen = ~self.free
+        return bool(np.array_equal(best[frozen], self.held[frozen]))
+
+
+def _user_ranges(c: CompiledProblem, users: np.ndarray | None) -> np.ndarray:
+    """Per user (of ``users``, or the largest over all when None) and constraint: the largest difference
+    between two of the user's coefficients (0 for "no fund" counted with holdout)."""
+    cols = []
+    for con in c.constraints:
+        if con.grid is not None:
+            rows = con.grid if users is None else con.grid[users]
+            top, low = rows.max(axis=1, initial=-np.inf), rows.min(axis=1, initial=np.inf)
+            if c.holdout:
+                top, low = np.maximum(top, 0.0), np.minimum(low, 0.0)
+            cols.append(top - low)
+        else:
+            f = con.fund_weight
+            spread = float(max(f.max(), 0.0 if c.holdout else -np.inf) - min(f.min(), 0.0 if c.holdout else np.inf))
+            u = con.user_weight if users is None else con.user_weight[users]
+            cols.append(np.abs(u) * spread)
+    if users is None:
+        return np.array([float(np.max(col, initial=0.0)) for col in cols])
+    return np.array(cols).reshape(len(c.constraints), len(users)).T.copy()
