@@ -63,10 +63,10 @@ def test_side_constraints_against_the_plain_solve(benchmark, n_users):
     gap = (certified - again.objective) / abs(again.objective)
     ratio = side_s / plain_s
     info = dict(plain_s=plain_s, side_s=side_s, ratio=ratio, gap=gap, status=result.status.value,
-                objective_lost=1 - again.objective / free.objective, rounds=result.stats["rounds"],
-                largest_lp_users=result.stats["largest_lp_users"], settled_users=result.stats["settled_users"],
-                transport_s=result.stats["transport_s"], lp_s=result.stats["lp_s"],
-                settle_s=result.stats["settle_s"])
+                objective_lost=1 - again.objective / free.objective, method=result.stats["method"],
+                **{key: result.stats[key] for key in ("rounds", "largest_lp_users", "passes", "full_passes",
+                                                     "sample_passes", "largest_active", "settled_users", "settle_s")
+                   if key in result.stats})
     benchmark.extra_info.update(info)
     print(f"\n{n_users:,} users: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                               for k, v in info.items()))

@@ -289,21 +289,50 @@ def _multipliers(compiled: CompiledProblem, multipliers: np.ndarray | None) -> n
     return mu
 
 
+@numba.njit(cache=True, parallel=True)
+def _best_priced(etv, extra, use_extra, prices, user_level, fund_level, mask, use_mask, user_w, fund_wm, floor):  # pragma: no cover - compiled
+    """Each user's best value of ``etv - prices - extra - sum_p user_w[p] * fund_wm[p]`` over the pairs the
+    risk rule and the mask allow (at least ``floor``)."""
+    n, k = etv.shape
+    best = np.empty(n)
+    for i in numba.prange(n):
+        top = floor
+        for j in range(k):
+            if user_level[i] < fund_level[j] or (use_mask and not mask[i, j]):
+                continue
+            v = etv[i, j] - prices[j]
+            if use_extra:
+                v -= extra[i, j]
+            for p in range(user_w.shape[0]):
+                v -= user_w[p, i] * fund_wm[p, j]
+            top = max(top, v)
+        best[i] = top
+    return best
+
+
 def _side_bound(compiled: CompiledProblem, prices: np.ndarray, mu: np.ndarray) -> float:
     """The dual value with side rules, block by block of users: each user's best reduced value over the
-    pairs the risk rule and the mask allow, the coefficients of the constraints priced by ``mu``."""
+    pairs the risk rule and the mask allow, the coefficients of the constraints priced by ``mu`` (a weight
+    per user times one per fund read in place; a constraint with a grid of its own priced per block)."""
     c = compiled
     floor = 0.0 if c.holdout else -np.inf
+    priced = [(m, con) for m, con in zip(mu.tolist(), c.constraints) if m]
+    by_user = [(m, con) for m, con in priced if con.grid is None]
+    by_pair = [(m, con) for m, con in priced if con.grid is not None]
+    user_w = np.array([con.user_weight for _, con in by_user], dtype=np.float64).reshape(len(by_user), c.n_users)
+    fund_wm = np.array([m * con.fund_weight for m, con in by_user], dtype=np.float64).reshape(len(by_user), c.n_funds)
+    mask = c.mask if c.mask is not None else np.zeros((0, 0), dtype=np.bool_)
     users = 0.0
     for s in range(0, c.n_users, _SIDE_ROWS):
         rows = slice(s, min(s + _SIDE_ROWS, c.n_users))
-        reduced = np.asarray(c.etv[rows], dtype=np.float64) - prices[None, :]
-        for q, con in enumerate(c.constraints):
-            if mu[q]:
-                reduced -= mu[q] * con.coefficients(rows)
-        reduced[~c.eligible(rows)] = -np.inf
-        users += float(np.maximum(reduced.max(axis=1, initial=-np.inf), floor).sum())
-    side = sum((m * con.hi if m > 0 else m * con.lo) for m, con in zip(mu.tolist(), c.constraints) if m)
+        extra = np.zeros((0, 0))
+        for m, con in by_pair:
+            extra = m * con.grid[rows] if not extra.size else extra + m * con.grid[rows]
+        best = _best_priced(np.asarray(c.etv[rows]), np.ascontiguousarray(extra, dtype=np.float64), bool(by_pair),
+                            prices, c.user_level[rows], c.fund_level, mask[rows] if c.mask is not None else mask,
+                            c.mask is not None, np.ascontiguousarray(user_w[:, rows]), fund_wm, floor)
+        users += float(best.sum())
+    side = sum((m * con.hi if m > 0 else m * con.lo) for m, con in priced)
     return users + float(side)
 
 
