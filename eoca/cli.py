@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes only: a first look in a few minutes")
     p.add_argument("--out", help="report directory (default docs/benchmarks)")
     p.add_argument("--spec", action="append", help="run only this allocation spec (repeatable)")
-    p.add_argument("--suite", help="comma-separated subset of allocation,models,ab (default: all)")
+    p.add_argument("--suite", help="comma-separated subset of allocation,models,ab,side (default: all)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("solvers", help="list the registered solvers")

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import eoca
@@ -98,3 +99,19 @@ def test_a_spec_with_side_constraints_skips_the_solvers_that_cannot_honour_them(
     assert rows.loc["ip", "objective"] == pytest.approx(rows.loc["exact", "objective"], rel=1e-9)
     for name in ("heuristic", "manual"):
         assert rows.loc[name, "skipped"].startswith("unsupported:") and "'exact'" in rows.loc[name, "skipped"]
+
+
+def test_the_side_rules_suite_measures_rules_against_the_plain_delivery(tmp_path, monkeypatch):
+    from eoca.bench import run as bench_run
+
+    monkeypatch.setitem(bench_run.SIDE_SIZES, "quick", (3_000,))
+    page = bench_run.run_bench(tmp_path, quick=True, suites=["side"], echo=lambda m: None).read_text()
+    assert "## Business rules: a mask and six side constraints against the plain delivery" in page
+    assert "![side](side.png)" in page and (tmp_path / "side.png").is_file()
+    rows = pd.read_csv(tmp_path / "side.csv")
+    assert list(rows["n_users"]) == [3_000]
+    row = rows.iloc[0]
+    # the rules hold, cost ETV, and the gap is certified from the result's own prices and multipliers
+    assert bool(row["rules_met"]) and 0 < row["etv_lost"] < 0.2
+    assert -1e-9 <= row["certified_gap"] <= 1e-5
+    assert row["side_seconds"] > 0 and row["ratio"] == pytest.approx(row["side_seconds"] / row["plain_seconds"])

@@ -28,7 +28,7 @@ ALLOCATION_INTRO = (
 )
 
 
-SUITES = ("allocation", "models", "ab")
+SUITES = ("allocation", "models", "ab", "side")
 
 #: Sizes of the model and A/B suites: (seeds, users, epochs).
 MODEL_SIZES = {"quick": ([0, 1], 1_500, 3), "full": ([0, 1, 2], 3_000, 40)}
@@ -37,13 +37,17 @@ AB_SIZES = {"quick": ([0, 1], 2_000, 3), "full": ([0, 1, 2, 3, 4], 4_000, 12)}
 
 
 #: Sections of the report kept from the benchmarks under ``benchmarks/`` (not rerun by ``eoca bench``).
-MEASURED_SECTIONS = ("predict_scale", "pipeline", "side", "trust")
+MEASURED_SECTIONS = ("predict_scale", "pipeline", "trust")
 
 _HEADINGS = {
     "allocation": "Allocation: solvers across scales",
     "models": "ETV models: the paper's Tables 1-2 and Figure 5",
     "ab": "Simulated A/B test (Table 3)",
+    "side": "Business rules: a mask and six side constraints against the plain delivery",
 }
+
+#: Users of the side-rules suite.
+SIDE_SIZES = {"quick": (20_000, 200_000), "full": (200_000, 1_000_000, 10_000_000)}
 
 
 def _allocation_section(out: Path, quick: bool, specs: Sequence[str] | None, echo) -> str:
@@ -77,12 +81,21 @@ def _ab_section(out: Path, size: str, echo) -> str:
     return ab_section(ab, n_users=users, epochs=epochs, figure=ab_figure(ab, out).name)
 
 
+def _side_section(out: Path, size: str, echo) -> str:
+    from eoca.bench.side import run_side, side_figure, side_section
+
+    rows = run_side(SIDE_SIZES[size], progress=lambda msg: echo(f"  {msg}"))
+    rows.to_csv(out / "side.csv", index=False)
+    return side_section(rows, side_figure(rows, out).name)
+
+
 def run_bench(out: str | Path = DEFAULT_OUT, *, quick: bool = False, specs: Sequence[str] | None = None,
               suites: Sequence[str] = SUITES, echo=print) -> Path:
     """Run suites and (re)write ``out/README.md`` with PNG figures and the CSVs behind every table.
 
     ``suites``: any of "allocation" (solvers across scales; ``specs`` narrows it), "models" (the nine ETV
-    models, the three losses, CDNOW) and "ab" (the simulated A/B test). Each suite leaves its section in
+    models, the three losses, CDNOW), "ab" (the simulated A/B test) and "side" (a mask and six business
+    rules against the plain delivery, 200k to 10M users). Each suite leaves its section in
     ``out/sections/``; the page is assembled from every section there, so suites can be rerun one at a time
     and each section says when and how it ran.
     """
@@ -106,6 +119,8 @@ def run_bench(out: str | Path = DEFAULT_OUT, *, quick: bool = False, specs: Sequ
             body = _allocation_section(out, quick, specs, echo)
         elif suite == "models":
             body = _models_section(out, size, echo)
+        elif suite == "side":
+            body = _side_section(out, size, echo)
         else:
             body = _ab_section(out, size, echo)
         stamp = machine_info()["date"]
