@@ -27,14 +27,16 @@ method, which diagnoses infeasibility.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numba
 import numpy as np
 
 from eoca.problem import CompiledProblem
 from eoca.solvers import _tuning
+from eoca.solvers._side_kernels import reduced_choices
 
-__all__ = ["smoothed_duals"]
+__all__ = ["smoothed_duals", "InMemory", "rows_problem", "layout_sums"]
 
 
 @numba.njit(cache=True, parallel=True)
@@ -161,28 +163,39 @@ def _step_kernel(etv, user_level, fund_level, mask, use_mask, lam, mu, user_w, f
         active[b] = count
 
 
-class _Layout:
-    """The arrays the step kernel reads for a problem (or for a sample of its users): the grid, the risk
-    levels, the mask and each constraint's coefficients (a user weight times a fund weight, or a grid)."""
+def rows_problem(c: CompiledProblem, rows, etv: np.ndarray | None = None) -> CompiledProblem:
+    """``c`` restricted to the users ``rows`` (a slice or positions), in memory: their grid rows (``etv``
+    where the caller has read them, e.g. from a Dask grid), risk levels, mask rows and constraint weights."""
+    def take(a):
+        return a[rows]
 
-    def __init__(self, c: CompiledProblem, rows: np.ndarray | None = None):
-        take = (lambda a: a) if rows is None else (lambda a: a[rows])
+    constraints = tuple(replace(con, user_weight=None if con.user_weight is None else take(con.user_weight),
+                                grid=None if con.grid is None else take(con.grid)) for con in c.constraints)
+    return replace(c, etv=take(c.etv) if etv is None else etv, user_level=take(c.user_level),
+                   mask=None if c.mask is None else take(c.mask), constraints=constraints)
+
+
+class _Layout:
+    """The arrays the step kernel reads for an in-memory problem: the grid, the risk levels, the mask and
+    each constraint's coefficients (a user weight times a fund weight, or a grid)."""
+
+    def __init__(self, c: CompiledProblem):
         k = c.n_funds
-        self.etv = np.ascontiguousarray(take(c.etv))
-        self.user_level = np.ascontiguousarray(take(c.user_level))
+        self.etv = np.ascontiguousarray(c.etv)
+        self.user_level = np.ascontiguousarray(c.user_level)
         self.fund_level = c.fund_level
         self.use_mask = c.mask is not None
-        self.mask = np.ascontiguousarray(take(c.mask)) if self.use_mask else np.zeros((0, 0), dtype=np.bool_)
+        self.mask = np.ascontiguousarray(c.mask) if self.use_mask else np.zeros((0, 0), dtype=np.bool_)
         user_w, fund_w, grids, prod_q, grid_q = [], [], [], [], []
         for con in c.constraints:
             if con.grid is not None:
                 prod_q.append(-1)
                 grid_q.append(len(grids))
-                grids.append(np.ascontiguousarray(take(con.grid), dtype=np.float64))
+                grids.append(np.ascontiguousarray(con.grid, dtype=np.float64))
             else:
                 prod_q.append(len(user_w))
                 grid_q.append(-1)
-                user_w.append(take(con.user_weight))
+                user_w.append(con.user_weight)
                 fund_w.append(con.fund_weight)
         n = len(self.etv)
         self.user_w = np.ascontiguousarray(np.array(user_w, dtype=np.float64).reshape(len(user_w), n))
@@ -235,13 +248,29 @@ def _bound_terms(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, tau: float):
     return value, mean, var
 
 
-class _Dual:
-    """The smoothed dual on a layout: ``evaluate(y, tau)`` reads the grid once and returns the value,
-    the gradient, the Hessian and the hard (unsmoothed) dual value at ``y``."""
+def layout_sums(layout: _Layout, y: np.ndarray, tau: float, stride: int):
+    """One read of a layout's users at ``y``: (smoothed and hard user terms, sum of the expected option
+    vectors, the Hessian sums (upper triangle), users not settled) summed over the kernel's blocks."""
+    k, d = len(layout.fund_level), len(y)
+    nb = max(1, min(_tuning.DUAL_BLOCKS, layout.n // 256))
+    vals = np.zeros((nb, 2))
+    grad = np.zeros((nb, d))
+    hess = np.zeros((nb, d, d))
+    active = np.zeros(nb, dtype=np.int64)
+    L = layout
+    _step_kernel(L.etv, L.user_level, L.fund_level, L.mask, L.use_mask, np.ascontiguousarray(y[:k]),
+                 np.ascontiguousarray(y[k:]), L.user_w, L.fund_w, L.prod_q, L.grid0, L.grid1, L.stacked, L.grid_q,
+                 L.holdout, tau, stride, vals, grad, hess, active)
+    return vals.sum(axis=0), grad.sum(axis=0), hess.sum(axis=0), int(active.sum())
 
-    def __init__(self, layout: _Layout, lo: np.ndarray, hi: np.ndarray, k: int):
-        self.layout, self.lo, self.hi, self.k = layout, lo, hi, k
-        self.blocks = max(1, min(_tuning.DUAL_BLOCKS, layout.n // 256))
+
+class _Dual:
+    """The smoothed dual over some users: ``evaluate(y, tau)`` reads them once (``sums(y, tau, stride)``,
+    :func:`layout_sums` or its chunk-wise equivalent) and returns the value, the gradient, the Hessian, the
+    hard (unsmoothed) dual value, the number of unsettled users and what the smoothing adds."""
+
+    def __init__(self, sums, lo: np.ndarray, hi: np.ndarray, k: int):
+        self.sums, self.lo, self.hi, self.k = sums, lo, hi, k
         self.stride = 1
         self.passes = 0
 
@@ -249,24 +278,48 @@ class _Dual:
         bounds = _bound_terms(y, self.lo, self.hi, tau)
         if bounds is None:
             return None
-        L, k, d, nb = self.layout, self.k, len(y), self.blocks
-        vals = np.zeros((nb, 2))
-        grad = np.zeros((nb, d))
-        hess = np.zeros((nb, d, d))
-        active = np.zeros(nb, dtype=np.int64)
-        _step_kernel(L.etv, L.user_level, L.fund_level, L.mask, L.use_mask, np.ascontiguousarray(y[:k]),
-                     np.ascontiguousarray(y[k:]), L.user_w, L.fund_w, L.prod_q, L.grid0, L.grid1, L.stacked, L.grid_q, L.holdout,
-                     tau, self.stride, vals, grad, hess, active)
+        (smooth, hard), grad, h, unsettled = self.sums(y, tau, self.stride)
         self.passes += 1
         value, mean, var = bounds
-        smooth, hard = vals.sum(axis=0)
-        h = hess.sum(axis=0)
         h = np.triu(h) + np.triu(h, 1).T
-        unsettled = int(active.sum())
         # the Hessian of the next step reads about DUAL_HESSIAN_USERS of the unsettled users
         self.stride = max(1, unsettled // _tuning.DUAL_HESSIAN_USERS)
-        return (smooth + value.sum(), mean - grad.sum(axis=0), (h + np.diag(var)) / tau,
+        return (smooth + value.sum(), mean - grad, (h + np.diag(var)) / tau,
                 hard + _hard_bound_terms(y, self.lo, self.hi), unsettled, smooth - hard)
+
+
+def _in_memory(c: CompiledProblem, lo: np.ndarray, hi: np.ndarray) -> _Dual:
+    layout = _Layout(c)
+    return _Dual(lambda y, tau, stride: layout_sums(layout, y, tau, stride), lo, hi, c.n_funds)
+
+
+class InMemory:
+    """Every user of an in-memory problem, as the smoothed dual and the settlement read them. The Dask
+    engine has the same four methods over a lazy grid's chunks (``eoca.distributed.rules``)."""
+
+    def __init__(self, c: CompiledProblem):
+        self.c = c
+        self._etv = None
+
+    def choices(self, lam: np.ndarray, mu: np.ndarray):
+        """Every user's best option (-1: none, with holdout) and gap to the second best."""
+        if self._etv is None:
+            self._etv = np.ascontiguousarray(self.c.etv, dtype=np.float64)
+        best, gap, _ = reduced_choices(self.c, self._etv, lam, mu, None)
+        return best, gap
+
+    def dual(self, lo: np.ndarray, hi: np.ndarray) -> _Dual:
+        """The smoothed dual over every user."""
+        return _in_memory(self.c, lo, hi)
+
+    def subset(self, rows: np.ndarray) -> CompiledProblem:
+        """The users ``rows`` (sorted positions) as an in-memory problem."""
+        return rows_problem(self.c, rows)
+
+    def value(self, codes: np.ndarray) -> float:
+        """The ETV of ``codes`` (users with -1 add nothing)."""
+        placed = np.flatnonzero(codes >= 0)
+        return float(np.asarray(self.c.etv[placed, codes[placed]], dtype=np.float64).sum())
 
 
 def _hard_bound_terms(y, lo, hi) -> float:
@@ -358,13 +411,13 @@ def _coefficient_ranges(c: CompiledProblem) -> np.ndarray:
     return np.array(out)
 
 
-def _sample_start(c: CompiledProblem, tau: float, scale: float, stats: dict):
+def _sample_start(c: CompiledProblem, access, tau: float, scale: float, stats: dict):
     """The first stages on a random sample of users (bounds scaled to it): (y, tau) to go on from."""
-    n, k = c.n_users, c.n_funds
+    n = c.n_users
     rng = np.random.default_rng(n)
     rows = np.sort(rng.choice(n, size=_tuning.DUAL_SAMPLE, replace=False))
     lo, hi = _bounds(c, _tuning.DUAL_SAMPLE / n)
-    sample = _Dual(_Layout(c, rows), lo, hi, k)
+    sample = _in_memory(access.subset(rows), lo, hi)
     y = _initial(c, lo, hi, tau)
     state = sample.evaluate(y, tau)
     while state is not None and tau > _tuning.DUAL_TAU_SAMPLE * scale:
@@ -378,9 +431,9 @@ def _sample_start(c: CompiledProblem, tau: float, scale: float, stats: dict):
     return None if state is None else (y, tau)
 
 
-def smoothed_duals(c: CompiledProblem, choices, deadline: float | None = None) -> dict | None:
+def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) -> dict | None:
     """Prices and multipliers whose dual value is within about ``DUAL_PRECISION`` of the LP optimum, or
-    None. ``choices(lam, mu)`` is every user's best option and gap under them (one read of the grid).
+    None. ``access`` reads every user (:class:`InMemory`, or the Dask engine's chunk-wise equivalent).
     Returns ``prices``, ``multipliers``, ``best`` and ``gap`` (every user's, there) and ``stats``.
 
     Users whose best option leads by far (a gap above ``DUAL_FREEZE * tau``) are frozen at it: their
@@ -390,7 +443,7 @@ def smoothed_duals(c: CompiledProblem, choices, deadline: float | None = None) -
     """
     start = time.perf_counter()
     k, n = c.n_funds, c.n_users
-    scale = float(np.mean(c.etv[:: max(1, n // 20_000)], dtype=np.float64))
+    scale = float(np.mean(access.subset(np.arange(0, n, max(1, n // 20_000))).etv, dtype=np.float64))
     if not np.isfinite(scale) or scale <= 0:
         return None
     tau = _tuning.DUAL_TAU_START * scale
@@ -398,20 +451,22 @@ def smoothed_duals(c: CompiledProblem, choices, deadline: float | None = None) -
     lo, hi = _bounds(c)
     y = _initial(c, lo, hi, tau)
     if n > 2 * _tuning.DUAL_SAMPLE:
-        warm = _sample_start(c, tau, scale, stats)
+        warm = _sample_start(c, access, tau, scale, stats)
         if warm is not None and _bound_terms(warm[0], lo, hi, warm[1]) is not None:
             y, tau = warm
     share = _tuning.DUAL_ACTIVE
     ranges = _user_ranges(c, None)
-    best, gap = choices(y[:k], y[k:])
+    best, gap = access.choices(y[:k], y[k:])
     stats["full_passes"] += 1
     for _ in range(_tuning.DUAL_FREEZES):
         # every user free while the smoothing is wide (the prices still move far), then frozen by gap
         wide = tau > _tuning.DUAL_TAU_FREEZE * scale
         margin = np.inf if wide else max(_tuning.DUAL_FREEZE * tau, _quantile(gap, share))
-        freeze = _Freeze(c, y, best, gap, margin, tau, ranges)
-        layout = _Layout(c, None if len(freeze.rows) == n else freeze.rows)
-        dual = _Dual(layout, lo - freeze.taken, hi - freeze.taken, k)
+        freeze = _Freeze(c, access, y, best, gap, margin, tau, ranges)
+        if len(freeze.rows) == n:
+            dual = access.dual(lo, hi)
+        else:
+            dual = _in_memory(access.subset(freeze.rows), lo - freeze.taken, hi - freeze.taken)
         stats["freezes"] += 1
         stats["largest_active"] = max(stats["largest_active"], len(freeze.rows))
         state = dual.evaluate(y, tau)
@@ -439,7 +494,7 @@ def smoothed_duals(c: CompiledProblem, choices, deadline: float | None = None) -
                 break
             state = dual.evaluate(y, tau)
         stats["passes"] += dual.passes
-        best, gap = choices(y[:k], y[k:])
+        best, gap = access.choices(y[:k], y[k:])
         stats["full_passes"] += 1
         if wide:
             continue
@@ -462,8 +517,8 @@ class _Freeze:
     take (``taken``: fund counts, then constraint activities), the others (``rows``), and ``inside(point)``:
     whether every frozen user is still at its option with the others weighing nothing at ``point``."""
 
-    def __init__(self, c: CompiledProblem, y: np.ndarray, best: np.ndarray, gap: np.ndarray, margin: float, tau: float,
-                 ranges: np.ndarray):
+    def __init__(self, c: CompiledProblem, access, y: np.ndarray, best: np.ndarray, gap: np.ndarray, margin: float,
+                 tau: float, ranges: np.ndarray):
         n, k = c.n_users, c.n_funds
         free = gap < margin
         if free.sum() < min(n, _tuning.DUAL_MIN_ACTIVE):
@@ -473,8 +528,7 @@ class _Freeze:
         self.free = free
         self.taken = np.r_[np.bincount(self.held[self.held >= 0], minlength=k).astype(np.float64),
                            [con.activity(self.held) for con in c.constraints]]
-        placed = np.flatnonzero(self.held >= 0)
-        self.value = float(np.asarray(c.etv[placed, self.held[placed]], dtype=np.float64).sum())
+        self.value = access.value(self.held)
         self.anchor, self.margin, self.tau, self.k, self.holdout = y, margin, tau, k, c.holdout
         # the frozen users nearest to the margin are checked one by one (how far each constraint can move
         # one of their options against another); the rest against the largest such move of any user

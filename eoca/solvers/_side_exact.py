@@ -44,10 +44,10 @@ from eoca.solvers._side import (
     solve_lp,
     solve_mip,
 )
-from eoca.solvers._side_dual import smoothed_duals
+from eoca.solvers._side_dual import InMemory, smoothed_duals
 from eoca.solvers._side_kernels import coefficient_sizes, reduced_choices
 
-__all__ = ["solve_with_constraints"]
+__all__ = ["solve_with_constraints", "solve_by_smoothed_dual"]
 
 
 def _residual(c: CompiledProblem, codes: np.ndarray, free: np.ndarray):
@@ -108,7 +108,7 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
     deadline = None if time_limit is None else start + time_limit
     n, k, m = c.n_users, c.n_funds, len(c.constraints)
     if n >= _tuning.DUAL_USERS:
-        out = _by_smoothed_dual(c, np.ascontiguousarray(c.etv, dtype=np.float64), deadline, start)
+        out = solve_by_smoothed_dual(c, InMemory(c), deadline, start)
         if out is not None:
             return out
     base = penalised(c)
@@ -198,31 +198,35 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
     total = float(lp[0]) + _fixed_value(c, fixed, free)  # the LP optimum over all users
     stats["fractional_users"] = int(frac.sum())
     return _settle(c, codes, members, gap[members], frac, _tuning.SIDE_SETTLE + 20 * (k + m), total, lam, mu,
-                   stats, deadline, "the LP bound")
+                   stats, deadline, "the LP bound", InMemory(c))
 
 
-def _by_smoothed_dual(c: CompiledProblem, etv: np.ndarray, deadline: float | None, start: float) -> dict | None:
+def solve_by_smoothed_dual(c: CompiledProblem, access, deadline: float | None, start: float) -> dict | None:
     """The path for many users: prices and multipliers from Newton's method on the smoothed dual
     (:mod:`eoca.solvers._side_dual`), every user at a best option under them, and the users of smallest
-    gap settled by the MIP. None where the smoothed dual fails (the restricted LPs then take over)."""
-    def choices(lam, mu):
-        best, gap, _ = reduced_choices(c, etv, lam, mu, None)
-        return best, gap
-
-    duals = smoothed_duals(c, choices, deadline)
+    gap settled by an LP and a small MIP. ``access`` reads every user (in memory, or chunk by chunk on
+    Dask). None where the smoothed dual fails (in memory the restricted LPs then take over)."""
+    duals = smoothed_duals(c, access, deadline)
     if duals is None:
         return None
     stats = {"method": "smoothed dual", **duals["stats"], "transport_s": 0.0, "rounds": 0,
              "largest_lp_users": 0, "lp_s": time.perf_counter() - start, "fractional_users": 0}
-    codes, must, pool, pool_gap = _relaxed_settlement(c, duals["best"].astype(np.int32), duals["gap"], stats)
+    codes, must, pool, pool_gap = _relaxed_settlement(c, access, duals["best"].astype(np.int32), duals["gap"], stats)
     if codes is None:
         return None
-    out = _settle(c, codes, pool, pool_gap, must, _tuning.SIDE_SETTLE_SMALL, duals["bound"], duals["prices"], duals["multipliers"], stats,
-                  deadline, "the dual bound")
+    out = _settle(c, codes, pool, pool_gap, must, _tuning.SIDE_SETTLE_SMALL, duals["bound"], duals["prices"],
+                  duals["multipliers"], stats, deadline, "the dual bound", access)
     return None if out["status"] == "error" else out
 
 
-def _relaxed_settlement(c: CompiledProblem, best: np.ndarray, gap: np.ndarray, stats: dict):
+def _subset_model(c: CompiledProblem, access, members: np.ndarray):
+    """:func:`_local_model` with the users' rows read through ``access``."""
+    sub = access.subset(members)
+    u, funds = allowed_pairs(sub)
+    return members[u], funds, u, np.asarray(sub.etv[u, funds], dtype=np.float64), pair_coefficients(sub, u, funds)
+
+
+def _relaxed_settlement(c: CompiledProblem, access, best: np.ndarray, gap: np.ndarray, stats: dict):
     """Every user at a best option meets the rules only up to the users near a tie. The LP relaxation
     over the ``SIDE_SETTLE + 20 (k + m)`` users of smallest gap (four times as many while it has no
     solution), everyone else kept, places all but at most about k + m of them; those fractional ones are
@@ -235,7 +239,7 @@ def _relaxed_settlement(c: CompiledProblem, best: np.ndarray, gap: np.ndarray, s
         take = min(size, n)
         part = np.argpartition(gap, take - 1)[:take] if take < n else np.arange(n)
         part.sort()
-        users, funds, local, values, coef = _local_model(c, part)
+        users, funds, local, values, coef = _subset_model(c, access, part)
         settle = np.zeros(n, dtype=bool)
         settle[part] = True
         lo_f, hi_f, lo_s, hi_s = _residual(c, best, settle)
@@ -262,7 +266,7 @@ def _relaxed_settlement(c: CompiledProblem, best: np.ndarray, gap: np.ndarray, s
 
 def _settle(c: CompiledProblem, codes: np.ndarray, pool: np.ndarray, pool_gap: np.ndarray, must: np.ndarray,
             extra: int, total: float, lam: np.ndarray, mu: np.ndarray, stats: dict, deadline: float | None,
-            bound: str) -> dict:
+            bound: str, access) -> dict:
     """Re-solve by MIP the users of ``pool`` that ``must`` be (fractional ones) and the ``extra`` ones of
     smallest gap (four times as many while no allocation exists) against what everyone else takes under
     ``codes``, so that every constraint holds; ``total`` is the bound the result is measured against."""
@@ -273,8 +277,8 @@ def _settle(c: CompiledProblem, codes: np.ndarray, pool: np.ndarray, pool_gap: n
         pick = must.copy()
         take = min(extra, len(pool))
         pick[np.argpartition(pool_gap, take - 1)[:take] if take < len(pool) else slice(None)] = True
-        part = pool[pick]
-        p_users, p_funds, p_local, p_values, p_coef = _local_model(c, part)
+        part = np.sort(pool[pick])
+        p_users, p_funds, p_local, p_values, p_coef = _subset_model(c, access, part)
         settle = np.zeros(n, dtype=bool)
         settle[part] = True
         lo_f, hi_f, lo_s, hi_s = _residual(c, codes, settle)
@@ -290,7 +294,7 @@ def _settle(c: CompiledProblem, codes: np.ndarray, pool: np.ndarray, pool_gap: n
     codes[part] = -1
     codes[p_users[chosen]] = p_funds[chosen]
     stats.update(settled_users=int(len(part)), settle_s=time.perf_counter() - settle_s, lp_objective=total)
-    value = _fixed_value(c, codes, np.zeros(n, dtype=bool))
+    value = access.value(codes)
     stats["gap"] = max(total - value, 0.0) / max(abs(total), 1e-300)
     if total - value <= 1e-12 * max(abs(total), 1.0):
         return {"codes": codes, "status": "optimal", "prices": lam, "multipliers": mu, "stats": stats, "message": ""}
