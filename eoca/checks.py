@@ -310,28 +310,45 @@ def _best_priced(etv, extra, use_extra, prices, user_level, fund_level, mask, us
     return best
 
 
+def _side_users_block(etv, *items):
+    """The users' part of the dual value with side rules on a block of users: each user's best reduced
+    value over the pairs the risk rule and the mask allow. ``items``: the block's risk codes, its mask rows
+    (if any), the user weights of the priced per-user constraints, the grids of the priced per-pair ones,
+    then ``(fund_level, fund_wm, grid_mu, prices, floor, has_mask)`` (``fund_wm``: each per-user
+    constraint's fund weights times its multiplier)."""
+    vectors, (fund_level, fund_wm, grid_mu, prices, floor, has_mask) = items[:-6], items[-6:]
+    user_level, rest = vectors[0], list(vectors[1:])
+    mask = rest.pop(0) if has_mask else np.zeros((0, 0), dtype=np.bool_)
+    n_w = fund_wm.shape[0]
+    user_w = np.array(rest[:n_w], dtype=np.float64).reshape(n_w, len(etv))
+    extra = np.zeros((0, 0))
+    for m, grid in zip(grid_mu, rest[n_w:]):
+        extra = m * grid if not extra.size else extra + m * grid
+    best = _best_priced(etv, np.ascontiguousarray(extra, dtype=np.float64), bool(len(grid_mu)), prices, user_level,
+                        fund_level, mask, has_mask, user_w, fund_wm, floor)
+    return float(best.sum())
+
+
 def _side_bound(compiled: CompiledProblem, prices: np.ndarray, mu: np.ndarray) -> float:
-    """The dual value with side rules, block by block of users: each user's best reduced value over the
-    pairs the risk rule and the mask allow, the coefficients of the constraints priced by ``mu`` (a weight
-    per user times one per fund read in place; a constraint with a grid of its own priced per block)."""
+    """The dual value with side rules, block by block of users (chunk by chunk of a Dask grid): the
+    coefficients of the constraints priced by ``mu``, a weight per user times one per fund read in place,
+    a constraint with a grid of its own priced per block."""
     c = compiled
-    floor = 0.0 if c.holdout else -np.inf
     priced = [(m, con) for m, con in zip(mu.tolist(), c.constraints) if m]
     by_user = [(m, con) for m, con in priced if con.grid is None]
     by_pair = [(m, con) for m, con in priced if con.grid is not None]
-    user_w = np.array([con.user_weight for _, con in by_user], dtype=np.float64).reshape(len(by_user), c.n_users)
     fund_wm = np.array([m * con.fund_weight for m, con in by_user], dtype=np.float64).reshape(len(by_user), c.n_funds)
-    mask = c.mask if c.mask is not None else np.zeros((0, 0), dtype=np.bool_)
-    users = 0.0
-    for s in range(0, c.n_users, _SIDE_ROWS):
-        rows = slice(s, min(s + _SIDE_ROWS, c.n_users))
-        extra = np.zeros((0, 0))
-        for m, con in by_pair:
-            extra = m * con.grid[rows] if not extra.size else extra + m * con.grid[rows]
-        best = _best_priced(np.asarray(c.etv[rows]), np.ascontiguousarray(extra, dtype=np.float64), bool(by_pair),
-                            prices, c.user_level[rows], c.fund_level, mask[rows] if c.mask is not None else mask,
-                            c.mask is not None, np.ascontiguousarray(user_w[:, rows]), fund_wm, floor)
-        users += float(best.sum())
+    vectors = [c.user_level] + ([c.mask] if c.mask is not None else [])
+    vectors += [con.user_weight for _, con in by_user] + [con.grid for _, con in by_pair]
+    args = (c.fund_level, fund_wm, np.array([m for m, _ in by_pair]), prices, 0.0 if c.holdout else -np.inf,
+            c.mask is not None)
+    if c.is_lazy:
+        users = sum(map_user_blocks(_side_users_block, c.etv, vectors, args=args))
+    else:
+        users = 0.0
+        for s in range(0, c.n_users, _SIDE_ROWS):
+            rows = slice(s, min(s + _SIDE_ROWS, c.n_users))
+            users += _side_users_block(np.asarray(c.etv[rows]), *[v[rows] for v in vectors], *args)
     side = sum((m * con.hi if m > 0 else m * con.lo) for m, con in priced)
     return users + float(side)
 
@@ -352,9 +369,7 @@ def dual_bound(compiled: CompiledProblem, prices: np.ndarray, multipliers: np.nd
     relaxation, so it may stay above the best integer allocation.
     """
     prices = _prices(compiled, prices)
-    if compiled.has_side_rules and compiled.is_lazy:
-        if compiled.constraints:
-            raise ValidationError("problem", "side constraints on a Dask-backed grid are not supported yet")
+    if compiled.has_side_rules and compiled.is_lazy and not compiled.constraints:
         users = sum(map_user_blocks(_masked_best_block, compiled.etv, [compiled.user_level, compiled.mask],
                                     args=(compiled.fund_level, prices, compiled.holdout)))
         return float(users + _fund_term(compiled, prices))

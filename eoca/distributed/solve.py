@@ -363,7 +363,15 @@ def run_lazy(solver: Solver, problem: AllocationProblem) -> SolverOutput:
     if solver.name != "exact":
         raise ValidationError("solver", f"{solver.name!r} has no chunk-wise solve for a Dask-backed grid")
     start = time.perf_counter()
-    sol = solve_exact(lazy_penalised(problem.compile()), time_limit=solver.settings["time_limit"])
+    c = problem.compile()
+    if c.constraints:
+        from eoca.distributed.rules import solve_rules
+
+        out = solve_rules(c, solver.settings["time_limit"])
+        return SolverOutput(codes=out["codes"], status=out["status"], prices=out["prices"],
+                            multipliers=out["multipliers"], message=out["message"], stats=out["stats"],
+                            timings={"solve": time.perf_counter() - start})
+    sol = solve_exact(lazy_penalised(c), time_limit=solver.settings["time_limit"])
     return solver_output(sol, time.perf_counter() - start)
 
 

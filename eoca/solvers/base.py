@@ -90,10 +90,6 @@ class Solver(ABC):
                 f"chunk: {lazy_ok} (use solver='exact'), or load the grid with problem.etv.load() first"
             )
         c = problem.compile()
-        if c.is_lazy and c.constraints:
-            raise UnsupportedFeatureError(
-                "side constraints on a Dask-backed grid are not supported yet (an eligibility mask is); load "
-                "the grid into memory (problem.etv.load()) and declare the problem again")
         asked = set()
         if problem.has_ranges:
             asked.add("ranges")
