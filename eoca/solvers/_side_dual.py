@@ -379,7 +379,7 @@ def _stage(dual: _Dual, y: np.ndarray, tau: float, tol: float, iters: int, state
     return y, state, False
 
 
-def _initial(c: CompiledProblem, lo: np.ndarray, hi: np.ndarray, tau: float) -> np.ndarray:
+def _initial(lo: np.ndarray, hi: np.ndarray, tau: float) -> np.ndarray:
     """Zero prices; a multiplier of a one-sided bound starts inside its barrier's domain."""
     y = np.zeros(len(lo))
     y[np.isinf(hi) & ~np.isinf(lo)] = -tau
@@ -396,21 +396,6 @@ def _bounds(c: CompiledProblem, share: float = 1.0):
     return lo, hi
 
 
-def _coefficient_ranges(c: CompiledProblem) -> np.ndarray:
-    """Per constraint, the largest difference between two of a user's coefficients (0 for "no fund"
-    counted with holdout): how far a unit move of its multiplier shifts one option against another."""
-    out = []
-    for con in c.constraints:
-        a = con.grid if con.grid is not None else con.user_weight
-        top, low = float(np.max(a, initial=0.0)), float(np.min(a, initial=0.0))
-        if con.grid is None:  # a user weight times a fund weight
-            f_top, f_low = float(np.max(con.fund_weight, initial=0.0)), float(np.min(con.fund_weight, initial=0.0))
-            corners = [top * f_top, top * f_low, low * f_top, low * f_low]
-            top, low = max(corners + [0.0]), min(corners + [0.0])
-        out.append(top - low)
-    return np.array(out)
-
-
 def _sample_start(c: CompiledProblem, access, tau: float, scale: float, stats: dict):
     """The first stages on a random sample of users (bounds scaled to it): (y, tau) to go on from."""
     n = c.n_users
@@ -418,7 +403,7 @@ def _sample_start(c: CompiledProblem, access, tau: float, scale: float, stats: d
     rows = np.sort(rng.choice(n, size=_tuning.DUAL_SAMPLE, replace=False))
     lo, hi = _bounds(c, _tuning.DUAL_SAMPLE / n)
     sample = _in_memory(access.subset(rows), lo, hi)
-    y = _initial(c, lo, hi, tau)
+    y = _initial(lo, hi, tau)
     state = sample.evaluate(y, tau)
     while state is not None and tau > _tuning.DUAL_TAU_SAMPLE * scale:
         out = _stage(sample, y, tau, 1e-3 * tau * _tuning.DUAL_SAMPLE, _tuning.DUAL_ITERS, state)
@@ -436,10 +421,14 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
     None. ``access`` reads every user (:class:`InMemory`, or the Dask engine's chunk-wise equivalent).
     Returns ``prices``, ``multipliers``, ``best`` and ``gap`` (every user's, there) and ``stats``.
 
-    Users whose best option leads by far (a gap above ``DUAL_FREEZE * tau``) are frozen at it: their
-    part of the dual is linear in the prices, which shifts the bounds of the others (as the users a
-    restricted LP fixes), and the Newton steps read only the others' rows. They stay frozen while the
-    prices move less than half their margin; past that, one read of the grid freezes afresh.
+    While the smoothing is wide (``tau`` above ``DUAL_TAU_FREEZE`` of the mean ETV) every step reads
+    every user. Past that, users whose best option leads by far (a gap above ``DUAL_FREEZE * tau``, or
+    outside the ``DUAL_ACTIVE`` share of smallest gaps) are frozen at it: their part of the dual is linear
+    in the prices, which shifts the bounds of the others (as the users a restricted LP fixes), and the
+    Newton steps read only the others' rows. A step that would let some other option catch up with a
+    frozen user's is cut at that point, and one read of the grid freezes afresh with twice the share
+    free. The method ends when the smoothing adds at most ``DUAL_PRECISION`` to the bound and a last read
+    finds every frozen user still at its option.
     """
     start = time.perf_counter()
     k, n = c.n_funds, c.n_users
@@ -449,7 +438,7 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
     tau = _tuning.DUAL_TAU_START * scale
     stats = {"full_passes": 0, "passes": 0, "stages": 0, "sample_passes": 0, "freezes": 0, "largest_active": 0}
     lo, hi = _bounds(c)
-    y = _initial(c, lo, hi, tau)
+    y = _initial(lo, hi, tau)
     if n > 2 * _tuning.DUAL_SAMPLE:
         warm = _sample_start(c, access, tau, scale, stats)
         if warm is not None and _bound_terms(warm[0], lo, hi, warm[1]) is not None:

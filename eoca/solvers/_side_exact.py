@@ -23,6 +23,14 @@ of ``etv - lambda - sum_q mu_q a_q``. The method (docs/guide.md, "Business rules
    smallest gap around them are re-solved as a binary program (HiGHS MIP) against what the others leave;
    the allocation then meets every constraint and its ETV is within the integrality gap of the bound,
    which the checker reports (``optimal`` only when it is closed).
+
+From ``DUAL_USERS`` users on (and always on a Dask-backed grid), steps 1-3 give way to Newton's method on
+the smoothed dual (:mod:`eoca.solvers._side_dual`), which needs a few reads of the grid where each
+restricted LP costs HiGHS about 0.15 s per 1,000 users. Every user then takes a best option under its
+prices and multipliers; the LP relaxation over the few hundred users of smallest gap places all but a
+handful, and step 4 settles those with a MIP over a few dozen users. The bound is then the smoothed
+dual's (within a tiny share of the LP optimum, certified by the checker either way). Where that method
+fails, the restricted LPs run as above.
 """
 
 from __future__ import annotations
