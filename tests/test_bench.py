@@ -114,4 +114,4 @@ def test_the_side_rules_suite_measures_rules_against_the_plain_delivery(tmp_path
     # the rules hold, cost ETV, and the gap is certified from the result's own prices and multipliers
     assert bool(row["rules_met"]) and 0 < row["etv_lost"] < 0.2
     assert -1e-9 <= row["certified_gap"] <= 1e-5
-    assert row["side_seconds"] > 0 and row["ratio"] == pytest.approx(row["side_seconds"] / row["plain_seconds"])
+    assert row["status"] in ("optimal", "feasible") and row["method"] == "restricted LP"  # 3,000 users: LPs

@@ -218,6 +218,7 @@ def test_exact_by_the_smoothed_dual_against_enumeration(inst):
 
 
 def _check_exact_and_ip(inst):
+    """Both solvers against enumeration; the exact result (None where nothing is feasible)."""
     optimum, _ = enumerate_assignments(inst)
     problem = inst.problem()
     exact = eoca.solve(problem, solver="exact")
@@ -231,7 +232,7 @@ def _check_exact_and_ip(inst):
             assert not result.ok and not result.checks.ok, (result.solver, result.checks.describe())
             if result.status is eoca.Status.INFEASIBLE:  # the diagnosis, or the constraints that cannot hold
                 assert result.message, result
-        return
+        return None
     tol = TOL * max(1.0, abs(optimum))
 
     assert ip.checks.ok, ip.checks.describe()
@@ -265,6 +266,7 @@ def _check_exact_and_ip(inst):
             activity = coef[placed, codes[placed]].sum()
             assert lo - 1e-9 <= activity <= hi + 1e-9, (result.solver, name, activity, lo, hi)
             assert result.constraints.loc[name, "activity"] == pytest.approx(activity, abs=1e-9)
+    return exact
 
 
 # ---- validation at declaration -----------------------------------------------------------------------------

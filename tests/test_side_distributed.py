@@ -133,3 +133,30 @@ def test_side_constraints_on_a_local_cluster(ruled):
         result = eoca.solve(_lazy(ruled))
     assert result.checks.ok, result.checks.describe()
     assert -1e-9 <= _certified_gap(ruled, result) <= 1e-5
+
+
+def test_the_dask_path_reads_users_in_place_and_meets_a_rule_at_its_extreme(ruled, monkeypatch):
+    # holdout, demand ranges and a rule declared at the edge of what users can reach; the users the method
+    # gathers into the client (a sample, the users near a tie) stay a minority of the grid
+    from eoca.distributed import rules
+    from eoca.solvers import _tuning
+
+    gathered = []
+    subset = rules.Chunked.subset
+    monkeypatch.setattr(rules.Chunked, "subset", lambda self, rows: gathered.append(len(rows)) or subset(self, rows))
+    high = ruled.constraints[1]
+    problem = eoca.AllocationProblem(
+        etv=ruled.etv.chunk({"user": 2_500}), demand={f: (0, 2 * int(d)) for f, d in ruled.demand_min.to_series().items()},
+        risk_level=ruled.risk_level.to_series().to_dict(), risk_tolerance=ruled.risk_tolerance, holdout=True,
+        eligible=ruled.eligible,
+        constraints=[eoca.Quota(users=high.users, funds=high.funds, at_most=0, name="none in the first fund"),
+                     *ruled.constraints[2:]])
+    result = eoca.solve(problem)
+    assert result.ok and result.checks.ok, (result.status, result.message, result.checks.describe())
+    assert result.constraints.loc["none in the first fund", "activity"] == 0
+    in_memory = eoca.AllocationProblem(
+        etv=ruled.etv, demand=problem.demand, risk_level=problem.risk_level.to_series().to_dict(),
+        risk_tolerance=ruled.risk_tolerance, holdout=True, eligible=ruled.eligible, constraints=list(problem.constraints))
+    assert -1e-9 <= _certified_gap(in_memory, result) <= 1e-5
+    assert abs(result.objective - eoca.solve(in_memory).objective) <= 1e-5 * abs(result.objective)
+    assert gathered and max(gathered) <= _tuning.DUAL_GATHER * ruled.n_users, gathered

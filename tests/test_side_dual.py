@@ -75,9 +75,70 @@ def test_rules_no_allocation_can_meet_are_named_after_the_smoothed_dual_gives_up
     assert not result.ok
 
 
-def test_the_smoothed_dual_is_reproducible(smoothed):
+def test_the_smoothed_dual_gives_the_same_allocation_on_one_thread_and_on_all(smoothed):
+    import numba
+
     problem = constrained_problem(5_000, 5, seed=3)
-    first, second = eoca.solve(problem), eoca.solve(problem)
-    np.testing.assert_array_equal(first.codes, second.codes)
-    np.testing.assert_array_equal(first.multipliers, second.multipliers)
-    assert isinstance(first.constraints, pd.DataFrame) and first.constraints["ok"].all()
+    everyone = eoca.solve(problem)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        alone = eoca.solve(problem)
+    finally:
+        numba.set_num_threads(threads)
+    assert everyone.stats["method"] == alone.stats["method"] == "smoothed dual"
+    np.testing.assert_array_equal(everyone.codes, alone.codes)
+    np.testing.assert_array_equal(everyone.multipliers, alone.multipliers)
+    assert isinstance(everyone.constraints, pd.DataFrame) and everyone.constraints["ok"].all()
+
+
+def test_a_hessian_read_on_a_stride_of_the_users_reaches_the_same_gap(smoothed, monkeypatch):
+    # at scale each Newton step's Hessian reads every s-th unsettled user: force a stride here
+    monkeypatch.setattr(_tuning, "DUAL_HESSIAN_USERS", 500)
+    problem = constrained_problem(8_000, 6, seed=4)
+    result = eoca.solve(problem)
+    assert result.stats["method"] == "smoothed dual"
+    value, bound = _certified(problem, result)
+    assert (bound - value) / abs(value) <= 1e-5
+
+
+def _at_the_extreme(problem: eoca.AllocationProblem) -> eoca.AllocationProblem:
+    """The delivery with one more rule declared at the edge of what users can reach: nobody of the
+    high-value group in the first fund (every one of them may take another)."""
+    high = problem.constraints[1]
+    return eoca.AllocationProblem(
+        etv=problem.etv, demand={f: (0, int(d) * 2) for f, d in problem.demand_min.to_series().items()},
+        risk_level=problem.risk_level.to_series().to_dict(), risk_tolerance=problem.risk_tolerance, holdout=True,
+        eligible=problem.eligible,
+        constraints=[eoca.Quota(users=high.users, funds=high.funds, at_most=0, name="no high value in the first fund"),
+                     *problem.constraints[2:]])
+
+
+def test_a_rule_at_the_edge_of_what_users_can_reach_is_solved_by_the_smoothed_dual(smoothed):
+    problem = _at_the_extreme(constrained_problem(6_000, 6, seed=3))
+    result = eoca.solve(problem)
+    assert result.stats["method"] == "smoothed dual", result.stats
+    assert result.checks.ok and result.constraints.loc["no high value in the first fund", "activity"] == 0
+    value, bound = _certified(problem, result)
+    assert (bound - value) / abs(value) <= 1e-5
+
+
+@pytest.mark.parametrize("holdout", [False, True])
+def test_the_reach_of_each_rule_equals_plain_numpy(holdout):
+    # the least and largest activity any allocation can have: what a rule declared at its edge is held to
+    from eoca.solvers._side_dual import _reach
+
+    base = constrained_problem(3_000, 5, seed=6)
+    problem = _variant(base, holdout=holdout, ranges=True)
+    c = problem.compile()
+    low, high = _reach(c)
+    allowed = c.eligible()
+    for q, con in enumerate(c.constraints):
+        a = con.coefficients()
+        top = np.where(allowed, a, -np.inf).max(axis=1)
+        bottom = np.where(allowed, a, np.inf).min(axis=1)
+        if holdout:
+            top, bottom = np.maximum(top, 0.0), np.minimum(bottom, 0.0)
+        placed = np.isfinite(top)
+        assert low[q] == pytest.approx(bottom[placed].sum(), rel=1e-12)
+        assert high[q] == pytest.approx(top[placed].sum(), rel=1e-12)

@@ -107,6 +107,8 @@ class Chunked:
 
     def subset(self, rows: np.ndarray) -> CompiledProblem:
         rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) > 1 and not np.all(rows[1:] > rows[:-1]):
+            raise ValueError("rows must be sorted and distinct")
         out = map_user_blocks(_rows_block, self.c.etv, parts=[()] * (len(self.bounds) - 1),
                               per_block=self._per_chunk(None, rows))
         etv = np.concatenate(out) if out else np.zeros((0, self.c.n_funds))

@@ -179,9 +179,10 @@ class _Layout:
     """The arrays the step kernel reads for an in-memory problem: the grid, the risk levels, the mask and
     each constraint's coefficients (a user weight times a fund weight, or a grid)."""
 
-    def __init__(self, c: CompiledProblem):
+    def __init__(self, c: CompiledProblem, with_grid: bool = True):
         k = c.n_funds
-        self.etv = np.ascontiguousarray(c.etv)
+        # without the grid (for a Dask-backed problem, whose grid stays on the workers): the rules alone
+        self.etv = np.ascontiguousarray(c.etv) if with_grid else np.zeros((0, k))
         self.user_level = np.ascontiguousarray(c.user_level)
         self.fund_level = c.fund_level
         self.use_mask = c.mask is not None
@@ -197,7 +198,7 @@ class _Layout:
                 grid_q.append(-1)
                 user_w.append(con.user_weight)
                 fund_w.append(con.fund_weight)
-        n = len(self.etv)
+        n = c.n_users
         self.user_w = np.ascontiguousarray(np.array(user_w, dtype=np.float64).reshape(len(user_w), n))
         self.fund_w = np.ascontiguousarray(np.array(fund_w, dtype=np.float64).reshape(len(fund_w), k))
         empty = np.zeros((0, k))
@@ -213,9 +214,9 @@ class _Layout:
 
 @np.errstate(all="ignore")
 def _bound_terms(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, tau: float):
-    """The smoothed ``sigma_t`` (value, first and second derivative, summed value) of every bound pair, or
-    None where ``y`` leaves a barrier's domain. ``int_lo^hi exp(u s) ds`` with ``u = y / tau``: a
-    truncated exponential, whose mean and variance are the derivatives."""
+    """The smoothed ``sigma_t`` of every bound pair: value, mean and variance of ``int_lo^hi exp(u s) ds``
+    with ``u = y / tau`` (a truncated exponential: the mean and the variance over tau are the first and
+    second derivatives; with one bound a log barrier), or None where ``y`` leaves a barrier's domain."""
     u = y / tau
     value = np.zeros_like(y)
     mean = np.zeros_like(y)
@@ -299,13 +300,10 @@ class InMemory:
 
     def __init__(self, c: CompiledProblem):
         self.c = c
-        self._etv = None
 
     def choices(self, lam: np.ndarray, mu: np.ndarray):
         """Every user's best option (-1: none, with holdout) and gap to the second best."""
-        if self._etv is None:
-            self._etv = np.ascontiguousarray(self.c.etv, dtype=np.float64)
-        best, gap, _ = reduced_choices(self.c, self._etv, lam, mu, None)
+        best, gap, _ = reduced_choices(self.c, self.c.etv, lam, mu, None)
         return best, gap
 
     def dual(self, lo: np.ndarray, hi: np.ndarray) -> _Dual:
@@ -332,8 +330,13 @@ def _hard_bound_terms(y, lo, hi) -> float:
 @np.errstate(all="ignore")
 def _newton_direction(g: np.ndarray, h: np.ndarray) -> np.ndarray:
     """Solve ``h d = -g`` on the Jacobi-scaled Hessian, clipping its eigenvalues (the prices' common shift
-    is a flat direction when every user takes a fund and every demand is exact)."""
-    scale = 1.0 / np.sqrt(np.maximum(np.diag(h), 1e-300))
+    is a flat direction when every user takes a fund and every demand is exact). A variable on which no
+    unsettled user weighs has no curvature of its own: its diagonal is floored at a tiny share of the
+    largest, so that a round-off gradient moves it by a round-off step."""
+    diag = np.diag(h)
+    floor = max(float(diag.max(initial=0.0)), 1e-300) * 1e-12
+    h = h + np.diag(np.maximum(floor - diag, 0.0))
+    scale = 1.0 / np.sqrt(np.diag(h))
     hs = h * scale[:, None] * scale[None, :]
     w, v = np.linalg.eigh(hs)
     w = np.maximum(w, max(w.max(), 1e-300) * 1e-10)
@@ -379,20 +382,82 @@ def _stage(dual: _Dual, y: np.ndarray, tau: float, tol: float, iters: int, state
     return y, state, False
 
 
-def _initial(lo: np.ndarray, hi: np.ndarray, tau: float) -> np.ndarray:
-    """Zero prices; a multiplier of a one-sided bound starts inside its barrier's domain."""
-    y = np.zeros(len(lo))
-    y[np.isinf(hi) & ~np.isinf(lo)] = -tau
-    y[np.isinf(lo) & ~np.isinf(hi)] = tau
+def _initial(c: CompiledProblem, tau: float) -> np.ndarray:
+    """Zero prices; the multiplier of a rule with one declared bound starts at tau on the side that prices
+    it, where its smoothed bound term acts as a barrier at the declared bound (at zero it would spread over
+    the whole reach and take many steps to leave)."""
+    y = np.zeros(c.n_funds + len(c.constraints))
+    for q, con in enumerate(c.constraints):
+        if np.isinf(con.hi) != np.isinf(con.lo):
+            y[c.n_funds + q] = tau if np.isinf(con.lo) else -tau
     return y
 
 
-def _bounds(c: CompiledProblem, share: float = 1.0):
-    """Every bound pair (funds' demands, then constraints), scaled by ``share`` for a sample of users."""
+@numba.njit(cache=True, parallel=True)
+def _reach_kernel(user_level, fund_level, mask, use_mask, user_w, fund_w, prod_q, grid0, grid1, stacked, grid_q,
+                  holdout, low, high):  # pragma: no cover - compiled
+    """Per block of users and per constraint: the sums of each user's smallest and largest coefficient
+    over the pairs it may take (0 too with holdout; a user allowed nothing adds nothing)."""
+    n = user_level.shape[0]
+    k = fund_level.shape[0]
+    m = prod_q.shape[0]
+    nb = low.shape[0]
+    for b in numba.prange(nb):
+        for i in range(b * n // nb, (b + 1) * n // nb):
+            for q in range(m):
+                top = 0.0 if holdout else -np.inf
+                bottom = 0.0 if holdout else np.inf
+                for j in range(k):
+                    if user_level[i] < fund_level[j] or (use_mask and not mask[i, j]):
+                        continue
+                    p = prod_q[q]
+                    if p >= 0:
+                        a = user_w[p, i] * fund_w[p, j]
+                    elif grid_q[q] == 0:
+                        a = grid0[i, j]
+                    elif grid_q[q] == 1:
+                        a = grid1[i, j]
+                    else:
+                        a = stacked[grid_q[q] - 2, i, j]
+                    top = max(top, a)
+                    bottom = min(bottom, a)
+                if top >= bottom:
+                    low[b, q] += bottom
+                    high[b, q] += top
+
+
+def _reach(c: CompiledProblem) -> tuple[np.ndarray, np.ndarray]:
+    """Per constraint, the least and the largest activity any allocation can have: each user's smallest
+    and largest coefficient over the pairs it may take, summed (one read of the rules, not of the grid)."""
+    L = _Layout(c, with_grid=False)
+    nb = max(1, min(_tuning.DUAL_BLOCKS, c.n_users // 256))
+    low, high = np.zeros((nb, len(c.constraints))), np.zeros((nb, len(c.constraints)))
+    _reach_kernel(L.user_level, L.fund_level, L.mask, L.use_mask, L.user_w, L.fund_w, L.prod_q, L.grid0, L.grid1,
+                  L.stacked, L.grid_q, L.holdout, low, high)
+    return low.sum(axis=0), high.sum(axis=0)
+
+
+def _bounds(c: CompiledProblem, share: float = 1.0, users: CompiledProblem | None = None):
+    """Every bound pair (funds' demands, then constraints), scaled by ``share`` for a sample of users
+    (``users``: the sample). A rule declared at the very edge of what the users can reach (``at_most=0`` on
+    weights >= 0: everyone at a zero weight) is held as an equality there: its one-sided barrier would have
+    no minimiser and drive the multiplier to infinity. None when a declared bound lies beyond the reach."""
     lo = np.r_[c.demand_min.astype(np.float64), [con.lo for con in c.constraints]] * share
     hi = np.r_[c.demand_max.astype(np.float64), [con.hi for con in c.constraints]] * share
     if share < 1.0:  # a sample's bounds widen by its sampling error, so they hold a drawn allocation
         lo, hi = lo - np.sqrt(np.abs(lo)), hi + np.sqrt(np.abs(hi))
+    k = c.n_funds
+    low, high = _reach(c if users is None else users)
+    slack = 1e-9 * np.maximum(1.0, np.maximum(np.abs(low), np.abs(high)))
+    if share < 1.0:  # a sample's widened bounds stay within its own reach (a missing side stays missing)
+        lo[k:] = np.where(np.isinf(lo[k:]), lo[k:], np.maximum(lo[k:], low))
+        hi[k:] = np.where(np.isinf(hi[k:]), hi[k:], np.minimum(hi[k:], high))
+    s_lo, s_hi = lo[k:], hi[k:]
+    if np.any(s_hi < low - slack) or np.any(s_lo > high + slack):
+        return None
+    edge_hi = np.isinf(s_lo) & (s_hi <= low + slack)
+    edge_lo = np.isinf(s_hi) & (s_lo >= high - slack)
+    s_lo[edge_hi], s_hi[edge_lo] = s_hi[edge_hi], s_lo[edge_lo]
     return lo, hi
 
 
@@ -401,9 +466,13 @@ def _sample_start(c: CompiledProblem, access, tau: float, scale: float, stats: d
     n = c.n_users
     rng = np.random.default_rng(n)
     rows = np.sort(rng.choice(n, size=_tuning.DUAL_SAMPLE, replace=False))
-    lo, hi = _bounds(c, _tuning.DUAL_SAMPLE / n)
-    sample = _in_memory(access.subset(rows), lo, hi)
-    y = _initial(lo, hi, tau)
+    users = access.subset(rows)
+    bounds = _bounds(c, _tuning.DUAL_SAMPLE / n, users)
+    if bounds is None:
+        return None
+    lo, hi = bounds
+    sample = _in_memory(users, lo, hi)
+    y = _initial(c, tau)
     state = sample.evaluate(y, tau)
     while state is not None and tau > _tuning.DUAL_TAU_SAMPLE * scale:
         out = _stage(sample, y, tau, 1e-3 * tau * _tuning.DUAL_SAMPLE, _tuning.DUAL_ITERS, state)
@@ -432,17 +501,25 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
     """
     start = time.perf_counter()
     k, n = c.n_funds, c.n_users
-    scale = float(np.mean(access.subset(np.arange(0, n, max(1, n // 20_000))).etv, dtype=np.float64))
-    if not np.isfinite(scale) or scale <= 0:
+    spread = np.unique(np.linspace(0, n - 1, min(n, _tuning.DUAL_SCALE_USERS)).astype(np.int64))
+    scale = float(np.mean(access.subset(spread).etv, dtype=np.float64))  # the mean ETV, from spread-out users
+    if not np.isfinite(scale):
         return None
+    scale = scale if scale > 0 else 1.0  # every ETV 0: any allocation that meets the rules is optimal
     tau = _tuning.DUAL_TAU_START * scale
     stats = {"full_passes": 0, "passes": 0, "stages": 0, "sample_passes": 0, "freezes": 0, "largest_active": 0}
-    lo, hi = _bounds(c)
-    y = _initial(lo, hi, tau)
+    bounds = _bounds(c)
+    if bounds is None:
+        return None  # a rule beyond the users' reach: the restricted LPs name it
+    lo, hi = bounds
+    y = _initial(c, tau)
     if n > 2 * _tuning.DUAL_SAMPLE:
         warm = _sample_start(c, access, tau, scale, stats)
-        if warm is not None and _bound_terms(warm[0], lo, hi, warm[1]) is not None:
+        if warm is not None:
             y, tau = warm
+            # a multiplier the sample left on the wrong side of one of the whole's barriers starts inside it
+            y = np.where(np.isinf(hi) & ~np.isinf(lo) & (y >= 0), -tau, y)
+            y = np.where(np.isinf(lo) & ~np.isinf(hi) & (y <= 0), tau, y)
     share = _tuning.DUAL_ACTIVE
     ranges = _user_ranges(c, None)
     best, gap = access.choices(y[:k], y[k:])
@@ -466,7 +543,10 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
             out = _stage(dual, y, tau, 1e-3 * tau * max(state[4], 1), _tuning.DUAL_ITERS, state, freeze.inside)
             # every ETV is >= 0, so a dual value below 0 proves that no allocation meets the rules (the
             # restricted LPs then name the constraints); too many steps: likewise handed over
-            if out is None or not out[1][3] >= -1e-9 * scale or dual.passes + stats["passes"] > _tuning.DUAL_PASSES:
+            if out is None or dual.passes + stats["passes"] > _tuning.DUAL_PASSES:
+                return None
+            size = scale * n + float(np.abs(out[0]) @ np.maximum(np.abs(lo), np.abs(hi)))  # of the dual's terms
+            if not out[1][3] >= -1e-9 * size:
                 return None
             y, state, cut = out
             stats["stages"] += 1
@@ -485,15 +565,38 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
         stats["passes"] += dual.passes
         best, gap = access.choices(y[:k], y[k:])
         stats["full_passes"] += 1
-        if wide:
-            continue
-        if done and (freeze.kept(best) or (deadline is not None and time.perf_counter() > deadline)):
-            break  # every frozen user is still at its option: y is as good on all users
+        if done and freeze.kept(best):
+            bound = float(state[3]) + freeze.value  # every frozen user is still at its option
+            break
+        if deadline is not None and time.perf_counter() > deadline:
+            bound = None
+            break
     else:
         return None  # the frozen users kept moving: the restricted LPs take over
+    unclipped = y[k:].copy()
+    y = np.r_[y[:k], _allowed_sign(unclipped, c)]
+    if bound is None or not np.array_equal(y[k:], unclipped):
+        state = access.dual(lo, hi).evaluate(y, tau)  # the dual value at y, read from every user
+        if state is None:
+            return None
+        bound = float(state[3])
+        stats["full_passes"] += 1
     stats.update(dual_s=time.perf_counter() - start, tau=tau / scale)
-    return {"prices": y[:k].copy(), "multipliers": y[k:].copy(), "best": best, "gap": gap,
-            "bound": float(state[3]) + freeze.value, "stats": stats}
+    return {"prices": y[:k].copy(), "multipliers": y[k:].copy(), "best": best, "gap": gap, "bound": bound,
+            "stats": stats}
+
+
+def _allowed_sign(mu: np.ndarray, c: CompiledProblem) -> np.ndarray:
+    """Each multiplier on the side its constraint's declared bounds allow (>= 0 with only a maximum, <= 0
+    with only a minimum): a rule at the edge of the users' reach is smoothed as an equality, whose
+    multiplier may cross zero."""
+    mu = mu.copy()
+    for q, con in enumerate(c.constraints):
+        if np.isinf(con.lo):
+            mu[q] = max(mu[q], 0.0)
+        if np.isinf(con.hi):
+            mu[q] = min(mu[q], 0.0)
+    return mu
 
 
 def _quantile(values: np.ndarray, share: float) -> float:
@@ -510,6 +613,8 @@ class _Freeze:
                  tau: float, ranges: np.ndarray):
         n, k = c.n_users, c.n_funds
         free = gap < margin
+        if not np.isfinite(margin) or free.mean() > _tuning.DUAL_GATHER:
+            free[:] = True  # the steps read every user where they are (no gathering of most of a Dask grid)
         if free.sum() < min(n, _tuning.DUAL_MIN_ACTIVE):
             free[np.argpartition(gap, min(n, _tuning.DUAL_MIN_ACTIVE) - 1)[:_tuning.DUAL_MIN_ACTIVE]] = True
         self.rows = np.flatnonzero(free)

@@ -254,8 +254,8 @@ def _relaxed_settlement(c: CompiledProblem, access, best: np.ndarray, gap: np.nd
         lp = solve_lp(values, local, funds, coef, len(part), k, lo_f, hi_f, lo_s, hi_s, c.holdout)
         if lp is not None:
             break
-        if take == n:
-            return None, None, None, None
+        if take == n or take >= _tuning.SIDE_SETTLE_MAX:
+            return None, None, None, None  # the users near a tie cannot meet the rules: not this method's case
         size *= 4
     x = lp[1]
     codes = best.copy()

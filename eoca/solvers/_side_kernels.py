@@ -12,6 +12,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from eoca.problem import mutable_view
+
 __all__ = ["reduced_choices", "coefficient_sizes"]
 
 _SLOTS = 2  # per-pair constraints read in place; more than this are stacked into one array per solve
@@ -94,7 +96,9 @@ def reduced_choices(c, etv: np.ndarray, lam: np.ndarray, mu: np.ndarray, fixed: 
     slots = grids[:_SLOTS] + [none] * (_SLOTS - len(grids[:_SLOTS]))
     slot_mu = grid_mu[:_SLOTS] + [0.0] * (_SLOTS - len(grid_mu[:_SLOTS]))
     stacked = np.stack(grids[_SLOTS:]) if len(grids) > _SLOTS else np.zeros((0, 0, k))
-    _choices_kernel(np.ascontiguousarray(etv, dtype=np.float64), np.asarray(lam, dtype=np.float64),
+    if not (etv.dtype in (np.float32, np.float64) and etv.flags.c_contiguous):
+        etv = np.ascontiguousarray(etv, dtype=np.float64)  # a float32 or float64 grid is read as it is
+    _choices_kernel(mutable_view(etv), np.asarray(lam, dtype=np.float64),
                     c.user_level, c.fund_level, mask, c.mask is not None, user_w, fund_wm, slots[0], slot_mu[0],
                     slots[1], slot_mu[1], stacked, np.array(grid_mu[_SLOTS:], dtype=np.float64), bool(c.holdout),
                     fixed, use_fixed, best, gap, short)

@@ -72,6 +72,7 @@ SIDE_SHRINK_ROUNDS = 8  # rounds whose working set may shrink back (1M: LPs of 1
 SIDE_SETTLE = 200  # least users re-solved by the settlement MIP besides the fractional ones
 SIDE_SETTLE_SMALL = 32  # users of smallest gap the MIP re-solves besides the fractional ones after the smoothed
 # dual's settling LP (the LP leaves few fractional users; a MIP over 300 users costs HiGHS about a second)
+SIDE_SETTLE_MAX = 50_000  # users of the settling LP at most (it grows 4x while it has no solution)
 SIDE_SETTLE_GAP = 1e-7  # share of the LP optimum by which the settlement MIP may stop short of its optimum
 # (all move benchmarks/test_bench_side.py: time against the plain solve, working users, gap)
 
@@ -80,6 +81,7 @@ DUAL_USERS = 100_000  # from this many users the prices come from the smoothed d
 DUAL_BLOCKS = 64  # blocks of users of the step kernel (a fixed split: sums never depend on the threads)
 DUAL_HESSIAN_USERS = 20_000  # about this many unsettled users (a stride of them) give each step's Hessian
 DUAL_SAMPLE = 50_000  # users of the random sample the first stages run on
+DUAL_SCALE_USERS = 2_000  # users whose mean ETV sets the smoothing's scale
 DUAL_TAU_START = 0.1  # first smoothing, as a share of the mean ETV
 DUAL_TAU_SAMPLE = 1e-2  # the sample's stages run down to this smoothing
 DUAL_TAU_STEP = 4.0  # the smoothing falls by this factor per stage
@@ -89,5 +91,6 @@ DUAL_TAU_FREEZE = 1e-3  # below this smoothing (share of the mean ETV) users of 
 DUAL_FREEZE = 100.0  # users whose best option leads by more than this many tau are frozen at it
 DUAL_ACTIVE = 0.05  # ... or, where more, this share of the users of smallest gap stay free
 DUAL_MIN_ACTIVE = 2_000  # least users the Newton steps read
+DUAL_GATHER = 0.5  # more users than this share free: the steps read every user in place (never gathered)
 DUAL_PASSES = 400  # Newton steps in all before the restricted LPs take over (1M x 8: 25)
 DUAL_FREEZES = 20  # freezes before giving up (1M x 8, 6 constraints: 2)
