@@ -205,7 +205,7 @@ def test_exact_and_ip_against_enumeration_with_mask_and_side_constraints(inst):
     _check_exact_and_ip(inst)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(instances())
 def test_exact_by_the_smoothed_dual_against_enumeration(inst):
     # the path exact takes from DUAL_USERS users on, forced here on small instances: its prices come
