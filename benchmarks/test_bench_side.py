@@ -30,7 +30,10 @@ GAP = 1e-5
 @pytest.fixture(scope="module", autouse=True)
 def warm():
     """Pay the one-off JIT compile (cached on disk afterwards) before anything is timed."""
-    eoca.solve(constrained_problem(20_000, 8, seed=1))
+    from eoca.solvers import _tuning
+
+    eoca.solve(constrained_problem(20_000, 8, seed=1))  # the restricted LPs
+    eoca.solve(constrained_problem(_tuning.DUAL_USERS, 8, seed=1))  # the smoothed dual
     eoca.solve(_plain(constrained_problem(60_000, 8, seed=1)))
 
 
