@@ -14,12 +14,11 @@ prints one line; docs/benchmarks/sections/side.md holds the figures of the last 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 import eoca
+from eoca.bench.side import plain_delivery, timed_solve
 from eoca.instances import constrained_problem
 from eoca.testing import dual_value, recount
 
@@ -34,29 +33,16 @@ def warm():
 
     eoca.solve(constrained_problem(20_000, 8, seed=1))  # the restricted LPs
     eoca.solve(constrained_problem(_tuning.DUAL_USERS, 8, seed=1))  # the smoothed dual
-    eoca.solve(_plain(constrained_problem(60_000, 8, seed=1)))
-
-
-def _plain(problem: eoca.AllocationProblem) -> eoca.AllocationProblem:
-    """The same delivery without the mask and the side constraints."""
-    return eoca.AllocationProblem(
-        etv=problem.etv, demand={f: int(d) for f, d in problem.demand_min.to_series().items()},
-        risk_level=problem.risk_level.to_series().to_dict(), risk_tolerance=problem.risk_tolerance)
-
-
-def _seconds(problem) -> tuple[float, eoca.Result]:
-    start = time.perf_counter()
-    result = eoca.solve(problem)
-    return time.perf_counter() - start - result.timings.get("compile", 0.0), result
+    eoca.solve(plain_delivery(constrained_problem(60_000, 8, seed=1)))
 
 
 @pytest.mark.parametrize("n_users", [200_000, 1_000_000, 10_000_000], ids=["200k", "1M", "10M"])
 def test_side_constraints_against_the_plain_solve(benchmark, n_users):
     problem = constrained_problem(n_users, 8, seed=0, eligible_share=0.9)
-    plain = _plain(problem)
-    plain_s = sorted(_seconds(plain)[0] for _ in range(3))[1]  # median of three warm runs
+    plain = plain_delivery(problem)
+    plain_s = sorted(timed_solve(plain)[0] for _ in range(3))[1]  # median of three warm runs
     runs = []
-    benchmark.pedantic(lambda: runs.append(_seconds(problem)), rounds=1, iterations=1)
+    benchmark.pedantic(lambda: runs.append(timed_solve(problem)), rounds=1, iterations=1)
     side_s, result = runs[-1]
     free = eoca.solve(plain)
 

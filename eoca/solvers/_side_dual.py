@@ -166,13 +166,10 @@ def _step_kernel(etv, user_level, fund_level, mask, use_mask, lam, mu, user_w, f
 def rows_problem(c: CompiledProblem, rows, etv: np.ndarray | None = None) -> CompiledProblem:
     """``c`` restricted to the users ``rows`` (a slice or positions), in memory: their grid rows (``etv``
     where the caller has read them, e.g. from a Dask grid), risk levels, mask rows and constraint weights."""
-    def take(a):
-        return a[rows]
-
-    constraints = tuple(replace(con, user_weight=None if con.user_weight is None else take(con.user_weight),
-                                grid=None if con.grid is None else take(con.grid)) for con in c.constraints)
-    return replace(c, etv=take(c.etv) if etv is None else etv, user_level=take(c.user_level),
-                   mask=None if c.mask is None else take(c.mask), constraints=constraints)
+    constraints = tuple(replace(con, user_weight=None if con.user_weight is None else con.user_weight[rows],
+                                grid=None if con.grid is None else con.grid[rows]) for con in c.constraints)
+    return replace(c, etv=c.etv[rows] if etv is None else etv, user_level=c.user_level[rows],
+                   mask=None if c.mask is None else c.mask[rows], constraints=constraints)
 
 
 class _Layout:

@@ -85,7 +85,7 @@ def _sample_duals(c: CompiledProblem, seed: int, penalty: np.ndarray):
     the sample's share (widened by 5% if that is infeasible). None when even that is infeasible."""
     rng = np.random.default_rng(seed)
     members = np.sort(rng.choice(c.n_users, size=_tuning.SIDE_SAMPLE, replace=False))
-    users, funds, local, values, coef = _local_model(c, members)
+    users, funds, local, values, coef = _local_model(InMemory(c), members)
     r = _tuning.SIDE_SAMPLE / c.n_users
     lo_s, hi_s = side_bounds(c)
     for widen in (0.0, 0.05):
@@ -102,21 +102,15 @@ def _sample_duals(c: CompiledProblem, seed: int, penalty: np.ndarray):
     return None
 
 
-def _local_model(c: CompiledProblem, members: np.ndarray):
-    users, funds = allowed_pairs(c, members)
-    local = np.searchsorted(members, users)
-    values = np.asarray(c.etv[users, funds], dtype=np.float64)
-    return users, funds, local, values, pair_coefficients(c, users, funds)
-
-
 def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None = None) -> dict:
     """Solve a problem with side constraints (and possibly a mask). ``kernel(compiled)`` is the exact
     transport solve used for step 1. Returns codes, prices, multipliers, status, message and stats."""
     start = time.perf_counter()
     deadline = None if time_limit is None else start + time_limit
     n, k, m = c.n_users, c.n_funds, len(c.constraints)
+    memory = InMemory(c)
     if n >= _tuning.DUAL_USERS:
-        out = solve_by_smoothed_dual(c, InMemory(c), deadline, start)
+        out = solve_by_smoothed_dual(c, memory, deadline, start)
         if out is not None:
             return out
     base = penalised(c)
@@ -155,7 +149,7 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
         stats["rounds"] = rnd + 1
         members = np.flatnonzero(free)
         stats["largest_lp_users"] = max(stats["largest_lp_users"], len(members))
-        users, funds, local, values, coef = _local_model(c, members)
+        users, funds, local, values, coef = _local_model(memory, members)
         lo_f, hi_f, lo_s, hi_s = _residual(c, fixed, free)
         # elastic side bounds: where the fixed users leave the working set no room, the LP misses a
         # bound at a high price instead of failing, and the users that price moves join the set
@@ -203,10 +197,10 @@ def solve_with_constraints(c: CompiledProblem, kernel, time_limit: float | None 
     whole = np.zeros(len(members), dtype=bool)
     whole[local[big]] = True
     frac = ~whole & ((share > 1e-9) | (not c.holdout))
-    total = float(lp[0]) + _fixed_value(c, fixed, free)  # the LP optimum over all users
+    total = float(lp[0]) + memory.value(np.where(free, -1, fixed))  # the LP optimum over all users
     stats["fractional_users"] = int(frac.sum())
     return _settle(c, codes, members, gap[members], frac, _tuning.SIDE_SETTLE + 20 * (k + m), total, lam, mu,
-                   stats, deadline, "the LP bound", InMemory(c))
+                   stats, deadline, "the LP bound", memory)
 
 
 def solve_by_smoothed_dual(c: CompiledProblem, access, deadline: float | None, start: float) -> dict | None:
@@ -227,8 +221,9 @@ def solve_by_smoothed_dual(c: CompiledProblem, access, deadline: float | None, s
     return None if out["status"] == "error" else out
 
 
-def _subset_model(c: CompiledProblem, access, members: np.ndarray):
-    """:func:`_local_model` with the users' rows read through ``access``."""
+def _local_model(access, members: np.ndarray):
+    """The LP's pairs over the sorted users ``members``, read through ``access``: their global user
+    positions, funds, positions within ``members``, ETVs and constraint coefficients."""
     sub = access.subset(members)
     u, funds = allowed_pairs(sub)
     return members[u], funds, u, np.asarray(sub.etv[u, funds], dtype=np.float64), pair_coefficients(sub, u, funds)
@@ -247,7 +242,7 @@ def _relaxed_settlement(c: CompiledProblem, access, best: np.ndarray, gap: np.nd
         take = min(size, n)
         part = np.argpartition(gap, take - 1)[:take] if take < n else np.arange(n)
         part.sort()
-        users, funds, local, values, coef = _subset_model(c, access, part)
+        users, funds, local, values, coef = _local_model(access, part)
         settle = np.zeros(n, dtype=bool)
         settle[part] = True
         lo_f, hi_f, lo_s, hi_s = _residual(c, best, settle)
@@ -286,7 +281,7 @@ def _settle(c: CompiledProblem, codes: np.ndarray, pool: np.ndarray, pool_gap: n
         take = min(extra, len(pool))
         pick[np.argpartition(pool_gap, take - 1)[:take] if take < len(pool) else slice(None)] = True
         part = np.sort(pool[pick])
-        p_users, p_funds, p_local, p_values, p_coef = _subset_model(c, access, part)
+        p_users, p_funds, p_local, p_values, p_coef = _local_model(access, part)
         settle = np.zeros(n, dtype=bool)
         settle[part] = True
         lo_f, hi_f, lo_s, hi_s = _residual(c, codes, settle)
@@ -357,8 +352,3 @@ def _missed(c: CompiledProblem, excess: np.ndarray, missed: np.ndarray) -> str:
         side = f"above at_most {con.hi:,.6g}" if excess[q] > 0 else f"below at_least {con.lo:,.6g}"
         parts.append(f"{con.name!r} by {abs(excess[q]):,.6g} ({side})")
     return "; ".join(parts) + " at the least"
-
-
-def _fixed_value(c: CompiledProblem, codes: np.ndarray, free: np.ndarray) -> float:
-    held = np.flatnonzero(~free & (codes >= 0))
-    return float(np.asarray(c.etv[held, codes[held]], dtype=np.float64).sum())
