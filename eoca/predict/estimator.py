@@ -590,7 +590,8 @@ class ETVPredictor(BaseEstimator):
     def _outputs(self, data: PlatformData) -> dict[str, np.ndarray]:
         data = self._check_predict_data(data)
         return grid_outputs(
-            self.network_, self.schema_.encode(data), chunk_users=self.chunk_users, progress=self.progress
+            self.network_, self.schema_.encode(data, impressions=False), chunk_users=self.chunk_users,
+            progress=self.progress,
         )
 
     def _etv(self, out: dict[str, np.ndarray], funds: np.ndarray | None = None) -> np.ndarray:
@@ -622,7 +623,7 @@ class ETVPredictor(BaseEstimator):
         data = self._check_predict_data(data)
         if not self.spec_.use_graph:
             return None
-        return merchant_partials(self.network_, self.schema_.encode(data))
+        return merchant_partials(self.network_, self.schema_.encode(data, impressions=False))
 
     def _merchant_embeddings(self, *partials: MerchantPartials) -> torch.Tensor:
         """Merchant embeddings from the summaries of disjoint pieces covering every user."""
@@ -645,7 +646,7 @@ class ETVPredictor(BaseEstimator):
         funds = data.funds["fund_id"].to_numpy()
         etv = grid_etv(
             self.network_,
-            self.schema_.encode(data),
+            self.schema_.encode(data, impressions=False),
             lambda out: self._etv(out, funds),
             chunk_users=self.chunk_users,
             merchant_h=merchant_h,

@@ -42,14 +42,34 @@ def _index_in(values: pd.Series | np.ndarray, choices: pd.Series | np.ndarray | 
         return pd.Index(choices).get_indexer(values).astype(np.int64)
 
 
+def _index_in_each(columns: list, choices: pd.Series | np.ndarray) -> list[np.ndarray]:
+    """:func:`_index_in` of each of ``columns`` against the same ``choices``, building Arrow's lookup table of
+    the choices once for all of them (it costs as much as looking up a few million values)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(columns) > 1 and not _plain_ints(choices):
+        try:
+            arrays = [pa.array(c, from_pandas=True) for c in columns]
+            if all(a.type == arrays[0].type for a in arrays):
+                found = pc.index_in(pa.chunked_array(arrays), value_set=pa.array(choices, from_pandas=True))
+                found = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+                return np.split(found, np.cumsum([len(c) for c in columns])[:-1])
+        except (pa.ArrowException, TypeError, ValueError):
+            pass
+    return [_index_in(c, choices) for c in columns]
+
+
+def _plain_ints(x) -> bool:
+    """numpy integers only: no conversion of strings or nullable columns."""
+    return isinstance(getattr(x, "dtype", None), np.dtype) and x.dtype.kind in "iu"
+
+
 def _index_in_dense_ints(values: pd.Series | np.ndarray, choices: pd.Series | np.ndarray | list) -> np.ndarray | None:
     """:func:`_index_in` by a table over the range of integer ``choices`` when that range is at most a few
     times their number (user ids numbered from some base, as platforms usually have them); ``None`` otherwise.
     """
-    def plain_ints(x) -> bool:  # numpy integers only: no conversion of strings or nullable columns
-        return isinstance(getattr(x, "dtype", None), np.dtype) and x.dtype.kind in "iu"
-
-    if not (plain_ints(values) and plain_ints(choices)) or not len(choices):
+    if not (_plain_ints(values) and _plain_ints(choices)) or not len(choices):
         return None
     v, c = np.asarray(values), np.asarray(choices)
     low, high = int(c.min()), int(c.max())
@@ -82,10 +102,20 @@ def _by_user_then_time(user: np.ndarray, time: np.ndarray) -> np.ndarray:
     ``user * n + rank`` gives the same order in about half the time of a two-key merge sort.
     """
     n = len(user)
+    if n < 2 or _ordered(user, time):  # tables are often written in that order: no sort
+        return np.arange(n)
     by_time = np.argsort(time, kind="stable")
     rank = np.empty(n, dtype=np.int64)
     rank[by_time] = np.arange(n)
     return np.argsort(user.astype(np.int64) * n + rank)
+
+
+def _ordered(user: np.ndarray, time: np.ndarray | None = None) -> bool:
+    """Whether the rows are sorted by ``user`` (then by ``time`` within a user), ties in any order."""
+    step = np.diff(user)
+    if time is None:
+        return bool((step >= 0).all())
+    return bool(((step > 0) | ((step == 0) & (np.diff(time) >= 0))).all())
 
 
 @dataclass
@@ -151,8 +181,9 @@ class FeatureSchema:
             cat[:, i] = _lookup(table[col], self.vocabularies[f"{side}:{col}"])
         return torch.from_numpy(num), torch.from_numpy(cat)
 
-    def encode(self, data: PlatformData) -> EncodedPlatform:
-        """Tensors for every user and fund of ``data``, its behaviour sequences and graph."""
+    def encode(self, data: PlatformData, *, impressions: bool = True) -> EncodedPlatform:
+        """Tensors for every user and fund of ``data``, its behaviour sequences and graph, and (unless
+        ``impressions=False``, as prediction needs none) its impressions."""
         from eoca.data.errors import DataValidationError
 
         missing = [c for c in self.user_numeric + self.user_categorical if c not in data.users.columns]
@@ -169,10 +200,15 @@ class FeatureSchema:
 
         seq_f = np.zeros((n, self.seq_len), dtype=np.int64)
         seq_a = np.zeros((n, self.seq_len), dtype=np.int64)
-        beh = data.behaviours
-        if beh is not None and len(beh) and self.seq_len > 0:
+        beh, pay = data.behaviours, data.payments
+        imps = data.impressions if impressions else data.impressions.iloc[:0]
+        use_beh = beh is not None and len(beh) and self.seq_len > 0
+        use_pay = pay is not None and len(pay)
+        tables = {name: t for name, t, used in (("beh", beh, use_beh), ("pay", pay, use_pay), ("imp", imps, True)) if used}
+        rows_of = dict(zip(tables, _index_in_each([t["user_id"] for t in tables.values()], user_ids)))
+        if use_beh:
             # by user, then by time (ties keep table order); rank 0 = the user's most recent behaviour
-            user_of = _index_in(beh["user_id"], user_ids)
+            user_of = rows_of["beh"]
             order = _by_user_then_time(user_of, beh["time"].to_numpy())
             rows = user_of[order]
             count = np.bincount(rows, minlength=n)
@@ -187,16 +223,17 @@ class FeatureSchema:
             seq_a[seq_f == 0] = 0  # a behaviour on an unknown fund is dropped
         edge_user = np.zeros(0, dtype=np.int64)
         edge_merchant = np.zeros(0, dtype=np.int64)
-        pay = data.payments
-        if pay is not None and len(pay):
-            eu = _index_in(pay["user_id"], user_ids)
+        if use_pay:
+            eu = rows_of["pay"]
             em = _lookup(pay["merchant_id"], self.vocabularies["merchant"])
-            order = np.argsort(eu, kind="stable")
-            edge_user, edge_merchant = eu[order], em[order]
+            if _ordered(eu):
+                edge_user, edge_merchant = eu, em
+            else:
+                order = np.argsort(eu, kind="stable")
+                edge_user, edge_merchant = eu[order], em[order]
         rowptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(edge_user, minlength=n), out=rowptr[1:])
 
-        imps = data.impressions
         return EncodedPlatform(
             user_numeric=user_num,
             user_categorical=user_cat,
@@ -208,7 +245,7 @@ class FeatureSchema:
             edge_user=torch.from_numpy(edge_user),
             edge_merchant=torch.from_numpy(edge_merchant),
             rowptr=torch.from_numpy(rowptr),
-            imp_user=torch.from_numpy(_index_in(imps["user_id"], user_ids)),
+            imp_user=torch.from_numpy(rows_of["imp"]),
             imp_fund=torch.from_numpy(_index_in(imps["fund_id"], data.funds["fund_id"])),
             click=torch.from_numpy(imps["click"].to_numpy(dtype=np.float32)),
             conversion=torch.from_numpy(imps["conversion"].to_numpy(dtype=np.float32)),

@@ -4,8 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fast_settings import FAST
 
-from eoca.predict.features import _by_user_then_time, _index_in
+from eoca.predict import ETVPredictor
+from eoca.predict.features import _by_user_then_time, _index_in, _index_in_each
+from eoca.predict.inference import _each_chunk, grid_etv, grid_outputs
 from eoca.predict.models import MultiTaskHead, SequenceEncoder
 
 
@@ -64,3 +67,79 @@ def test_behaviours_are_ordered_by_user_then_time_as_lexsort_orders_them(time_ki
     if time_kind == "datetime":
         time = pd.to_datetime(np.nan_to_num(time, nan=0), unit="D").to_numpy()
     np.testing.assert_array_equal(_by_user_then_time(user, time), np.lexsort((time, user)))
+
+
+def test_several_columns_are_looked_up_as_each_alone():
+    users = pd.Series([f"u{i:03d}" for i in range(300)], dtype="string")
+    rng = np.random.default_rng(4)
+    columns = [pd.Series(rng.choice(users.to_numpy(), 500)).astype("string"), pd.Series(["u001", "nobody", None]),
+               pd.Series(users.to_numpy()[::-1], dtype=object)]
+    for found, column in zip(_index_in_each(columns, users), columns, strict=True):
+        np.testing.assert_array_equal(found, pd.Index(users).get_indexer(column))
+    ints = [np.array([5, 7, 99]), np.array([6])]  # integer ids take the table, one column at a time
+    assert [list(f) for f in _index_in_each(ints, np.arange(5, 10))] == [[0, 2, -1], [1]]
+    mixed = [pd.Series([1, "b"], dtype=object), pd.Series(["b"])]  # Arrow cannot type it: pandas decides
+    assert [list(f) for f in _index_in_each(mixed, pd.Series(["b", 1], dtype=object))] == [[1, 0], [0]]
+
+
+def test_tables_in_any_row_order_encode_as_sorted_ones(tiny):
+    _, (train, valid, test) = tiny
+    predictor = ETVPredictor("esdpm", **FAST).fit(train, validation=valid)
+    rng = np.random.default_rng(5)
+
+    def shuffled(table):
+        return table.iloc[rng.permutation(len(table))].reset_index(drop=True)
+
+    other = type(test)(test.users, test.funds, test.impressions, shuffled(test.behaviours), shuffled(test.payments))
+    a, b = predictor.schema_.encode(test), predictor.schema_.encode(other)
+    for name in ("seq_funds", "seq_actions", "rowptr", "edge_user"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    # each user's merchants, in any order
+    for u in range(a.n_users):
+        lo, hi = int(a.rowptr[u]), int(a.rowptr[u + 1])
+        assert sorted(a.edge_merchant[lo:hi].tolist()) == sorted(b.edge_merchant[lo:hi].tolist())
+    alone = predictor.schema_.encode(test, impressions=False)  # what prediction encodes
+    assert len(alone.imp_user) == len(alone.amount) == 0
+    assert torch.equal(alone.seq_funds, a.seq_funds) and torch.equal(alone.edge_merchant, a.edge_merchant)
+
+
+def test_chunks_scored_on_several_threads_equal_one_thread_and_the_thread_count_is_kept(tiny):
+    _, (train, valid, test) = tiny
+    predictor = ETVPredictor("esdpm", **FAST).fit(train, validation=valid)
+    encoded = predictor.schema_.encode(test, impressions=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = grid_outputs(predictor.network_, encoded, chunk_users=37)
+        torch.set_num_threads(2)
+        two = grid_outputs(predictor.network_, encoded, chunk_users=37)
+        assert torch.get_num_threads() == 2
+        etv = grid_etv(predictor.network_, encoded, lambda out: out["p"].astype(np.float64), chunk_users=29)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert one.keys() == two.keys()
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(etv, one["p"], rtol=1e-5, atol=1e-7)
+
+
+def test_an_error_in_one_chunk_reaches_the_caller_and_the_thread_count_is_restored():
+    before = torch.get_num_threads()
+    seen = []
+
+    def work(start, stop):
+        if start == 40:
+            raise ValueError("chunk 40")
+        seen.append(start)
+
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(ValueError, match="chunk 40"):
+            _each_chunk(100, 10, work, progress=False)
+        assert torch.get_num_threads() == 2
+        seen.clear()
+        _each_chunk(95, 10, lambda a, b: seen.append((a, b)), progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(seen) == [(a, min(a + 10, 95)) for a in range(0, 95, 10)]
