@@ -24,7 +24,7 @@ from eoca.predict.inference import (
     grid_etv,
     grid_outputs,
     impression_outputs,
-    merchant_partials,
+    merchant_summary,
     merge_merchant_partials,
 )
 from eoca.predict.mixture import MAX_COMPONENTS, components, mixture_amount, mixture_quantiles, mixture_tasks
@@ -623,7 +623,7 @@ class ETVPredictor(BaseEstimator):
         data = self._check_predict_data(data)
         if not self.spec_.use_graph:
             return None
-        return merchant_partials(self.network_, self.schema_.encode(data, impressions=False))
+        return merchant_summary(self.network_, self.schema_.encode(data, impressions=False), chunk_users=self.chunk_users)
 
     def _merchant_embeddings(self, *partials: MerchantPartials) -> torch.Tensor:
         """Merchant embeddings from the summaries of disjoint pieces covering every user."""

@@ -17,14 +17,16 @@ the largest attention logit, the sum of ``exp(logit - max)`` and the sum of ``ex
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from contextlib import contextmanager
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from eoca.predict._sequence_kernel import sequence_scorer
 from eoca.predict.features import EncodedPlatform
 from eoca.predict.models import ETVNetwork
 
@@ -35,9 +37,13 @@ __all__ = [
     "grid_etv",
     "grid_outputs",
     "merchant_partials",
+    "merchant_summary",
     "merge_merchant_partials",
     "pairwise_outputs",
 ]
+
+
+T = TypeVar("T")
 
 
 class MerchantPartials(NamedTuple):
@@ -148,26 +154,27 @@ def finish_merchants(network: ETVNetwork, partials: MerchantPartials) -> Tensor:
     return torch.nn.functional.elu(out)
 
 
-@torch.no_grad()
-def merchant_embeddings(network: ETVNetwork, data: EncodedPlatform, *, chunk_users: int = 8192) -> Tensor:
-    """``MerchantLayer``'s output for every merchant, attending over every payment of ``data``.
+def merchant_summary(network: ETVNetwork, data: EncodedPlatform, *, chunk_users: int = 8192) -> MerchantPartials:
+    """:func:`merchant_partials` of every user of ``data``, summarised ``chunk_users`` at a time (one chunk per
+    core) and merged in chunk order as they come, so memory grows with the chunks' payments and the number
+    of merchants, never with the platform."""
+    merged = merchant_partials(network, data, torch.zeros(0, dtype=torch.long))
+    pieces = _map_chunks(data.n_users, chunk_users, lambda a, b: merchant_partials(network, data, torch.arange(a, b)))
+    for piece in pieces:
+        merged = merge_merchant_partials(merged, piece)
+    return merged
 
-    The users are summarised ``chunk_users`` at a time and the summaries merged as they come, so
-    memory grows with the chunk's payments and the number of merchants, never with the platform.
+
+def merchant_embeddings(network: ETVNetwork, data: EncodedPlatform, *, chunk_users: int = 8192) -> Tensor:
+    """``MerchantLayer``'s output for every merchant, attending over every payment of ``data``
+    (:func:`merchant_summary`, then :func:`finish_merchants`).
 
     Returns
     -------
     Tensor
         ``(n_merchants, heads * graph_dim)``.
     """
-    merged = None
-    for start in range(0, data.n_users, chunk_users):
-        users = torch.arange(start, min(start + chunk_users, data.n_users))
-        piece = merchant_partials(network, data, users)
-        merged = piece if merged is None else merge_merchant_partials(merged, piece)
-    if merged is None:
-        merged = merchant_partials(network, data, torch.zeros(0, dtype=torch.long))
-    return finish_merchants(network, merged)
+    return finish_merchants(network, merchant_summary(network, data, chunk_users=chunk_users))
 
 
 # Pairs per call of the head: its per-expert activations (experts x pairs x hidden floats, 2 MiB) then
@@ -193,6 +200,7 @@ def _chunk_scorer(
         if network.graph is not None and merchant_h is None:
             merchant_h = merchant_embeddings(network, data)
     step = max(1, HEAD_PAIRS // max(k, 1))
+    embed_sequence = sequence_scorer(network.sequence) if network.sequence is not None else None
     local = threading.local()
 
     @torch.inference_mode()
@@ -203,8 +211,8 @@ def _chunk_scorer(
         users = torch.arange(start, stop)
         e_u = _user_x(network, data, users)
         parts = [e_u]
-        if network.sequence is not None:
-            parts.append(network.sequence.forward_by_length(data.seq_funds[users], data.seq_actions[users]))
+        if embed_sequence is not None:
+            parts.append(embed_sequence(data.seq_funds[users], data.seq_actions[users]))
         if network.graph is not None:
             parts.append(network.graph.user_layer(merchant_h, e_u, data.local_edges(users)))
         z_user = network.user_projection(torch.cat(parts, dim=1))
@@ -215,36 +223,62 @@ def _chunk_scorer(
     return outputs
 
 
-def _each_chunk(n: int, chunk_users: int, work: Callable[[int, int], None], progress: bool) -> None:
-    """``work(start, stop)`` over consecutive chunks of ``n`` users, one chunk per core at a time.
+_torch_threads = threading.Lock()
+_torch_threads_users = 0
+_torch_threads_before = 1
+
+
+@contextmanager
+def _one_torch_thread_per_operation() -> Iterator[int]:
+    """Set PyTorch to one thread per operation while inside; yields the thread count it had before.
+
+    PyTorch's setting is process-wide, and several predictions may run at once (Dask tasks on the
+    threads of one worker): the first to enter saves the setting, the last to leave restores it.
+    """
+    global _torch_threads_users, _torch_threads_before
+    with _torch_threads:
+        if _torch_threads_users == 0:
+            _torch_threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _torch_threads_users += 1
+        before = _torch_threads_before
+    try:
+        yield before
+    finally:
+        with _torch_threads:
+            _torch_threads_users -= 1
+            if _torch_threads_users == 0:
+                torch.set_num_threads(_torch_threads_before)
+
+
+def _map_chunks(
+    n: int, chunk_users: int, work: Callable[[int, int], T], progress: bool = False
+) -> Iterator[T]:
+    """``work(start, stop)`` over consecutive chunks of ``n`` users, one chunk per core at a time; the
+    results in chunk order.
 
     With PyTorch set to ``t > 1`` threads, ``t`` Python threads each take whole chunks while PyTorch runs
-    one thread per operation (set for the duration, then restored): the per-pair operations are small
-    (a few thousand pairs, sized for the cache), so splitting each across cores cost more in hand-offs
-    than it gained; whole chunks per core predicted 1M x 8 about 1.2x faster on two cores. The chunks'
-    results do not depend on the number of threads.
+    one thread per operation (for the duration, then restored): the per-pair operations are small (a few
+    thousand pairs, sized for the cache), so splitting each across cores cost more in hand-offs than it
+    gained; whole chunks per core predicted 1M x 8 about 1.2x faster on two cores. The chunks' results do
+    not depend on the number of threads.
     """
     from tqdm.auto import tqdm
 
     chunks = [(start, min(start + chunk_users, n)) for start in range(0, n, chunk_users)]
-    threads = min(torch.get_num_threads(), len(chunks))
     with tqdm(total=n, desc="predicting", unit=" users", unit_scale=True, disable=not progress, leave=False) as bar:
 
-        def one(chunk: tuple[int, int]) -> None:
-            work(*chunk)
+        def one(chunk: tuple[int, int]) -> T:
+            result = work(*chunk)
             bar.update(chunk[1] - chunk[0])
+            return result
 
-        if threads <= 1:
-            for chunk in chunks:
-                one(chunk)
+        if len(chunks) <= 1 or torch.get_num_threads() <= 1:
+            yield from map(one, chunks)
             return
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(threads, thread_name_prefix="eoca-predict") as pool:
-                for _ in pool.map(one, chunks):  # in order; the first error stops the rest
-                    pass
-        finally:
-            torch.set_num_threads(threads)
+        with _one_torch_thread_per_operation() as threads:
+            with ThreadPoolExecutor(min(threads, len(chunks)), thread_name_prefix="eoca-predict") as pool:
+                yield from pool.map(one, chunks)  # the first error stops the rest
 
 
 def grid_outputs(
@@ -286,7 +320,8 @@ def grid_outputs(
         for name, value in outputs(start, stop).items():
             result[name][start:stop] = value.numpy()
 
-    _each_chunk(n, chunk_users, work, progress)
+    for _ in _map_chunks(n, chunk_users, work, progress):
+        pass
     return result
 
 
@@ -310,7 +345,8 @@ def grid_etv(
     def work(start: int, stop: int) -> None:
         grid[start:stop] = etv({name: v.numpy() for name, v in outputs(start, stop).items()})
 
-    _each_chunk(data.n_users, chunk_users, work, progress)
+    for _ in _map_chunks(data.n_users, chunk_users, work, progress):
+        pass
     return grid
 
 

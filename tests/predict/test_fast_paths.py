@@ -7,8 +7,9 @@ import torch
 from fast_settings import FAST
 
 from eoca.predict import ETVPredictor
+from eoca.predict._sequence_kernel import sequence_scorer
 from eoca.predict.features import _by_user_then_time, _index_in, _index_in_each
-from eoca.predict.inference import _each_chunk, grid_etv, grid_outputs
+from eoca.predict.inference import _map_chunks, grid_etv, grid_outputs
 from eoca.predict.models import MultiTaskHead, SequenceEncoder
 
 
@@ -29,6 +30,25 @@ def test_sequences_grouped_by_length_embed_as_one_padded_batch():
     with torch.inference_mode():
         torch.testing.assert_close(encoder.forward_by_length(funds[perm], actions[perm], 100), plain[perm],
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dim, heads", [(8, 2), (12, 3), (16, 1)])
+def test_the_compiled_sequence_attention_embeds_as_the_encoder_does(dim, heads):
+    torch.manual_seed(dim)
+    encoder = SequenceEncoder(n_funds=9, n_actions=5, dim=dim, heads=heads).eval()
+    for p in encoder.parameters():  # away from the initial values (zero start token, unit norm)
+        torch.nn.init.normal_(p, std=0.5)
+    n, width = 2000, 20
+    lengths = torch.randint(0, 8, (n,))
+    lengths[:3] = torch.tensor([20, 0, 13])
+    funds = torch.randint(1, 9, (n, width)) * (torch.arange(width) < lengths[:, None])
+    funds[5:50, 1] = 0  # a behaviour on an unknown fund inside the history: masked, as padding is
+    actions = torch.randint(0, 5, (n, width)) * (funds != 0)  # action 0: an unknown action on a known fund
+    embed = sequence_scorer(encoder)
+    with torch.inference_mode():
+        torch.testing.assert_close(embed(funds, actions), encoder(funds, actions), rtol=1e-5, atol=2e-6)
+        assert embed(funds[:0], actions[:0]).shape == (0, dim)
+    assert sequence_scorer(encoder.train()) == encoder.forward_by_length  # training: PyTorch's own
 
 
 @pytest.mark.parametrize("kind", ["mmoe", "shared_bottom", "mlp"])
@@ -136,10 +156,40 @@ def test_an_error_in_one_chunk_reaches_the_caller_and_the_thread_count_is_restor
     try:
         torch.set_num_threads(2)
         with pytest.raises(ValueError, match="chunk 40"):
-            _each_chunk(100, 10, work, progress=False)
+            list(_map_chunks(100, 10, work))
         assert torch.get_num_threads() == 2
         seen.clear()
-        _each_chunk(95, 10, lambda a, b: seen.append((a, b)), progress=False)
+        results = list(_map_chunks(95, 10, lambda a, b: seen.append((a, b)) or a))
     finally:
         torch.set_num_threads(before)
     assert sorted(seen) == [(a, min(a + 10, 95)) for a in range(0, 95, 10)]
+    assert results == list(range(0, 95, 10))  # in chunk order, whichever thread ran them
+
+
+def test_predictions_running_at_once_leave_the_thread_count_as_it_was(tiny):
+    """Dask runs several chunk tasks on the threads of one worker: each switches PyTorch to one thread per
+    operation, and whichever ends last must restore the count the process had."""
+    import threading
+
+    _, (train, valid, test) = tiny
+    predictor = ETVPredictor("esdpm-ncg", **FAST).fit(train, validation=valid)
+    encoded = predictor.schema_.encode(test, impressions=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        alone = grid_outputs(predictor.network_, encoded, chunk_users=11)
+        results = [None] * 4
+
+        def run(i):
+            results[i] = grid_outputs(predictor.network_, encoded, chunk_users=11 + i)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    for out in results:
+        np.testing.assert_allclose(out["p"], alone["p"], rtol=1e-5, atol=1e-7)
