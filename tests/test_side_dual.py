@@ -142,3 +142,55 @@ def test_the_reach_of_each_rule_equals_plain_numpy(holdout):
         placed = np.isfinite(top)
         assert low[q] == pytest.approx(bottom[placed].sum(), rel=1e-12)
         assert high[q] == pytest.approx(top[placed].sum(), rel=1e-12)
+
+
+def _tight_delivery(n: int, seed: int) -> eoca.AllocationProblem:
+    """Four funds of rising risk; the riskiest fund's demand is exactly the number of users who tolerate it,
+    so about half of all random samples of users fall short of its scaled demand; a quota on a group."""
+    rng = np.random.default_rng(seed)
+    users = [f"u{i}" for i in range(n)]
+    funds = ["a", "b", "c", "d"]
+    tolerance = rng.integers(1, 5, n)
+    count = np.bincount(tolerance, minlength=5)
+    demand = {"b": int(count[2]), "c": int(count[3] // 2), "d": int(count[4])}  # every tolerance-4 user takes d
+    demand["a"] = n - sum(demand.values())
+    etv = pd.DataFrame(rng.gamma(2.0, 50.0, (n, 4)), index=users, columns=funds)
+    group = pd.Series(rng.random(n) < 0.3, index=users)
+    return eoca.AllocationProblem(
+        etv=etv, demand=demand, risk_level={"a": 1, "b": 2, "c": 3, "d": 4},
+        risk_tolerance=pd.Series(tolerance, index=users),
+        constraints=[eoca.Quota(users=group, funds=["a"], at_most=int(group.sum() * 0.35), name="group in a")])
+
+
+def test_a_sample_that_falls_short_of_the_scaled_demands_is_retried_with_them_widened(smoothed):
+    widened = []
+    for seed in range(4):  # the riskiest fund's scaled demand is out of the sample's reach in about half
+        problem = _tight_delivery(6_000, seed)
+        result = eoca.solve(problem)
+        assert result.stats["method"] == "smoothed dual", result.stats
+        value, bound = _certified(problem, result)  # every rule met, and a valid bound (a tiny delivery with
+        assert bound >= value - 1e-9 * abs(value)    # risk levels this tight may stop short of a closed gap)
+        assert result.bound == pytest.approx(bound, rel=1e-12)
+        widened.append(result.stats.get("sample_widened"))  # absent: even widened, the sample fell short
+    assert True in widened and False in widened, widened
+
+
+def test_a_samples_rule_bounds_sit_where_the_declared_ones_sit_in_the_reach():
+    from eoca.solvers._side_dual import _bounds, _reach, rows_problem
+
+    problem = constrained_problem(20_000, 6, seed=2)
+    c = problem.compile()
+    rows = np.sort(np.random.default_rng(0).choice(c.n_users, 2_000, replace=False))
+    sample = rows_problem(c, rows)
+    lo, hi = _bounds(c)
+    s_lo, s_hi = _bounds(c, 0.1, sample)
+    (low, high), (s_low, s_high) = _reach(c), _reach(sample)
+    k = c.n_funds
+    for full, part in ((lo, s_lo), (hi, s_hi)):
+        declared = ~np.isinf(full[k:])
+        where = (full[k:] - low) / (high - low)
+        np.testing.assert_allclose(((part[k:] - s_low) / (s_high - s_low))[declared], where[declared], rtol=1e-9)
+        assert (np.isinf(part[k:]) == ~declared).all()
+    np.testing.assert_allclose(s_lo[:k], lo[:k] * 0.1)  # demands: the sample's share, not widened
+    wide_lo, wide_hi = _bounds(c, 0.1, sample, widen=True)
+    assert (wide_lo[:k] < s_lo[:k]).all() and (wide_hi[:k] > s_hi[:k]).all()
