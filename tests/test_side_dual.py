@@ -194,3 +194,26 @@ def test_a_samples_rule_bounds_sit_where_the_declared_ones_sit_in_the_reach():
     np.testing.assert_allclose(s_lo[:k], lo[:k] * 0.1)  # demands: the sample's share, not widened
     wide_lo, wide_hi = _bounds(c, 0.1, sample, widen=True)
     assert (wide_lo[:k] < s_lo[:k]).all() and (wide_hi[:k] > s_hi[:k]).all()
+
+
+def test_a_rule_every_user_meets_alike_keeps_the_sample_warm_start(smoothed):
+    """``at_most`` the group's size on every fund: each group user counts 1 whatever it takes, so the rule's
+    reach is one value; a sample's bound must be the sample's own count, or the warm start is lost."""
+    problem = _tight_delivery(6_000, 3)
+    group = problem.constraints[0].users
+    everyone = eoca.Quota(users=group, at_most=int(group.sum()), name="group placed at all")
+    ruled = eoca.AllocationProblem(etv=problem.etv, demand=problem.demand_min.to_series().astype(int).to_dict(),
+                                   risk_level=problem.risk_level.to_series().to_dict(),
+                                   risk_tolerance=problem.risk_tolerance, constraints=[*problem.constraints, everyone])
+    from eoca.solvers._side_dual import _bounds, _reach, rows_problem
+
+    c = ruled.compile()
+    sample = rows_problem(c, np.arange(0, c.n_users, 7))
+    bounds = _bounds(c, len(np.arange(0, c.n_users, 7)) / c.n_users, sample)
+    assert bounds is not None
+    s_low, s_high = _reach(sample)
+    assert s_low[-1] == s_high[-1] == bounds[1][-1]  # at the sample's one value
+    result = eoca.solve(ruled)
+    assert "sample_widened" in result.stats, result.stats  # the sample started the whole
+    value, bound = _certified(ruled, result)
+    assert bound >= value - 1e-9 * abs(value)

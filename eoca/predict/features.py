@@ -111,11 +111,16 @@ def _by_user_then_time(user: np.ndarray, time: np.ndarray) -> np.ndarray:
 
 
 def _ordered(user: np.ndarray, time: np.ndarray | None = None) -> bool:
-    """Whether the rows are sorted by ``user`` (then by ``time`` within a user), ties in any order."""
+    """Whether the rows are sorted by ``user`` (then by ``time`` within a user), ties in any order. Times
+    that do not compare (missing, or of mixed kinds) count as not sorted: the caller sorts."""
     step = np.diff(user)
     if time is None:
         return bool((step >= 0).all())
-    return bool(((step > 0) | ((step == 0) & (np.diff(time) >= 0))).all())
+    try:
+        later = np.asarray(time[1:] >= time[:-1], dtype=bool)  # any comparable times (tz-aware, objects)
+    except TypeError:
+        return False
+    return bool(((step > 0) | ((step == 0) & later)).all())
 
 
 @dataclass
@@ -204,8 +209,10 @@ class FeatureSchema:
         imps = data.impressions if impressions else data.impressions.iloc[:0]
         use_beh = beh is not None and len(beh) and self.seq_len > 0
         use_pay = pay is not None and len(pay)
-        tables = {name: t for name, t, used in (("beh", beh, use_beh), ("pay", pay, use_pay), ("imp", imps, True)) if used}
+        used = (("beh", beh, use_beh), ("pay", pay, use_pay), ("imp", imps, impressions))
+        tables = {name: t for name, t, use in used if use}
         rows_of = dict(zip(tables, _index_in_each([t["user_id"] for t in tables.values()], user_ids)))
+        rows_of.setdefault("imp", np.zeros(0, dtype=np.int64))
         if use_beh:
             # by user, then by time (ties keep table order); rank 0 = the user's most recent behaviour
             user_of = rows_of["beh"]

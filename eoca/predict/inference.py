@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import NamedTuple, TypeVar
 
 import numpy as np
@@ -184,7 +183,7 @@ HEAD_PAIRS = 2048
 
 
 def _chunk_scorer(
-    network: ETVNetwork, data: EncodedPlatform, merchant_h: Tensor | None
+    network: ETVNetwork, data: EncodedPlatform, merchant_h: Tensor | None, chunk_users: int
 ) -> Callable[[int, int], dict[str, Tensor]]:
     """``outputs(start, stop)``: ``{output: (stop - start, n_funds)}`` for the users at rows ``start:stop``.
 
@@ -198,7 +197,7 @@ def _chunk_scorer(
         e_f = network.fund_features(data.fund_numeric, data.fund_categorical)
         z_fund = network.fund_projection(torch.cat([e_f, network.fund_id(data.fund_ids)], dim=1))
         if network.graph is not None and merchant_h is None:
-            merchant_h = merchant_embeddings(network, data)
+            merchant_h = merchant_embeddings(network, data, chunk_users=chunk_users)
     step = max(1, HEAD_PAIRS // max(k, 1))
     embed_sequence = sequence_scorer(network.sequence) if network.sequence is not None else None
     local = threading.local()
@@ -223,34 +222,6 @@ def _chunk_scorer(
     return outputs
 
 
-_torch_threads = threading.Lock()
-_torch_threads_users = 0
-_torch_threads_before = 1
-
-
-@contextmanager
-def _one_torch_thread_per_operation() -> Iterator[int]:
-    """Set PyTorch to one thread per operation while inside; yields the thread count it had before.
-
-    PyTorch's setting is process-wide, and several predictions may run at once (Dask tasks on the
-    threads of one worker): the first to enter saves the setting, the last to leave restores it.
-    """
-    global _torch_threads_users, _torch_threads_before
-    with _torch_threads:
-        if _torch_threads_users == 0:
-            _torch_threads_before = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _torch_threads_users += 1
-        before = _torch_threads_before
-    try:
-        yield before
-    finally:
-        with _torch_threads:
-            _torch_threads_users -= 1
-            if _torch_threads_users == 0:
-                torch.set_num_threads(_torch_threads_before)
-
-
 def _map_chunks(
     n: int, chunk_users: int, work: Callable[[int, int], T], progress: bool = False
 ) -> Iterator[T]:
@@ -258,7 +229,7 @@ def _map_chunks(
     results in chunk order.
 
     With PyTorch set to ``t > 1`` threads, ``t`` Python threads each take whole chunks while PyTorch runs
-    one thread per operation (for the duration, then restored): the per-pair operations are small (a few
+    one thread per operation in them (the caller's setting is restored afterwards): the per-pair operations are small (a few
     thousand pairs, sized for the cache), so splitting each across cores cost more in hand-offs than it
     gained; whole chunks per core predicted 1M x 8 about 1.2x faster on two cores. The chunks' results do
     not depend on the number of threads.
@@ -273,12 +244,18 @@ def _map_chunks(
             bar.update(chunk[1] - chunk[0])
             return result
 
-        if len(chunks) <= 1 or torch.get_num_threads() <= 1:
+        threads = torch.get_num_threads()
+        if len(chunks) <= 1 or threads <= 1:
             yield from map(one, chunks)
             return
-        with _one_torch_thread_per_operation() as threads:
-            with ThreadPoolExecutor(min(threads, len(chunks)), thread_name_prefix="eoca-predict") as pool:
+        # PyTorch's thread count is partly per thread (OpenMP): the workers set their own, and the caller
+        # puts back its own afterwards, also when other predictions run at once
+        try:
+            with ThreadPoolExecutor(min(threads, len(chunks)), thread_name_prefix="eoca-predict",
+                                    initializer=torch.set_num_threads, initargs=(1,)) as pool:
                 yield from pool.map(one, chunks)  # the first error stops the rest
+        finally:
+            torch.set_num_threads(threads)
 
 
 def grid_outputs(
@@ -312,7 +289,7 @@ def grid_outputs(
         Each ``(n_users, n_funds)``, float32.
     """
     n, k = data.n_users, len(data.fund_ids)
-    outputs = _chunk_scorer(network, data, merchant_h)
+    outputs = _chunk_scorer(network, data, merchant_h, chunk_users)
     names = list(outputs(0, min(1, n)))  # the model's outputs, from one user
     result = {name: np.empty((n, k), dtype=np.float32) for name in names}
 
@@ -340,7 +317,7 @@ def grid_etv(
     thread. ``etv`` may be called from several threads at once. Other parameters as :func:`grid_outputs`.
     """
     grid = np.empty((data.n_users, len(data.fund_ids)), dtype=np.float64)
-    outputs = _chunk_scorer(network, data, merchant_h)
+    outputs = _chunk_scorer(network, data, merchant_h, chunk_users)
 
     def work(start: int, stop: int) -> None:
         grid[start:stop] = etv({name: v.numpy() for name, v in outputs(start, stop).items()})

@@ -459,7 +459,10 @@ def _bounds(c: CompiledProblem, share: float = 1.0, users: CompiledProblem | Non
             rule = side[k:]
             with np.errstate(invalid="ignore", divide="ignore"):
                 placed = s_low + (rule - low) / span * (s_high - s_low)
-            side[k:] = np.where(np.isinf(rule), rule, np.where(span > 0, placed, rule * share))
+            # a rule whose reach is one value (every user counts the same whatever it takes): so is the
+            # sample's, and a bound at that value stays at the sample's
+            fixed = s_low + (rule - low) * share
+            side[k:] = np.where(np.isinf(rule), rule, np.where(span > 0, placed, fixed))
         lo[:k], hi[:k] = lo[:k] * share, hi[:k] * share
         if widen:
             lo[:k], hi[:k] = lo[:k] - np.sqrt(np.abs(lo[:k])), hi[:k] + np.sqrt(np.abs(hi[:k]))

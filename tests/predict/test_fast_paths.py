@@ -166,9 +166,9 @@ def test_an_error_in_one_chunk_reaches_the_caller_and_the_thread_count_is_restor
     assert results == list(range(0, 95, 10))  # in chunk order, whichever thread ran them
 
 
-def test_predictions_running_at_once_leave_the_thread_count_as_it_was(tiny):
-    """Dask runs several chunk tasks on the threads of one worker: each switches PyTorch to one thread per
-    operation, and whichever ends last must restore the count the process had."""
+def test_predictions_running_at_once_leave_each_threads_count_as_it_was(tiny):
+    """Dask runs several chunk tasks on the threads of one worker, each a prediction with its own pool of
+    one-thread workers; PyTorch's count is partly per thread, so each caller must get back its own."""
     import threading
 
     _, (train, valid, test) = tiny
@@ -178,18 +178,36 @@ def test_predictions_running_at_once_leave_the_thread_count_as_it_was(tiny):
     try:
         torch.set_num_threads(2)
         alone = grid_outputs(predictor.network_, encoded, chunk_users=11)
-        results = [None] * 4
+        results, counts = [None] * 4, [None] * 4
+        start = threading.Barrier(4)
 
         def run(i):
+            torch.set_num_threads(2)
+            start.wait()
             results[i] = grid_outputs(predictor.network_, encoded, chunk_users=11 + i)
+            counts[i] = torch.get_num_threads()  # this thread's own, after the others' ended or not
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        assert counts == [2, 2, 2, 2]
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
     for out in results:
         np.testing.assert_allclose(out["p"], alone["p"], rtol=1e-5, atol=1e-7)
+
+
+def test_behaviour_times_of_any_comparable_kind_encode_as_sorted(tiny):
+    _, (train, valid, test) = tiny
+    beh = test.behaviours
+    zoned = beh.assign(time=pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(beh["time"], unit="D"))
+    shuffled = zoned.iloc[np.random.default_rng(6).permutation(len(zoned))].reset_index(drop=True)
+    predictor = ETVPredictor("esdpm-ncg", **FAST).fit(train, validation=valid)
+    plain = predictor.schema_.encode(test)
+    for table in (zoned, shuffled):  # in order (no sort), then not (sorted)
+        other = type(test)(test.users, test.funds, test.impressions, table, test.payments)
+        assert torch.equal(predictor.schema_.encode(other).seq_funds, plain.seq_funds)
+        assert predictor.predict(other).shape == (len(test.users), len(test.funds))
