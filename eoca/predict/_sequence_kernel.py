@@ -124,13 +124,12 @@ def sequence_scorer(encoder: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
 
         fund_tok, action_tok = encoder.fund.weight, encoder.action.weight
         start = encoder.start.reshape(-1)
+        # the projection's bias once per token: in the per-fund table (every real token has one fund)
         args = (
-            table(fund_tok), table(action_tok), table(fund_tok @ weight.t()), table(action_tok @ weight.t()),
+            table(fund_tok), table(action_tok), table(fund_tok @ weight.t() + bias), table(action_tok @ weight.t()),
             table(start), table(start @ weight.t() + bias), table(attention.out_proj.weight.t()),
             table(attention.out_proj.bias), table(encoder.norm.weight), table(encoder.norm.bias),
         )
-        # the bias once per token: fold it into the per-fund table (every real token has one fund)
-        args[2][:] += table(bias)
     eps = float(encoder.norm.eps)
 
     def embed(funds: Tensor, actions: Tensor) -> Tensor:

@@ -229,10 +229,10 @@ def _map_chunks(
     results in chunk order.
 
     With PyTorch set to ``t > 1`` threads, ``t`` Python threads each take whole chunks while PyTorch runs
-    one thread per operation in them (the caller's setting is restored afterwards): the per-pair operations are small (a few
-    thousand pairs, sized for the cache), so splitting each across cores cost more in hand-offs than it
-    gained; whole chunks per core predicted 1M x 8 about 1.2x faster on two cores. The chunks' results do
-    not depend on the number of threads.
+    one thread per operation in them (the caller's setting is restored afterwards): the per-pair
+    operations are small (a few thousand pairs, sized for the cache), so splitting each across cores cost
+    more in hand-offs than it gained; whole chunks per core predicted 1M x 8 about 1.2x faster on two
+    cores. The chunks' results do not depend on the number of threads.
     """
     from tqdm.auto import tqdm
 

@@ -1,5 +1,7 @@
 """The prediction paths that exist for speed give what the plain ones give."""
 
+from contextlib import contextmanager
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,24 @@ from eoca.predict._sequence_kernel import sequence_scorer
 from eoca.predict.features import _by_user_then_time, _index_in, _index_in_each
 from eoca.predict.inference import _map_chunks, grid_etv, grid_outputs
 from eoca.predict.models import MultiTaskHead, SequenceEncoder
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny):
+    """ESDPM (behaviours and graph) fitted on the tiny platform, and its test split."""
+    _, (train, valid, test) = tiny
+    return ETVPredictor("esdpm", **FAST).fit(train, validation=valid), test
+
+
+@contextmanager
+def torch_threads(count: int):
+    """PyTorch at ``count`` threads inside, the count it had afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_sequences_grouped_by_length_embed_as_one_padded_batch():
@@ -102,9 +122,8 @@ def test_several_columns_are_looked_up_as_each_alone():
     assert [list(f) for f in _index_in_each(mixed, pd.Series(["b", 1], dtype=object))] == [[1, 0], [0]]
 
 
-def test_tables_in_any_row_order_encode_as_sorted_ones(tiny):
-    _, (train, valid, test) = tiny
-    predictor = ETVPredictor("esdpm", **FAST).fit(train, validation=valid)
+def test_tables_in_any_row_order_encode_as_sorted_ones(fitted):
+    predictor, test = fitted
     rng = np.random.default_rng(5)
 
     def shuffled(table):
@@ -123,21 +142,16 @@ def test_tables_in_any_row_order_encode_as_sorted_ones(tiny):
     assert torch.equal(alone.seq_funds, a.seq_funds) and torch.equal(alone.edge_merchant, a.edge_merchant)
 
 
-def test_chunks_scored_on_several_threads_equal_one_thread_and_the_thread_count_is_kept(tiny):
-    _, (train, valid, test) = tiny
-    predictor = ETVPredictor("esdpm", **FAST).fit(train, validation=valid)
+def test_chunks_scored_on_several_threads_equal_one_thread_and_the_thread_count_is_kept(fitted):
+    predictor, test = fitted
     encoded = predictor.schema_.encode(test, impressions=False)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one = grid_outputs(predictor.network_, encoded, chunk_users=37)
-        torch.set_num_threads(2)
+    with torch_threads(2):
         two = grid_outputs(predictor.network_, encoded, chunk_users=37)
         assert torch.get_num_threads() == 2
         etv = grid_etv(predictor.network_, encoded, lambda out: out["p"].astype(np.float64), chunk_users=29)
         assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
     assert one.keys() == two.keys()
     for name in one:
         np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-7)
@@ -145,7 +159,6 @@ def test_chunks_scored_on_several_threads_equal_one_thread_and_the_thread_count_
 
 
 def test_an_error_in_one_chunk_reaches_the_caller_and_the_thread_count_is_restored():
-    before = torch.get_num_threads()
     seen = []
 
     def work(start, stop):
@@ -153,30 +166,24 @@ def test_an_error_in_one_chunk_reaches_the_caller_and_the_thread_count_is_restor
             raise ValueError("chunk 40")
         seen.append(start)
 
-    try:
-        torch.set_num_threads(2)
+    with torch_threads(2):
         with pytest.raises(ValueError, match="chunk 40"):
             list(_map_chunks(100, 10, work))
         assert torch.get_num_threads() == 2
         seen.clear()
         results = list(_map_chunks(95, 10, lambda a, b: seen.append((a, b)) or a))
-    finally:
-        torch.set_num_threads(before)
     assert sorted(seen) == [(a, min(a + 10, 95)) for a in range(0, 95, 10)]
     assert results == list(range(0, 95, 10))  # in chunk order, whichever thread ran them
 
 
-def test_predictions_running_at_once_leave_each_threads_count_as_it_was(tiny):
+def test_predictions_running_at_once_leave_each_threads_count_as_it_was(fitted):
     """Dask runs several chunk tasks on the threads of one worker, each a prediction with its own pool of
     one-thread workers; PyTorch's count is partly per thread, so each caller must get back its own."""
     import threading
 
-    _, (train, valid, test) = tiny
-    predictor = ETVPredictor("esdpm-ncg", **FAST).fit(train, validation=valid)
+    predictor, test = fitted
     encoded = predictor.schema_.encode(test, impressions=False)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with torch_threads(2):
         alone = grid_outputs(predictor.network_, encoded, chunk_users=11)
         results, counts = [None] * 4, [None] * 4
         start = threading.Barrier(4)
@@ -194,18 +201,15 @@ def test_predictions_running_at_once_leave_each_threads_count_as_it_was(tiny):
             t.join()
         assert counts == [2, 2, 2, 2]
         assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
     for out in results:
         np.testing.assert_allclose(out["p"], alone["p"], rtol=1e-5, atol=1e-7)
 
 
-def test_behaviour_times_of_any_comparable_kind_encode_as_sorted(tiny):
-    _, (train, valid, test) = tiny
+def test_behaviour_times_of_any_comparable_kind_encode_as_sorted(fitted):
+    predictor, test = fitted
     beh = test.behaviours
     zoned = beh.assign(time=pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(beh["time"], unit="D"))
     shuffled = zoned.iloc[np.random.default_rng(6).permutation(len(zoned))].reset_index(drop=True)
-    predictor = ETVPredictor("esdpm-ncg", **FAST).fit(train, validation=valid)
     plain = predictor.schema_.encode(test)
     for table in (zoned, shuffled):  # in order (no sort), then not (sorted)
         other = type(test)(test.users, test.funds, test.impressions, table, test.payments)
