@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -72,6 +73,14 @@ class CompiledConstraint:
     def activity(self, codes: np.ndarray) -> float:
         """``sum_i a[i, codes[i]]`` over the users with a fund (``codes`` in ``0..n_funds-1``; others add 0)."""
         k = len(self.fund_weight)
+        weights = self.grid if self.grid is not None else self.user_weight
+        if isinstance(weights, np.ndarray) and isinstance(codes, np.ndarray) and codes.shape == weights.shape[:1] \
+                and codes.dtype.kind in "iu":  # in memory: one compiled pass (the rules are recounted often)
+            codes = np.ascontiguousarray(codes, dtype=np.int64 if codes.dtype.itemsize > 4 else np.int32)
+            if self.grid is not None:
+                return float(_grid_activity(np.ascontiguousarray(self.grid, dtype=np.float64), codes))
+            return float(_product_activity(np.ascontiguousarray(self.user_weight, dtype=np.float64),
+                                           np.ascontiguousarray(self.fund_weight, dtype=np.float64), codes))
         placed = np.flatnonzero((codes >= 0) & (codes < k))
         if self.grid is not None:
             return float(self.grid[placed, codes[placed]].sum())
@@ -80,6 +89,46 @@ class CompiledConstraint:
     @property
     def bounds(self) -> tuple[float, float]:
         return self.lo, self.hi
+
+
+_CHUNKS = 64  # a fixed split of the users: a sum never depends on the number of threads
+
+
+@numba.njit(cache=True, nogil=True)
+def _in_order(parts):  # pragma: no cover - compiled
+    # a plain loop: under parallel=True numba would split an array's sum by thread
+    total = 0.0
+    for part in parts:
+        total += part
+    return total
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _product_activity(user_weight, fund_weight, codes):  # pragma: no cover - compiled
+    n, k = codes.shape[0], fund_weight.shape[0]
+    parts = np.zeros(_CHUNKS)
+    for c in numba.prange(_CHUNKS):
+        total = 0.0
+        for i in range(c * n // _CHUNKS, (c + 1) * n // _CHUNKS):
+            j = codes[i]
+            if j >= 0 and j < k:
+                total += user_weight[i] * fund_weight[j]
+        parts[c] = total
+    return _in_order(parts)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _grid_activity(grid, codes):  # pragma: no cover - compiled
+    n, k = grid.shape
+    parts = np.zeros(_CHUNKS)
+    for c in numba.prange(_CHUNKS):
+        total = 0.0
+        for i in range(c * n // _CHUNKS, (c + 1) * n // _CHUNKS):
+            j = codes[i]
+            if j >= 0 and j < k:
+                total += grid[i, j]
+        parts[c] = total
+    return _in_order(parts)
 
 
 def _bound(value: Any, field: str, what: str, *, count: bool) -> float | None:

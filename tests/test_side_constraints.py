@@ -835,3 +835,17 @@ def test_allowed_patterns_counted_three_ways_agree():
         key = lambda g: [tuple(r) for r in g.astype(int)]  # noqa: E731
         assert dict(zip(key(got[0]), got[1].tolist())) == dict(zip(key(want[0]), want[1].tolist()))
         assert got[1].sum() == n
+
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.int8])
+def test_a_rules_activity_equals_its_coefficients_summed_in_numpy(dtype):
+    # the compiled recount every solver and the checker use: users without a fund (-1) or with a code that
+    # names no fund add nothing
+    c = constrained_problem(5_000, 6, seed=9).compile()
+    codes = np.random.default_rng(0).integers(-2, c.n_funds + 2, c.n_users).astype(dtype)
+    for order in (codes, codes[::-1].copy()):
+        rows = np.flatnonzero((order >= 0) & (order < c.n_funds))
+        for con in c.constraints:
+            want = con.coefficients()[rows, order[rows]].sum()
+            assert con.activity(order) == pytest.approx(want, rel=1e-12, abs=1e-12), con.name

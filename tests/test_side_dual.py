@@ -217,3 +217,60 @@ def test_a_rule_every_user_meets_alike_keeps_the_sample_warm_start(smoothed):
     assert "sample_widened" in result.stats, result.stats  # the sample started the whole
     value, bound = _certified(ruled, result)
     assert bound >= value - 1e-9 * abs(value)
+
+
+def _smoothed_sums_in_numpy(c, y, tau):
+    """The users' part of the smoothed dual at ``y`` from its formula: each user's reduced values
+    (``-inf`` off the risk rule and the mask, 0 for "no fund" with holdout), their log-sum-exp at ``tau``,
+    the expected option vector ``z = (e_j, a_q[i, j])`` summed over the users, its covariance summed over
+    the users whose choice is not settled, and how many those are."""
+    k, m = c.n_funds, len(c.constraints)
+    a = np.stack([con.coefficients() for con in c.constraints], axis=2)  # (n, k, m)
+    r = np.asarray(c.etv, dtype=np.float64) - y[:k] - a @ y[k:]
+    r = np.where(c.eligible(), r, -np.inf)
+    z = np.concatenate([np.broadcast_to(np.eye(k), (c.n_users, k, k)), a], axis=2)  # option j's vector
+    if c.holdout:
+        r = np.c_[r, np.zeros(c.n_users)]
+        z = np.concatenate([z, np.zeros((c.n_users, 1, k + m))], axis=1)
+    top = r.max(axis=1)
+    w = np.exp((r - top[:, None]) / tau)
+    total = w.sum(axis=1)
+    w /= total[:, None]
+    zbar = np.einsum("ij,ijx->ix", w, z)
+    soft = w.max(axis=1) < 1 - 1e-12  # the Hessian sums the covariances of the users not settled
+    hess = np.einsum("ij,ijx,ijy->xy", w[soft], z[soft], z[soft]) - zbar[soft].T @ zbar[soft]
+    return (top + tau * np.log(total)).sum(), top.sum(), zbar.sum(axis=0), hess, int(soft.sum())
+
+
+@pytest.mark.parametrize("holdout", [False, True])
+@pytest.mark.parametrize("share", [1.0, 1e-3, 1e-6], ids=["wide", "narrow", "settled"])
+def test_the_step_kernel_sums_equal_the_smoothed_dual_in_numpy(holdout, share):
+    # from wide smoothing (every user's choice soft) to narrow (most users' other options weigh exactly 0,
+    # which the kernel sums without exponentials)
+    from eoca.solvers._side_dual import _Layout, layout_sums
+
+    c = _variant(constrained_problem(3_000, 6, seed=8), holdout=holdout, ranges=True).compile()
+    scale = float(np.mean(c.etv))
+    y = np.random.default_rng(1).normal(0.0, 0.2 * scale, c.n_funds + len(c.constraints))
+    y[c.n_funds:] /= 50.0  # a multiplier moves each user's values by its weight (up to about 50 here)
+    tau = share * scale
+    (smooth, hard), grad, hess, unsettled = layout_sums(_Layout(c), y, tau, 1)
+    want_smooth, want_hard, want_grad, want_hess, want_unsettled = _smoothed_sums_in_numpy(c, y, tau)
+    assert hard == pytest.approx(want_hard, rel=1e-12)
+    assert smooth == pytest.approx(want_smooth, rel=1e-12)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-9, atol=1e-9 * np.abs(want_grad).max())
+    np.testing.assert_allclose(np.triu(hess), np.triu(want_hess), atol=1e-9 * np.abs(want_hess).max() + 1e-12)
+    assert unsettled == want_unsettled
+    if share == 1e-6:
+        assert unsettled < c.n_users // 10  # the narrow case is mostly the kernel's settled users
+
+
+def test_a_larger_sample_carries_the_wide_stages_before_the_whole(smoothed):
+    # 20,000 users, first sample 1,000: a sample of 4,000 users (DUAL_SAMPLE_GROWTH times larger, at most a
+    # quarter of the users) runs the wide stages from where the first left off
+    problem = constrained_problem(20_000, 6, seed=5)
+    result = eoca.solve(problem)
+    assert result.stats["method"] == "smoothed dual", result.stats
+    assert result.stats["sample_levels"] == 2, result.stats
+    value, bound = _certified(problem, result)
+    assert (bound - value) / abs(value) <= 1e-5

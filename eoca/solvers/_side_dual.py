@@ -93,20 +93,48 @@ def _step_kernel(etv, user_level, fund_level, mask, use_mask, lam, mu, user_w, f
                 for j in range(k):
                     r[j] -= mu_grid[g2 + 2] * stacked[g2, i, j]
             top = -np.inf
+            second = -np.inf
+            arg = -1
             level = user_level[i]
             for j in range(k):
                 if level < fund_level[j] or (use_mask and not mask[i, j]):
                     r[j] = -np.inf
                 elif r[j] > top:
+                    second = top
                     top = r[j]
+                    arg = j
+                elif r[j] > second:
+                    second = r[j]
             options = k
             if holdout:
                 r[k] = 0.0
                 options = k + 1
                 if top < 0.0:
+                    second = top
                     top = 0.0
+                    arg = k
+                elif second < 0.0:
+                    second = 0.0
             if top == -np.inf:
                 hard = -np.inf  # a user with no option at all: the dual is unbounded below
+                continue
+            if (second - top) / tau <= -60.0:
+                # every other option's weight below is exactly 0: the soft choice is the best option, the
+                # same sums as below without the exponentials (most users once the smoothing is narrow)
+                smooth += top
+                hard += top
+                if arg < k:
+                    g[arg] += 1.0
+                    for q in range(m):
+                        p = prod_q[q]
+                        if p >= 0:
+                            g[k + q] += uw[p] * fund_w[p, arg]
+                        elif grid_q[q] == 0:
+                            g[k + q] += grid0[i, arg]
+                        elif grid_q[q] == 1:
+                            g[k + q] += grid1[i, arg]
+                        else:
+                            g[k + q] += stacked[grid_q[q] - 2, i, arg]
                 continue
             total = 0.0
             for j in range(options):
@@ -271,6 +299,7 @@ class _Dual:
         self.sums, self.lo, self.hi, self.k = sums, lo, hi, k
         self.stride = 1
         self.passes = 0
+        self.users = 0
 
     def evaluate(self, y: np.ndarray, tau: float):
         bounds = _bound_terms(y, self.lo, self.hi, tau)
@@ -280,15 +309,21 @@ class _Dual:
         self.passes += 1
         value, mean, var = bounds
         h = np.triu(h) + np.triu(h, 1).T
-        # the Hessian of the next step reads about DUAL_HESSIAN_USERS of the unsettled users
-        self.stride = max(1, unsettled // _tuning.DUAL_HESSIAN_USERS)
+        self.stride = _stride(unsettled)
         return (smooth + value.sum(), mean - grad, (h + np.diag(var)) / tau,
                 hard + _hard_bound_terms(y, self.lo, self.hi), unsettled, smooth - hard)
 
 
+def _stride(unsettled: float) -> int:
+    """Every how many of the unsettled users the Hessian of a step reads: about ``DUAL_HESSIAN_USERS``."""
+    return max(1, int(unsettled) // _tuning.DUAL_HESSIAN_USERS)
+
+
 def _in_memory(c: CompiledProblem, lo: np.ndarray, hi: np.ndarray) -> _Dual:
     layout = _Layout(c)
-    return _Dual(lambda y, tau, stride: layout_sums(layout, y, tau, stride), lo, hi, c.n_funds)
+    dual = _Dual(lambda y, tau, stride: layout_sums(layout, y, tau, stride), lo, hi, c.n_funds)
+    dual.users = c.n_users
+    return dual
 
 
 class InMemory:
@@ -486,36 +521,67 @@ def _centred(state, tol: float) -> bool:
     return bool(-float(g @ _newton_direction(g, h)) <= tol)
 
 
-def _sample_start(c: CompiledProblem, access, tau: float, scale: float, stats: dict, reach):
-    """The first stages on a random sample of users (bounds as :func:`_bounds` sets them): (y, tau) to go
-    on from, or None. Tried with the demands scaled as they are, then, where a stage does not converge
-    within ``DUAL_SAMPLE_ITERS`` steps (the sample's users may fall short of them at some risk level: its
-    dual then has no minimum), widened; where that fails too, the whole starts cold (None). ``reach``: the whole's."""
-    n = c.n_users
-    rng = np.random.default_rng(n)
-    rows = np.sort(rng.choice(n, size=_tuning.DUAL_SAMPLE, replace=False))
-    users = access.subset(rows)
-    for widen in (False, True):
-        bounds = _bounds(c, _tuning.DUAL_SAMPLE / n, users, widen, reach)
-        if bounds is None:
-            continue
-        sample = _in_memory(users, *bounds)
-        y, t = _initial(c, tau), tau
-        state = sample.evaluate(y, t)
-        while state is not None and t > _tuning.DUAL_TAU_SAMPLE * scale:
-            tol = 1e-3 * t * _tuning.DUAL_SAMPLE
+def _sample_stages(sample: _Dual, y: np.ndarray, t: float, floor: float, stats: dict):
+    """Centred stages on a sample from ``t`` while ``t`` is above ``floor`` (the smoothing falling
+    ``DUAL_TAU_STEP`` per stage), ``t`` ending at the first smoothing not run; None where a stage does
+    not converge within ``DUAL_SAMPLE_ITERS`` steps.
+    Returns (y, t, the share of the sample's users not settled at t) or None."""
+    state = sample.evaluate(y, t)
+    if state is not None:
+        sample.stride = _stride(state[4])
+    try:
+        while state is not None and t > floor:
+            tol = 1e-3 * t * sample.users
             out = _stage(sample, y, t, tol, _tuning.DUAL_SAMPLE_ITERS, state)
             if out is None or not _centred(out[1], tol):
-                state = None
-                break
+                return None
             y, state, _ = out
             t /= _tuning.DUAL_TAU_STEP
             state = sample.evaluate(y, t)
+        return None if state is None else (y, t, state[4] / sample.users)
+    finally:
         stats["sample_passes"] += sample.passes
-        if state is not None:
+
+
+def _sample_start(c: CompiledProblem, access, tau: float, scale: float, stats: dict, reach):
+    """The first stages on random samples of users (bounds as :func:`_bounds` sets them): (y, tau, the
+    share of users not settled there) to go on from, or None. The first sample (``DUAL_SAMPLE`` users) runs the stages down to ``DUAL_TAU_SAMPLE``
+    of the mean ETV, tried with the demands scaled as they are, then, where a stage does not converge
+    within ``DUAL_SAMPLE_ITERS`` steps (the sample's users may fall short of them at some risk level: its
+    dual then has no minimum), widened; where that fails too, the whole starts cold (None). Samples
+    ``DUAL_SAMPLE_GROWTH`` times larger follow while they are a small part of the users, each running the
+    remaining wide stages from where the last left off (a larger sample's optimum is nearer the whole's,
+    and its steps cost a fraction of one over every user); one that does not converge is skipped.
+    ``reach``: the whole's."""
+    n = c.n_users
+    rng = np.random.default_rng(n)
+    size = _tuning.DUAL_SAMPLE
+    users = access.subset(np.sort(rng.choice(n, size=size, replace=False)))
+    start = None
+    for widen in (False, True):
+        bounds = _bounds(c, size / n, users, widen, reach)
+        if bounds is None:
+            continue
+        start = _sample_stages(_in_memory(users, *bounds), _initial(c, tau), tau, _tuning.DUAL_TAU_SAMPLE * scale,
+                               stats)
+        if start is not None:
             stats["sample_widened"] = widen
-            return y, t
-    return None
+            break
+    if start is None:
+        return None
+    # the larger samples run the wide stages but the last (the whole centres that one before freezing)
+    wide = _tuning.DUAL_TAU_FREEZE * scale * _tuning.DUAL_TAU_STEP
+    size *= _tuning.DUAL_SAMPLE_GROWTH
+    while start[1] > wide and size * _tuning.DUAL_SAMPLE_GROWTH <= n:
+        users = access.subset(np.sort(rng.choice(n, size=size, replace=False)))
+        bounds = _bounds(c, size / n, users, widen, reach)
+        if bounds is not None:
+            sample = _in_memory(users, *bounds)
+            sample.stride = _stride(start[2] * size)
+            start = _sample_stages(sample, start[0], start[1], wide, stats) or start
+        stats["sample_levels"] += 1
+        size *= _tuning.DUAL_SAMPLE_GROWTH
+    return start
 
 
 def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) -> dict | None:
@@ -540,17 +606,20 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
         return None
     scale = scale if scale > 0 else 1.0  # every ETV 0: any allocation that meets the rules is optimal
     tau = _tuning.DUAL_TAU_START * scale
-    stats = {"full_passes": 0, "passes": 0, "stages": 0, "sample_passes": 0, "freezes": 0, "largest_active": 0}
+    stats = {"full_passes": 0, "passes": 0, "stages": 0, "sample_passes": 0, "sample_levels": 1, "freezes": 0,
+             "largest_active": 0}
     reach = _reach(c)
     bounds = _bounds(c, reach=reach)
     if bounds is None:
         return None  # a rule beyond the users' reach: the restricted LPs name it
     lo, hi = bounds
     y = _initial(c, tau)
+    unsettled = n  # users not settled at the last evaluation (the first Hessian's stride)
     if n > 2 * _tuning.DUAL_SAMPLE:
         warm = _sample_start(c, access, tau, scale, stats, reach)
         if warm is not None:
-            y, tau = warm
+            y, tau, unsettled = warm
+            unsettled *= n
             # a multiplier the sample left on the wrong side of one of the whole's barriers starts inside it
             y = np.where(np.isinf(hi) & ~np.isinf(lo) & (y >= 0), -tau, y)
             y = np.where(np.isinf(lo) & ~np.isinf(hi) & (y <= 0), tau, y)
@@ -569,6 +638,7 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
             dual = _in_memory(access.subset(freeze.rows), lo - freeze.taken, hi - freeze.taken)
         stats["freezes"] += 1
         stats["largest_active"] = max(stats["largest_active"], len(freeze.rows))
+        dual.stride = _stride(min(unsettled, len(freeze.rows)))
         state = dual.evaluate(y, tau)
         done = False
         while True:
@@ -597,6 +667,7 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
                 break
             state = dual.evaluate(y, tau)
         stats["passes"] += dual.passes
+        unsettled = state[4]
         best, gap = access.choices(y[:k], y[k:])
         stats["full_passes"] += 1
         if done and freeze.kept(best):
@@ -698,8 +769,9 @@ def _user_ranges(c: CompiledProblem, users: np.ndarray | None) -> np.ndarray:
         else:
             f = con.fund_weight
             spread = float(max(f.max(), 0.0 if c.holdout else -np.inf) - min(f.min(), 0.0 if c.holdout else np.inf))
-            u = con.user_weight if users is None else con.user_weight[users]
-            cols.append(np.abs(u) * spread)
+            u = np.abs(con.user_weight if users is None else con.user_weight[users])
+            # over all users only the largest counts: one number, not a column
+            cols.append(u.max(initial=0.0, keepdims=True) * spread if users is None else u * spread)
     if users is None:
         return np.array([float(np.max(col, initial=0.0)) for col in cols])
     return np.array(cols).reshape(len(c.constraints), len(users)).T.copy()
