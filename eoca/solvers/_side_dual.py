@@ -569,16 +569,17 @@ def _sample_start(c: CompiledProblem, access, tau: float, scale: float, stats: d
             break
     if start is None:
         return None
-    # the larger samples run the wide stages but the last (the whole centres that one before freezing)
+    # each larger sample runs again the wide stages from where the first sample ended, starting from the
+    # last sample's multipliers, but the last wide stage (the whole centres that one before freezing)
     wide = _tuning.DUAL_TAU_FREEZE * scale * _tuning.DUAL_TAU_STEP
-    size *= _tuning.DUAL_SAMPLE_GROWTH
-    while start[1] > wide and size * _tuning.DUAL_SAMPLE_GROWTH <= n:
+    first, size = start[1], size * _tuning.DUAL_SAMPLE_GROWTH
+    while first > wide and size * _tuning.DUAL_SAMPLE_GROWTH <= n:
         users = access.subset(np.sort(rng.choice(n, size=size, replace=False)))
         bounds = _bounds(c, size / n, users, widen, reach)
         if bounds is not None:
             sample = _in_memory(users, *bounds)
             sample.stride = _stride(start[2] * size)
-            start = _sample_stages(sample, start[0], start[1], wide, stats) or start
+            start = _sample_stages(sample, start[0], first, wide, stats) or start
         stats["sample_levels"] += 1
         size *= _tuning.DUAL_SAMPLE_GROWTH
     return start
