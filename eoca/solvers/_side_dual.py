@@ -427,9 +427,10 @@ def _initial(c: CompiledProblem, tau: float) -> np.ndarray:
 
 @numba.njit(cache=True, parallel=True)
 def _reach_kernel(user_level, fund_level, mask, use_mask, user_w, fund_w, prod_q, grid0, grid1, stacked, grid_q,
-                  holdout, low, high):  # pragma: no cover - compiled
+                  holdout, low, high, widest):  # pragma: no cover - compiled
     """Per block of users and per constraint: the sums of each user's smallest and largest coefficient
-    over the pairs it may take (0 too with holdout; a user allowed nothing adds nothing)."""
+    over the pairs it may take (0 too with holdout; a user allowed nothing adds nothing), and the largest
+    difference between the two of any user."""
     n = user_level.shape[0]
     k = fund_level.shape[0]
     m = prod_q.shape[0]
@@ -456,17 +457,25 @@ def _reach_kernel(user_level, fund_level, mask, use_mask, user_w, fund_w, prod_q
                 if top >= bottom:
                     low[b, q] += bottom
                     high[b, q] += top
+                    widest[b, q] = max(widest[b, q], top - bottom)
+
+
+def _extents(c: CompiledProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per constraint, the least and the largest activity any allocation can have (each user's smallest
+    and largest coefficient over the pairs it may take, summed) and the largest difference between two
+    coefficients of one user's pairs (how far a multiplier's move can shift one option against another):
+    one read of the rules, not of the grid."""
+    L = _Layout(c, with_grid=False)
+    nb = max(1, min(_tuning.DUAL_BLOCKS, c.n_users // 256))
+    low, high, widest = (np.zeros((nb, len(c.constraints))) for _ in range(3))
+    _reach_kernel(L.user_level, L.fund_level, L.mask, L.use_mask, L.user_w, L.fund_w, L.prod_q, L.grid0, L.grid1,
+                  L.stacked, L.grid_q, L.holdout, low, high, widest)
+    return low.sum(axis=0), high.sum(axis=0), widest.max(axis=0, initial=0.0)
 
 
 def _reach(c: CompiledProblem) -> tuple[np.ndarray, np.ndarray]:
-    """Per constraint, the least and the largest activity any allocation can have: each user's smallest
-    and largest coefficient over the pairs it may take, summed (one read of the rules, not of the grid)."""
-    L = _Layout(c, with_grid=False)
-    nb = max(1, min(_tuning.DUAL_BLOCKS, c.n_users // 256))
-    low, high = np.zeros((nb, len(c.constraints))), np.zeros((nb, len(c.constraints)))
-    _reach_kernel(L.user_level, L.fund_level, L.mask, L.use_mask, L.user_w, L.fund_w, L.prod_q, L.grid0, L.grid1,
-                  L.stacked, L.grid_q, L.holdout, low, high)
-    return low.sum(axis=0), high.sum(axis=0)
+    """Per constraint, the least and the largest activity any allocation can have (see :func:`_extents`)."""
+    return _extents(c)[:2]
 
 
 def _bounds(c: CompiledProblem, share: float = 1.0, users: CompiledProblem | None = None, widen: bool = False,
@@ -609,7 +618,7 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
     tau = _tuning.DUAL_TAU_START * scale
     stats = {"full_passes": 0, "passes": 0, "stages": 0, "sample_passes": 0, "sample_levels": 1, "freezes": 0,
              "largest_active": 0}
-    reach = _reach(c)
+    *reach, ranges = _extents(c)
     bounds = _bounds(c, reach=reach)
     if bounds is None:
         return None  # a rule beyond the users' reach: the restricted LPs name it
@@ -625,12 +634,13 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
             y = np.where(np.isinf(hi) & ~np.isinf(lo) & (y >= 0), -tau, y)
             y = np.where(np.isinf(lo) & ~np.isinf(hi) & (y <= 0), tau, y)
     share = _tuning.DUAL_ACTIVE
-    ranges = _user_ranges(c, None)
-    best, gap = access.choices(y[:k], y[k:])
-    stats["full_passes"] += 1
+    best = gap = None  # every user's choice at y: read once the smoothing is narrow enough to freeze
     for _ in range(_tuning.DUAL_FREEZES):
         # every user free while the smoothing is wide (the prices still move far), then frozen by gap
         wide = tau > _tuning.DUAL_TAU_FREEZE * scale
+        if not wide and best is None:
+            best, gap = access.choices(y[:k], y[k:])
+            stats["full_passes"] += 1
         margin = np.inf if wide else max(_tuning.DUAL_FREEZE * tau, _quantile(gap, share))
         freeze = _Freeze(c, access, y, best, gap, margin, tau, ranges)
         if len(freeze.rows) == n:
@@ -715,11 +725,22 @@ class _Freeze:
     take (``taken``: fund counts, then constraint activities), the others (``rows``), and ``inside(point)``:
     whether every frozen user is still at its option with the others weighing nothing at ``point``."""
 
-    def __init__(self, c: CompiledProblem, access, y: np.ndarray, best: np.ndarray, gap: np.ndarray, margin: float,
-                 tau: float, ranges: np.ndarray):
+    def __init__(self, c: CompiledProblem, access, y: np.ndarray, best: np.ndarray | None, gap: np.ndarray | None,
+                 margin: float, tau: float, ranges: np.ndarray):
         n, k = c.n_users, c.n_funds
+        self.anchor, self.margin, self.tau, self.k, self.holdout = y, margin, tau, k, c.holdout
+        self.wide = 4.0 * margin
+        self.ranges = ranges
+        if not np.isfinite(margin):  # every user free (no choices needed): the steps read them where they are
+            self.free = np.ones(n, dtype=bool)
+            self.rows = np.arange(n)
+            self.held = np.full(n, -1, dtype=np.int32)
+            self.taken = np.zeros(k + len(c.constraints))
+            self.value = 0.0
+            self.near_gap, self.near_ranges = np.zeros(0), np.zeros((0, len(c.constraints)))
+            return
         free = gap < margin
-        if not np.isfinite(margin) or free.mean() > _tuning.DUAL_GATHER:
+        if free.mean() > _tuning.DUAL_GATHER:
             free[:] = True  # the steps read every user where they are (no gathering of most of a Dask grid)
         if free.sum() < min(n, _tuning.DUAL_MIN_ACTIVE):
             free[np.argpartition(gap, min(n, _tuning.DUAL_MIN_ACTIVE) - 1)[:_tuning.DUAL_MIN_ACTIVE]] = True
@@ -729,14 +750,11 @@ class _Freeze:
         self.taken = np.r_[np.bincount(self.held[self.held >= 0], minlength=k).astype(np.float64),
                            [con.activity(self.held) for con in c.constraints]]
         self.value = access.value(self.held)
-        self.anchor, self.margin, self.tau, self.k, self.holdout = y, margin, tau, k, c.holdout
         # the frozen users nearest to the margin are checked one by one (how far each constraint can move
         # one of their options against another); the rest against the largest such move of any user
-        self.wide = 4.0 * margin
         near = np.flatnonzero(~free & (gap < self.wide))
         self.near_gap = gap[near]
         self.near_ranges = _user_ranges(c, near)
-        self.ranges = ranges
 
     @np.errstate(all="ignore")
     def inside(self, point: np.ndarray) -> bool:
@@ -756,13 +774,13 @@ class _Freeze:
         return bool(np.array_equal(best[frozen], self.held[frozen]))
 
 
-def _user_ranges(c: CompiledProblem, users: np.ndarray | None) -> np.ndarray:
-    """Per user (of ``users``, or the largest over all when None) and constraint: the largest difference
-    between two of the user's coefficients (0 for "no fund" counted with holdout)."""
+def _user_ranges(c: CompiledProblem, users: np.ndarray) -> np.ndarray:
+    """Per user of ``users`` and constraint: the largest difference between two of the user's coefficients
+    (0 for "no fund" counted with holdout), over every fund (at least the pairs the user may take)."""
     cols = []
     for con in c.constraints:
         if con.grid is not None:
-            rows = con.grid if users is None else con.grid[users]
+            rows = con.grid[users]
             top, low = rows.max(axis=1, initial=-np.inf), rows.min(axis=1, initial=np.inf)
             if c.holdout:
                 top, low = np.maximum(top, 0.0), np.minimum(low, 0.0)
@@ -770,9 +788,5 @@ def _user_ranges(c: CompiledProblem, users: np.ndarray | None) -> np.ndarray:
         else:
             f = con.fund_weight
             spread = float(max(f.max(), 0.0 if c.holdout else -np.inf) - min(f.min(), 0.0 if c.holdout else np.inf))
-            u = np.abs(con.user_weight if users is None else con.user_weight[users])
-            # over all users only the largest counts: one number, not a column
-            cols.append(u.max(initial=0.0, keepdims=True) * spread if users is None else u * spread)
-    if users is None:
-        return np.array([float(np.max(col, initial=0.0)) for col in cols])
+            cols.append(np.abs(con.user_weight[users]) * spread)
     return np.array(cols).reshape(len(c.constraints), len(users)).T.copy()
