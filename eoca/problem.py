@@ -542,6 +542,7 @@ class AllocationProblem:
     __slots__ = (
         "_etv", "_risk_level", "_risk_tolerance", "_demand_min", "_demand_max", "_holdout", "_name",
         "_compiled", "_levels", "_users", "_funds", "_fingerprint", "_frozen", "_eligible", "_constraints",
+        "_diagnosis",
     )
 
     def __init__(
@@ -623,6 +624,15 @@ class AllocationProblem:
         if getattr(self, "_frozen", False):
             raise AttributeError(f"AllocationProblem is immutable; cannot set {key!r} (build a new problem)")
         object.__setattr__(self, key, value)
+
+    # pickling (Dask ships a problem to its workers, joblib and multiprocessing to theirs): the declared
+    # state as it is, restored without the immutability guard; the kept diagnosis is worked out again
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.__slots__ if key != "_diagnosis" and hasattr(self, key)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
 
     # ---- read-only views -------------------------------------------------------------------------------
     @property
@@ -748,10 +758,17 @@ class AllocationProblem:
         Risk levels are ordered, so the problem is feasible iff for every level L the users with tolerance
         at least L can cover the minimum demand of funds with risk at least L, and (unless ``holdout``)
         the users with tolerance below L fit into the maximum demand of funds with risk below L.
+        With an eligibility mask a max-flow over users grouped by their allowed funds decides. Worked out
+        once per problem (it is immutable) and kept: every solve asks.
         """
+        cached = getattr(self, "_diagnosis", None)
+        if cached is None:
+            cached = self._diagnose_mask() if self._compiled.mask is not None else self._diagnose_levels()
+            object.__setattr__(self, "_diagnosis", cached)
+        return cached
+
+    def _diagnose_levels(self) -> Diagnosis:
         c = self._compiled
-        if c.mask is not None:
-            return self._diagnose_mask()
         counts = c.level_counts()
         users_ge, lo_ge, users_lt, hi_lt = counts["users_ge"], counts["min_ge"], counts["users_lt"], counts["max_lt"]
         found = []

@@ -410,3 +410,45 @@ def test_a_grid_without_funds_is_named_whatever_the_dtype_of_its_empty_coordinat
         empty = xr.DataArray(np.zeros((3, 0)), dims=("user", "fund"), coords={"user": [1, 2, 3], "fund": funds})
         with pytest.raises(ETVError, match="the grid has no funds"):
             eoca.AllocationProblem(empty, {}, {}, pd.Series(1, index=[1, 2, 3]))
+
+
+def test_a_problem_pickles_and_solves_the_same_after():
+    # Dask, joblib and multiprocessing ship problems to their workers by pickle (it raised before: the
+    # immutability guard refused the restored attributes)
+    import pickle
+
+    from eoca.instances import constrained_problem
+
+    for problem in (constrained_problem(3_000, 6, seed=0), _simple_for_pickle()):
+        problem.diagnose()
+        again = pickle.loads(pickle.dumps(problem))
+        assert again.fingerprint() == problem.fingerprint()
+        assert again.diagnose() == problem.diagnose()
+        first, second = eoca.solve(problem), eoca.solve(again)
+        np.testing.assert_array_equal(first.codes, second.codes)
+        assert first.objective == second.objective and second.ok
+        with pytest.raises(AttributeError, match="immutable"):
+            again._name = "changed"
+
+
+def _simple_for_pickle() -> eoca.AllocationProblem:
+    rng = np.random.default_rng(3)
+    users = [f"u{i}" for i in range(500)]
+    etv = pd.DataFrame(rng.gamma(2.0, 10.0, (500, 3)), index=users, columns=["a", "b", "c"])
+    return eoca.AllocationProblem(etv=etv, demand={"a": 200, "b": 200, "c": 100}, risk_level={"a": 1, "b": 2, "c": 3},
+                                  risk_tolerance=pd.Series(rng.integers(1, 4, 500), index=users), name="pickled")
+
+
+def test_the_diagnosis_of_a_masked_problem_is_worked_out_once(monkeypatch):
+    # every solve asks for it; with a mask it is a max-flow over the users' allowed-fund patterns
+    import eoca.feasibility as feasibility
+    from eoca.instances import constrained_problem
+
+    problem = constrained_problem(3_000, 6, seed=1)
+    calls = []
+    real = feasibility.allowed_patterns
+    monkeypatch.setattr(feasibility, "allowed_patterns", lambda *a: calls.append(1) or real(*a))
+    first = problem.diagnose()
+    eoca.solve(problem)
+    assert problem.diagnose() is first and first.feasible
+    assert len(calls) == 1
