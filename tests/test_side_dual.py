@@ -274,3 +274,16 @@ def test_a_larger_sample_carries_the_wide_stages_before_the_whole(smoothed):
     assert result.stats["sample_levels"] == 2, result.stats
     value, bound = _certified(problem, result)
     assert (bound - value) / abs(value) <= 1e-5
+
+
+def test_a_step_out_of_a_barriers_domain_takes_that_multiplier_to_a_tenth():
+    # the whole's wide stages: a one-sided rule's multiplier that Newton's step would take across 0 (out of
+    # its barrier's domain) falls to a tenth of its value; other variables keep their step
+    from eoca.solvers._side_dual import _keep_inside
+
+    inf = np.inf
+    lo = np.array([5.0, -inf, 3.0, -inf, 2.0])  # a fund's demand, an at_most, an at_least, at_most, two-sided
+    hi = np.array([5.0, 10.0, inf, 8.0, 4.0])
+    y = np.array([1.0, 2.0, -3.0, 0.5, 1.0])
+    step = np.array([-4.0, -5.0, 4.0, -0.2, -3.0])
+    np.testing.assert_allclose(_keep_inside(y, step, lo, hi), [-4.0, -1.8, 2.7, -0.2, -3.0])

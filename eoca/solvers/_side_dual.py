@@ -375,11 +375,13 @@ def _newton_direction(g: np.ndarray, h: np.ndarray) -> np.ndarray:
     return -scale * (v @ ((v.T @ (g * scale)) / w))
 
 
-def _stage(dual: _Dual, y: np.ndarray, tau: float, tol: float, iters: int, state, inside=None):
+def _stage(dual: _Dual, y: np.ndarray, tau: float, tol: float, iters: int, state, inside=None,
+           geometric: bool = False):
     """Newton's method with a backtracking line search at one ``tau`` until the Newton decrement is
     below ``tol``. ``state`` is the evaluation at ``y`` (reused: each trial point's evaluation carries
     the gradient and Hessian of the next step). ``inside(y)``: whether a point is within the region
-    where the evaluation is valid (a step is cut back to it, and the stage ends there).
+    where the evaluation is valid (a step is cut back to it, and the stage ends there). ``geometric``: see
+    :func:`_keep_inside` (the whole's wide stages, which start from a sample's multipliers).
     Returns (y, state, cut) or None."""
     for _ in range(iters):
         value, g, h = state[:3]
@@ -391,6 +393,11 @@ def _stage(dual: _Dual, y: np.ndarray, tau: float, tol: float, iters: int, state
             return None
         if decrement <= tol:
             return y, state, False
+        if geometric:  # a multiplier whose step leaves its barrier's domain falls to a tenth instead
+            kept = _keep_inside(y, step, dual.lo, dual.hi)
+            slope = -float(g @ kept)
+            if slope > 0.0:
+                step, decrement = kept, slope
         alpha, cut = 1.0, inside is not None and not inside(y + step)
         if cut:  # the largest share of the step that stays inside, by bisection
             low, high = 0.0, 1.0
@@ -412,6 +419,19 @@ def _stage(dual: _Dual, y: np.ndarray, tau: float, tol: float, iters: int, state
         if cut:
             return y, state, True
     return y, state, False
+
+
+def _keep_inside(y: np.ndarray, step: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``step`` with each multiplier of a one-sided bound that it would take out of its barrier's domain
+    (> 0 with only a maximum, < 0 with only a minimum) taken to a tenth of its value instead.
+
+    A rule that binds on the samples but is slack on the whole (a group's count near its quota: the
+    samples' counts scatter around the whole's) reaches the whole with a multiplier far from its optimum
+    near 0; Newton's step on its barrier overshoots 0, and halving the whole step until it stays inside
+    holds every other variable back too. Going geometrically towards 0 takes one step where halving took
+    three or four (10M x 8, six rules: 26 -> 22 reads of every user; 200k: 47 -> 28)."""
+    out = (np.isinf(lo) & ~np.isinf(hi) & (y + step <= 0)) | (np.isinf(hi) & ~np.isinf(lo) & (y + step >= 0))
+    return np.where(out, -0.9 * y, step)
 
 
 def _initial(c: CompiledProblem, tau: float) -> np.ndarray:
@@ -655,7 +675,7 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
         while True:
             if state is None:
                 return None
-            out = _stage(dual, y, tau, 1e-3 * tau * max(state[4], 1), _tuning.DUAL_ITERS, state, freeze.inside)
+            out = _stage(dual, y, tau, 1e-3 * tau * max(state[4], 1), _tuning.DUAL_ITERS, state, freeze.inside, wide)
             # every ETV is >= 0, so a dual value below 0 proves that no allocation meets the rules (the
             # restricted LPs then name the constraints); too many steps: likewise handed over
             if out is None or dual.passes + stats["passes"] > _tuning.DUAL_PASSES:
