@@ -1,6 +1,7 @@
 """Whether a problem with an eligibility mask can meet its demands, decided by a max-flow and explained.
 
-Without a mask the ordered risk levels settle feasibility by counting (``AllocationProblem.diagnose``).
+Without a mask the ordered risk levels settle feasibility by counting (:func:`level_counts`, which
+``AllocationProblem.diagnose`` and the repair of an allocation use).
 A mask breaks that order, so users are grouped by the set of funds they may take (at most 2^k groups,
 in practice a few hundred) and the question becomes a flow with lower bounds on a small graph:
 source -> group (the group's users; all of them must flow unless holdout) -> fund (where allowed) ->
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["allowed_patterns", "flow_shortfall", "explain"]
+__all__ = ["level_counts", "allowed_patterns", "flow_shortfall", "explain"]
 
 _BLOCK = 1 << 20  # users whose allowed funds are read at once
 _ENUMERATE = 5e7  # most (fund subset, group) pairs the explanation enumerates
@@ -134,3 +135,25 @@ def explain(groups: np.ndarray, counts: np.ndarray, demand_min: np.ndarray, dema
         pick = best[np.argmin(size[best])]
         found.append((kind, tuple(np.flatnonzero(member[pick]).tolist()), int(available[pick]), int(required[pick])))
     return found
+
+
+def level_counts(users_at: np.ndarray, fund_level: np.ndarray, demand_min: np.ndarray,
+                 demand_max: np.ndarray) -> dict[str, np.ndarray]:
+    """Per risk level L (arrays of length ``len(users_at)``): the counts behind feasibility.
+
+    ``users_at[L]`` is the number of users with tolerance exactly L (a subset of a problem's users works
+    too, e.g. the users a repair re-allocates). ``users_ge``: users with tolerance >= L; ``min_ge``: minimum
+    demand of funds with risk >= L; ``users_lt``: users with tolerance < L; ``max_lt``: maximum demand of
+    funds with risk < L. Because levels are ordered, the users can be placed iff ``users_ge >= min_ge`` at
+    every level and, unless holdout, ``users_lt <= max_lt`` at every level.
+    """
+    n_levels = len(users_at)
+    lo_at = np.bincount(fund_level, weights=demand_min, minlength=n_levels).astype(np.int64)
+    hi_at = np.bincount(fund_level, weights=demand_max, minlength=n_levels).astype(np.int64)
+    users_ge = np.cumsum(users_at[::-1])[::-1].astype(np.int64)
+    return {
+        "users_ge": users_ge,
+        "min_ge": np.cumsum(lo_at[::-1])[::-1],
+        "users_lt": int(np.sum(users_at)) - users_ge,
+        "max_lt": np.cumsum(hi_at) - hi_at,
+    }

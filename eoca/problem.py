@@ -13,6 +13,7 @@ import xarray as xr
 
 from eoca.constraints import CompiledConstraint, compile_constraints, compile_mask
 from eoca.errors import DemandError, ETVError, IdError, RiskError, show_values
+from eoca.feasibility import level_counts
 
 __all__ = ["USER", "FUND", "AllocationProblem", "CompiledProblem", "Diagnosis", "Shortfall"]
 
@@ -169,28 +170,6 @@ class Diagnosis:
 
     def __str__(self) -> str:
         return self.message
-
-
-def level_counts(users_at: np.ndarray, fund_level: np.ndarray, demand_min: np.ndarray,
-                 demand_max: np.ndarray) -> dict[str, np.ndarray]:
-    """Per risk level L (arrays of length ``len(users_at)``): the counts behind feasibility.
-
-    ``users_at[L]`` is the number of users with tolerance exactly L (a subset of a problem's users works
-    too, e.g. the users a repair re-allocates). ``users_ge``: users with tolerance >= L; ``min_ge``: minimum
-    demand of funds with risk >= L; ``users_lt``: users with tolerance < L; ``max_lt``: maximum demand of
-    funds with risk < L. Because levels are ordered, the users can be placed iff ``users_ge >= min_ge`` at
-    every level and, unless holdout, ``users_lt <= max_lt`` at every level.
-    """
-    n_levels = len(users_at)
-    lo_at = np.bincount(fund_level, weights=demand_min, minlength=n_levels).astype(np.int64)
-    hi_at = np.bincount(fund_level, weights=demand_max, minlength=n_levels).astype(np.int64)
-    users_ge = np.cumsum(users_at[::-1])[::-1].astype(np.int64)
-    return {
-        "users_ge": users_ge,
-        "min_ge": np.cumsum(lo_at[::-1])[::-1],
-        "users_lt": int(np.sum(users_at)) - users_ge,
-        "max_lt": np.cumsum(hi_at) - hi_at,
-    }
 
 
 def _scalar(v: Any) -> Any:
