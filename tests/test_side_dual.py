@@ -265,17 +265,6 @@ def test_the_step_kernel_sums_equal_the_smoothed_dual_in_numpy(holdout, share):
         assert unsettled < c.n_users // 10  # the narrow case is mostly the kernel's settled users
 
 
-def test_a_larger_sample_carries_the_wide_stages_before_the_whole(smoothed):
-    # 20,000 users, first sample 1,000: a sample of 4,000 users (DUAL_SAMPLE_GROWTH times larger, at most a
-    # quarter of the users) runs the wide stages from where the first left off
-    problem = constrained_problem(20_000, 6, seed=5)
-    result = eoca.solve(problem)
-    assert result.stats["method"] == "smoothed dual", result.stats
-    assert result.stats["sample_levels"] == 2, result.stats
-    value, bound = _certified(problem, result)
-    assert (bound - value) / abs(value) <= 1e-5
-
-
 def test_a_step_out_of_a_barriers_domain_takes_that_multiplier_to_a_tenth():
     # the whole's wide stages: a one-sided rule's multiplier that Newton's step would take across 0 (out of
     # its barrier's domain) falls to a tenth of its value; other variables keep their step

@@ -430,7 +430,8 @@ def _keep_inside(y: np.ndarray, step: np.ndarray, lo: np.ndarray, hi: np.ndarray
     samples' counts scatter around the whole's) reaches the whole with a multiplier far from its optimum
     near 0; Newton's step on its barrier overshoots 0, and halving the whole step until it stays inside
     holds every other variable back too. Going geometrically towards 0 takes one step where halving took
-    three or four (10M x 8, six rules: 26 -> 22 reads of every user; 200k: 47 -> 28)."""
+    three or four (measured with the smoothing falling fourfold per stage, six rules: 10M x 8, 26 -> 22
+    reads of every user; 200k, 47 -> 28)."""
     out = (np.isinf(lo) & ~np.isinf(hi) & (y + step <= 0)) | (np.isinf(hi) & ~np.isinf(lo) & (y + step >= 0))
     return np.where(out, -0.9 * y, step)
 
@@ -557,8 +558,6 @@ def _sample_stages(sample: _Dual, y: np.ndarray, t: float, floor: float, stats: 
     not converge within ``DUAL_SAMPLE_ITERS`` steps.
     Returns (y, t, the share of the sample's users not settled at t) or None."""
     state = sample.evaluate(y, t)
-    if state is not None:
-        sample.stride = _stride(state[4])
     try:
         while state is not None and t > floor:
             tol = 1e-3 * t * sample.users
@@ -574,45 +573,25 @@ def _sample_stages(sample: _Dual, y: np.ndarray, t: float, floor: float, stats: 
 
 
 def _sample_start(c: CompiledProblem, access, tau: float, scale: float, stats: dict, reach):
-    """The first stages on random samples of users (bounds as :func:`_bounds` sets them): (y, tau, the
-    share of users not settled there) to go on from, or None. The first sample (``DUAL_SAMPLE`` users) runs the stages down to ``DUAL_TAU_SAMPLE``
-    of the mean ETV, tried with the demands scaled as they are, then, where a stage does not converge
+    """The first stages on a random sample of ``DUAL_SAMPLE`` users (bounds as :func:`_bounds` sets them),
+    down to ``DUAL_TAU_SAMPLE`` of the mean ETV: (y, tau, the share of the sample's users not settled there)
+    to go on from, or None. Tried with the demands scaled as they are, then, where a stage does not converge
     within ``DUAL_SAMPLE_ITERS`` steps (the sample's users may fall short of them at some risk level: its
-    dual then has no minimum), widened; where that fails too, the whole starts cold (None). Samples
-    ``DUAL_SAMPLE_GROWTH`` times larger follow while they are a small part of the users, each running the
-    remaining wide stages from where the last left off (a larger sample's optimum is nearer the whole's,
-    and its steps cost a fraction of one over every user); one that does not converge is skipped.
-    ``reach``: the whole's."""
+    dual then has no minimum), widened; where that fails too, the whole starts cold (None). ``reach``: the
+    whole's."""
     n = c.n_users
     rng = np.random.default_rng(n)
-    size = _tuning.DUAL_SAMPLE
-    users = access.subset(np.sort(rng.choice(n, size=size, replace=False)))
-    start = None
+    users = access.subset(np.sort(rng.choice(n, size=_tuning.DUAL_SAMPLE, replace=False)))
     for widen in (False, True):
-        bounds = _bounds(c, size / n, users, widen, reach)
+        bounds = _bounds(c, _tuning.DUAL_SAMPLE / n, users, widen, reach)
         if bounds is None:
             continue
         start = _sample_stages(_in_memory(users, *bounds), _initial(c, tau), tau, _tuning.DUAL_TAU_SAMPLE * scale,
                                stats)
         if start is not None:
             stats["sample_widened"] = widen
-            break
-    if start is None:
-        return None
-    # each larger sample runs again the wide stages from where the first sample ended, starting from the
-    # last sample's multipliers, but the last wide stage (the whole centres that one before freezing)
-    wide = _tuning.DUAL_TAU_FREEZE * scale * _tuning.DUAL_TAU_STEP
-    first, size = start[1], size * _tuning.DUAL_SAMPLE_GROWTH
-    while first > wide and size * _tuning.DUAL_SAMPLE_GROWTH <= n:
-        users = access.subset(np.sort(rng.choice(n, size=size, replace=False)))
-        bounds = _bounds(c, size / n, users, widen, reach)
-        if bounds is not None:
-            sample = _in_memory(users, *bounds)
-            sample.stride = _stride(start[2] * size)
-            start = _sample_stages(sample, start[0], first, wide, stats) or start
-        stats["sample_levels"] += 1
-        size *= _tuning.DUAL_SAMPLE_GROWTH
-    return start
+            return start
+    return None
 
 
 def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) -> dict | None:
@@ -637,8 +616,7 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
         return None
     scale = scale if scale > 0 else 1.0  # every ETV 0: any allocation that meets the rules is optimal
     tau = _tuning.DUAL_TAU_START * scale
-    stats = {"full_passes": 0, "passes": 0, "stages": 0, "sample_passes": 0, "sample_levels": 1, "freezes": 0,
-             "largest_active": 0}
+    stats = {"full_passes": 0, "passes": 0, "stages": 0, "sample_passes": 0, "freezes": 0, "largest_active": 0}
     *reach, ranges = _extents(c)
     bounds = _bounds(c, reach=reach)
     if bounds is None:
