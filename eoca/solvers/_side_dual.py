@@ -458,13 +458,15 @@ def _reach_kernel(user_level, fund_level, mask, use_mask, user_w, fund_w, prod_q
     m = prod_q.shape[0]
     nb = low.shape[0]
     for b in numba.prange(nb):
+        top = np.empty(m)
+        bottom = np.empty(m)
         for i in range(b * n // nb, (b + 1) * n // nb):
-            for q in range(m):
-                top = 0.0 if holdout else -np.inf
-                bottom = 0.0 if holdout else np.inf
-                for j in range(k):
-                    if user_level[i] < fund_level[j] or (use_mask and not mask[i, j]):
-                        continue
+            top[:] = 0.0 if holdout else -np.inf
+            bottom[:] = 0.0 if holdout else np.inf
+            for j in range(k):  # each allowed pair once, every constraint's coefficient on it
+                if user_level[i] < fund_level[j] or (use_mask and not mask[i, j]):
+                    continue
+                for q in range(m):
                     p = prod_q[q]
                     if p >= 0:
                         a = user_w[p, i] * fund_w[p, j]
@@ -474,12 +476,13 @@ def _reach_kernel(user_level, fund_level, mask, use_mask, user_w, fund_w, prod_q
                         a = grid1[i, j]
                     else:
                         a = stacked[grid_q[q] - 2, i, j]
-                    top = max(top, a)
-                    bottom = min(bottom, a)
-                if top >= bottom:
-                    low[b, q] += bottom
-                    high[b, q] += top
-                    widest[b, q] = max(widest[b, q], top - bottom)
+                    top[q] = max(top[q], a)
+                    bottom[q] = min(bottom[q], a)
+            for q in range(m):
+                if top[q] >= bottom[q]:
+                    low[b, q] += bottom[q]
+                    high[b, q] += top[q]
+                    widest[b, q] = max(widest[b, q], top[q] - bottom[q])
 
 
 def _extents(c: CompiledProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
