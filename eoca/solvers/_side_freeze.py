@@ -35,7 +35,7 @@ class Freeze:
             self.held = np.full(n, -1, dtype=np.int32)
             self.taken = np.zeros(k + len(c.constraints))
             self.value = 0.0
-            self.near_gap, self.near_ranges = np.zeros(0), np.zeros((0, len(c.constraints)))
+            self.near_gap, self._near, self._near_ranges = np.zeros(0), None, np.zeros((0, len(c.constraints)))
             return
         free = gap < margin
         if free.mean() > _tuning.DUAL_GATHER:
@@ -50,9 +50,15 @@ class Freeze:
         self.value = access.value(self.held)
         # the frozen users nearest to the margin are checked one by one (how far each constraint can move
         # one of their options against another); the rest against the largest such move of any user
-        near = np.flatnonzero(~free & (gap < self.wide))
-        self.near_gap = gap[near]
-        self.near_ranges = _user_ranges(c, near)
+        self._near = np.flatnonzero(~free & (gap < self.wide))
+        self.near_gap = gap[self._near]
+        self._c, self._near_ranges = c, None  # read when a step first needs them (often none does)
+
+    @property
+    def near_ranges(self) -> np.ndarray:
+        if self._near_ranges is None:
+            self._near_ranges = _user_ranges(self._c, self._near)
+        return self._near_ranges
 
     @np.errstate(all="ignore")
     def inside(self, point: np.ndarray) -> bool:
