@@ -849,3 +849,24 @@ def test_a_rules_activity_equals_its_coefficients_summed_in_numpy(dtype):
         for con in c.constraints:
             want = con.coefficients()[rows, order[rows]].sum()
             assert con.activity(order) == pytest.approx(want, rel=1e-12, abs=1e-12), con.name
+
+
+def test_a_rule_whose_users_leave_the_lp_with_an_empty_row_is_infeasible_at_once():
+    # holdout, and the one fund the quota's user may take has no room: the LP keeps a row without
+    # coefficients whose bound is 1 (0 = 1); HiGHS's interior point never ended on it (found by hypothesis)
+    import threading
+
+    users, funds = ["u0", "u1", "u2"], ["f0", "f1", "f2"]
+    etv = pd.DataFrame([[7.0, 1.0, 9.0], [6.5, 4.0, 9.25], [9.0, 2.25, 7.25]], index=users, columns=funds)
+    weights = pd.DataFrame([[-1.5, 4.0, 0.5], [1.5, -2.0, 3.5], [1.0, 2.0, -1.0]], index=users, columns=funds)
+    problem = eoca.AllocationProblem(
+        etv=etv, demand={"f0": (0, 2), "f1": (0, 2), "f2": (0, 0)}, risk_level={"f0": 2, "f1": 2, "f2": 3},
+        risk_tolerance={"u0": 1, "u1": 1, "u2": 2}, holdout=True,
+        constraints=[eoca.Quota(users=["u1"], at_least=1, at_most=1, name="rule 0"),
+                     eoca.Linear(weights=weights, at_least=-1.0, at_most=2.0, name="rule 1")])
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(result=eoca.solve(problem)), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert "result" in out, "the exact solve did not end"
+    assert out["result"].status is eoca.Status.INFEASIBLE and "rule 0" in out["result"].message, out["result"]
