@@ -35,7 +35,7 @@ import numpy as np
 from eoca.problem import CompiledProblem
 from eoca.solvers import _tuning
 from eoca.solvers._side_freeze import Freeze, quantile
-from eoca.solvers._side_kernels import reduced_choices
+from eoca.solvers._side_kernels import reduced_choices, stacked_user_weights
 
 __all__ = ["smoothed_duals", "InMemory", "rows_problem", "layout_sums"]
 
@@ -213,19 +213,18 @@ class _Layout:
         self.fund_level = c.fund_level
         self.use_mask = c.mask is not None
         self.mask = np.ascontiguousarray(c.mask) if self.use_mask else np.zeros((0, 0), dtype=np.bool_)
-        user_w, fund_w, grids, prod_q, grid_q = [], [], [], [], []
+        fund_w, grids, prod_q, grid_q = [], [], [], []
         for con in c.constraints:
             if con.grid is not None:
                 prod_q.append(-1)
                 grid_q.append(len(grids))
                 grids.append(np.ascontiguousarray(con.grid, dtype=np.float64))
             else:
-                prod_q.append(len(user_w))
+                prod_q.append(len(fund_w))
                 grid_q.append(-1)
-                user_w.append(con.user_weight)
                 fund_w.append(con.fund_weight)
         n = c.n_users
-        self.user_w = np.ascontiguousarray(np.array(user_w, dtype=np.float64).reshape(len(user_w), n))
+        self.user_w = stacked_user_weights(c.constraints, n)
         self.fund_w = np.ascontiguousarray(np.array(fund_w, dtype=np.float64).reshape(len(fund_w), k))
         empty = np.zeros((0, k))
         self.grid0 = grids[0] if grids else empty

@@ -14,7 +14,7 @@ import numpy as np
 
 from eoca.problem import mutable_view
 
-__all__ = ["reduced_choices", "coefficient_sizes"]
+__all__ = ["reduced_choices", "coefficient_sizes", "stacked_user_weights"]
 
 _SLOTS = 2  # per-pair constraints read in place; more than this are stacked into one array per solve
 
@@ -69,22 +69,32 @@ def _choices_kernel(etv, lam, user_level, fund_level, mask, use_mask, user_w, fu
         short[i] = b1 - own if use_fixed else 0.0
 
 
+def stacked_user_weights(constraints, n: int) -> np.ndarray:
+    """The per-user weights of the constraints that have them (in order) as one float64 (rules, n) array:
+    the array they are rows of where the declaration stacked them (no copy), else a stacked copy."""
+    rows = [con.user_weight for con in constraints if con.grid is None]
+    base = rows[0].base if rows else None
+    if (isinstance(base, np.ndarray) and base.dtype == np.float64 and base.flags.c_contiguous
+            and base.shape == (len(rows), n)
+            and all(r.base is base and r.ctypes.data == base[p].ctypes.data for p, r in enumerate(rows))):
+        return mutable_view(base)
+    return np.array(rows, dtype=np.float64).reshape(len(rows), n)
+
+
 def reduced_choices(c, etv: np.ndarray, lam: np.ndarray, mu: np.ndarray, fixed: np.ndarray | None):
     """Per user, under fund prices ``lam`` and multipliers ``mu``: the best option (fund, or -1 for none
     with holdout; the first on ties), the gap to the second best and, for ``fixed`` codes, how far each
     is below the best. ``etv`` is the float64 grid to price (``c``'s, or a penalised copy of it)."""
     n, k = etv.shape
-    user_rows, fund_rows, grids, grid_mu = [], [], [], []
+    # every per-user rule's weights as the declaration stacked them (a rule not priced weighs 0 on each fund)
+    fund_rows, grids, grid_mu = [], [], []
     for q, con in enumerate(c.constraints):
-        if not mu[q]:
-            continue
-        if con.grid is not None:
+        if con.grid is None:
+            fund_rows.append(mu[q] * con.fund_weight)
+        elif mu[q]:
             grids.append(np.ascontiguousarray(con.grid, dtype=np.float64))
             grid_mu.append(mu[q])
-        else:
-            user_rows.append(con.user_weight)
-            fund_rows.append(mu[q] * con.fund_weight)
-    user_w = np.ascontiguousarray(np.array(user_rows, dtype=np.float64).reshape(len(user_rows), n))
+    user_w = stacked_user_weights(c.constraints, n)
     fund_wm = np.ascontiguousarray(np.array(fund_rows, dtype=np.float64).reshape(len(fund_rows), k))
     mask = c.mask if c.mask is not None else np.zeros((0, 0), dtype=np.bool_)
     use_fixed = fixed is not None
