@@ -574,8 +574,15 @@ def _sample_stages(sample: _Dual, y: np.ndarray, t: float, floor: float, stats: 
         stats["sample_passes"] += sample.passes
 
 
+def _sample_size(n: int) -> int:
+    """Users of the first stages' sample: ``DUAL_SAMPLE_SHARE`` of the users, within ``DUAL_SAMPLE_MIN``
+    and ``DUAL_SAMPLE`` (on a delivery of a few hundred thousand a sample of 50,000 costs a large part of
+    a step over everyone, and takes as many steps)."""
+    return max(min(_tuning.DUAL_SAMPLE, int(_tuning.DUAL_SAMPLE_SHARE * n)), min(_tuning.DUAL_SAMPLE_MIN, _tuning.DUAL_SAMPLE))
+
+
 def _sample_start(c: CompiledProblem, access, tau: float, scale: float, stats: dict, reach):
-    """The first stages on a random sample of ``DUAL_SAMPLE`` users (bounds as :func:`_bounds` sets them),
+    """The first stages on a random sample of :func:`_sample_size` users (bounds as :func:`_bounds` sets them),
     down to ``DUAL_TAU_SAMPLE`` of the mean ETV: (y, tau, the share of the sample's users not settled there)
     to go on from, or None. Tried with the demands scaled as they are, then, where a stage does not converge
     within ``DUAL_SAMPLE_ITERS`` steps (the sample's users may fall short of them at some risk level: its
@@ -583,9 +590,10 @@ def _sample_start(c: CompiledProblem, access, tau: float, scale: float, stats: d
     whole's."""
     n = c.n_users
     rng = np.random.default_rng(n)
-    users = access.subset(np.sort(rng.choice(n, size=_tuning.DUAL_SAMPLE, replace=False)))
+    size = _sample_size(n)
+    users = access.subset(np.sort(rng.choice(n, size=size, replace=False)))
     for widen in (False, True):
-        bounds = _bounds(c, _tuning.DUAL_SAMPLE / n, users, widen, reach)
+        bounds = _bounds(c, size / n, users, widen, reach)
         if bounds is None:
             continue
         start = _sample_stages(_in_memory(users, *bounds), _initial(c, tau), tau, _tuning.DUAL_TAU_SAMPLE * scale,
@@ -626,7 +634,7 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
     lo, hi = bounds
     y = _initial(c, tau)
     unsettled = n  # users not settled at the last evaluation (the first Hessian's stride)
-    if n > 2 * _tuning.DUAL_SAMPLE:
+    if n > 2 * _sample_size(n):
         warm = _sample_start(c, access, tau, scale, stats, reach)
         if warm is not None:
             y, tau, unsettled = warm
