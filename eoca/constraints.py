@@ -76,7 +76,9 @@ class CompiledConstraint:
         weights = self.grid if self.grid is not None else self.user_weight
         if isinstance(weights, np.ndarray) and isinstance(codes, np.ndarray) and codes.shape == weights.shape[:1] \
                 and codes.dtype.kind in "iu":  # in memory: one compiled pass (the rules are recounted often)
-            codes = np.ascontiguousarray(codes, dtype=np.int64 if codes.dtype.itemsize > 4 else np.int32)
+            if codes.dtype != np.int32:  # one compiled type; a code beyond int32 names no fund either way
+                codes = np.clip(codes, -1, np.iinfo(np.int32).max)
+            codes = np.ascontiguousarray(codes, dtype=np.int32)
             if self.grid is not None:
                 return float(_grid_activity(np.ascontiguousarray(self.grid, dtype=np.float64), codes))
             return float(_product_activity(np.ascontiguousarray(self.user_weight, dtype=np.float64),
