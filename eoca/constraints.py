@@ -79,10 +79,9 @@ class CompiledConstraint:
             if codes.dtype != np.int32:  # one compiled type; a code beyond int32 names no fund either way
                 codes = np.clip(codes, -1, np.iinfo(np.int32).max)
             codes = np.ascontiguousarray(codes, dtype=np.int32)
-            if self.grid is not None:
-                return float(_grid_activity(np.ascontiguousarray(self.grid, dtype=np.float64), codes))
-            return float(_product_activity(np.ascontiguousarray(self.user_weight, dtype=np.float64),
-                                           np.ascontiguousarray(self.fund_weight, dtype=np.float64), codes))
+            grid = np.zeros((0, k)) if self.grid is None else np.ascontiguousarray(self.grid, dtype=np.float64)
+            user = np.zeros(0) if self.user_weight is None else np.ascontiguousarray(self.user_weight, dtype=np.float64)
+            return float(_activity(grid, user, np.ascontiguousarray(self.fund_weight, dtype=np.float64), codes))
         placed = np.flatnonzero((codes >= 0) & (codes < k))
         if self.grid is not None:
             return float(self.grid[placed, codes[placed]].sum())
@@ -106,29 +105,18 @@ def _in_order(parts):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _product_activity(user_weight, fund_weight, codes):  # pragma: no cover - compiled
+def _activity(grid, user_weight, fund_weight, codes):  # pragma: no cover - compiled
+    """``sum_i a[i, codes[i]]`` over codes naming a fund: ``a`` is ``grid`` where it has a row per user, else
+    ``user_weight[i] * fund_weight[j]``."""
     n, k = codes.shape[0], fund_weight.shape[0]
+    per_pair = grid.shape[0] == n
     parts = np.zeros(_CHUNKS)
     for c in numba.prange(_CHUNKS):
         total = 0.0
         for i in range(c * n // _CHUNKS, (c + 1) * n // _CHUNKS):
             j = codes[i]
             if j >= 0 and j < k:
-                total += user_weight[i] * fund_weight[j]
-        parts[c] = total
-    return _in_order(parts)
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _grid_activity(grid, codes):  # pragma: no cover - compiled
-    n, k = grid.shape
-    parts = np.zeros(_CHUNKS)
-    for c in numba.prange(_CHUNKS):
-        total = 0.0
-        for i in range(c * n // _CHUNKS, (c + 1) * n // _CHUNKS):
-            j = codes[i]
-            if j >= 0 and j < k:
-                total += grid[i, j]
+                total += grid[i, j] if per_pair else user_weight[i] * fund_weight[j]
         parts[c] = total
     return _in_order(parts)
 

@@ -431,8 +431,14 @@ def _keep_inside(y: np.ndarray, step: np.ndarray, lo: np.ndarray, hi: np.ndarray
     holds every other variable back too. Going geometrically towards 0 takes one step where halving took
     three or four (measured with the smoothing falling fourfold per stage, six rules: 10M x 8, 26 -> 22
     reads of every user; 200k, 47 -> 28)."""
-    out = (np.isinf(lo) & ~np.isinf(hi) & (y + step <= 0)) | (np.isinf(hi) & ~np.isinf(lo) & (y + step >= 0))
+    only_max, only_min = _one_sided(lo, hi)
+    out = (only_max & (y + step <= 0)) | (only_min & (y + step >= 0))
     return np.where(out, -0.9 * y, step)
+
+
+def _one_sided(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which bound pairs have only a maximum (their barrier's multiplier > 0) and only a minimum (< 0)."""
+    return np.isinf(lo) & ~np.isinf(hi), np.isinf(hi) & ~np.isinf(lo)
 
 
 def _initial(c: CompiledProblem, tau: float) -> np.ndarray:
@@ -640,8 +646,8 @@ def smoothed_duals(c: CompiledProblem, access, deadline: float | None = None) ->
             y, tau, unsettled = warm
             unsettled *= n
             # a multiplier the sample left on the wrong side of one of the whole's barriers starts inside it
-            y = np.where(np.isinf(hi) & ~np.isinf(lo) & (y >= 0), -tau, y)
-            y = np.where(np.isinf(lo) & ~np.isinf(hi) & (y <= 0), tau, y)
+            only_max, only_min = _one_sided(lo, hi)
+            y = np.where(only_min & (y >= 0), -tau, np.where(only_max & (y <= 0), tau, y))
     share = _tuning.DUAL_ACTIVE
     best = gap = None  # every user's choice at y: read once the smoothing is narrow enough to freeze
     for _ in range(_tuning.DUAL_FREEZES):
