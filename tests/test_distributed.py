@@ -226,17 +226,18 @@ def _sum_of_extra(block, values, scale):
     return float(values.sum()) * scale + block.shape[0]
 
 
-def test_per_block_arguments_travel_scattered_not_in_the_task_graph(client):
+def test_per_block_arguments_travel_apart_from_the_task_graph(client):
     """The gathered users' indices of a 50M-user solve are tens of MB per pass: embedded in the task graph
-    they made Dask warn "Sending large graph" and slowed every pass. They are scattered like the per-user
-    vectors (the warning threshold is lowered so that 4 x 2 MB would trip it)."""
+    they made Dask warn "Sending large graph" and slowed every pass. They travel like the per-user
+    vectors, as data Dask holds sent in groups below the warning threshold (lowered here so that 4 x 2 MB
+    in one graph would trip it)."""
     import warnings
 
     from eoca.distributed.blocks import map_user_blocks
 
     grid = synthetic_problem(12_000, seed=1).etv.chunk({"user": 3_000}).data
     extra = [(np.full(250_000, i, dtype=np.float64),) for i in range(4)]
-    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1MB"}):
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "3MB"}):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # any warning (the large graph one included) fails the test
             out = map_user_blocks(_sum_of_extra, grid, per_block=extra, args=(2.0,))

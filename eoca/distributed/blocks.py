@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from eoca._arrays import mutable_view
 from eoca.errors import EocaError, ETVError
-from eoca.problem import FUND, USER, _lazy_grid_values, mutable_view
+from eoca.problem import FUND, USER, _lazy_grid_values
 
-__all__ = ["WorkerLostError", "lazy_grid_values", "map_user_blocks", "split_users"]
+__all__ = ["WorkerLostError", "hold", "lazy_grid_values", "map_user_blocks", "split_users"]
 
 _INSTALL = 'pip install "eoca[dask]"'
 
@@ -69,40 +70,69 @@ def _bounds(etv) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(etv.chunks[0])]).astype(np.int64)
 
 
-class ScatteredParts(list):
-    """Per-user vectors cut along the grid's chunks and scattered to the workers, one list of slices per
-    chunk. The client keeps the slices it scattered, so a worker lost with its copies costs a new
-    scatter (:meth:`rescatter`), not the solve."""
+#: share of Dask's "large graph" warning threshold that one group of held data may fill
+GRAPH_SHARE = 0.8
 
-    def __init__(self, client, source: list):
-        self.client, self.source = client, source
-        super().__init__(client.scatter(source, hash=False))
 
-    def rescatter(self) -> None:
-        self[:] = self.client.scatter(self.source, hash=False)
+def _graph_bytes() -> int:
+    """The most bytes of data one call sends to the scheduler: ``GRAPH_SHARE`` of the size above which
+    Dask warns "Sending large graph" (``distributed.admin.large-graph-warning-threshold``, 10 MB unless
+    configured)."""
+    dask, _ = _dask()
+    from dask.utils import parse_bytes
+
+    limit = dask.config.get("distributed.admin.large-graph-warning-threshold", "10MB")
+    return int(GRAPH_SHARE * (parse_bytes(limit) if isinstance(limit, str) else int(limit)))
+
+
+def hold(client, items: Sequence, sizes: Sequence[int] | None = None) -> list:
+    """``items`` (one object per user chunk, or anything the workers need) as data Dask holds: one task
+    per item whose result is that item, persisted on the workers a group at a time (each group's graph
+    under :func:`_graph_bytes` by ``sizes``; each item on its own where no size is given). The scheduler keeps
+    each item's task, so an item lost with a worker is computed again from it, elsewhere, when a pass
+    needs it: a loss costs a recomputation, not the solve (data scattered to workers has no task, and its
+    loss cannot be recovered)."""
+    import uuid
+
+    dask, _ = _dask()
+    name = f"eoca-held-{uuid.uuid4().hex}"
+    most = _graph_bytes()
+    sizes = [most] * len(items) if sizes is None else list(sizes)
+    held: list = []
+    group: list = []
+    size = 0
+    for i, (item, nbytes) in enumerate(zip(items, sizes)):
+        if group and size + nbytes > most:
+            held += client.persist(group)
+            group, size = [], 0
+        group.append(dask.delayed(item, name=f"{name}-{i}", traverse=False))
+        size += nbytes
+    if group:
+        held += client.persist(group)
+    return held
 
 
 def split_users(etv, vectors: Sequence[np.ndarray]) -> list:
     """Cut per-user vectors along the grid's user chunks, one list of slices per chunk.
 
-    With a ``dask.distributed`` client the slices are scattered to the workers once (so a pass ships no
-    data in its task graph); the returned handles can be reused by several :func:`map_user_blocks` calls,
-    and a pass that finds them lost with a worker scatters them again from the client's copy.
+    With a ``dask.distributed`` client the slices travel once, as Dask-held data chunked like the grid
+    (:func:`hold`), so a pass ships no data in its task graph and nothing lives only in scattered data;
+    the returned handles can be reused by several :func:`map_user_blocks` calls.
     """
     bounds = _bounds(etv)
     parts = [[np.asarray(v)[bounds[i] : bounds[i + 1]] for v in vectors] for i in range(len(bounds) - 1)]
     client = _client()
     if client is not None and vectors:
-        return ScatteredParts(client, parts)
+        return hold(client, parts, [sum(a.nbytes for a in p) for p in parts])
     return parts
 
 
 class WorkerLostError(EocaError, RuntimeError):
-    """A pass over the grid lost data with a worker and could not get it back; retrying the call on a
-    healthy cluster recomputes it."""
+    """A pass over the grid kept losing work with workers; retrying the call on a healthy cluster
+    recomputes it."""
 
 
-#: times a pass is run again after losing a worker's data (each time after scattering it again)
+#: times a pass is run again after Dask gave up on it for lost workers
 LOST_RETRIES = 3
 
 
@@ -148,12 +178,12 @@ def map_user_blocks(
     args : tuple
         Small arguments passed to every call.
     parts : list, optional
-        Output of :func:`split_users` (already scattered slices).
+        Output of :func:`split_users` (the slices, already sent).
     per_block : sequence of tuple, optional
         Extra arguments per chunk (e.g. the indices of a chunk's gathered users). With a
-        ``dask.distributed`` client they are scattered like ``parts`` (kept by the client and scattered
-        again after a worker loss), never embedded in the task graph: at 50M users the gathered users'
-        indices alone are tens of MB, and a graph that large makes Dask warn and slows every pass.
+        ``dask.distributed`` client they travel like ``parts`` (Dask-held, sent a group at a time), never
+        inside the pass's task graph: at 50M users the gathered users' indices alone are tens of MB, and
+        a graph that large makes Dask warn and slows every pass.
     progress : bool, optional
         Show a progress bar (default: the ``eoca.progress`` Dask config value).
 
@@ -172,7 +202,7 @@ def map_user_blocks(
     extra: list = [()] * len(blocks) if per_block is None else [list(p) for p in per_block]
     client = _client()
     if client is not None and per_block is not None:
-        extra = ScatteredParts(client, extra)
+        extra = hold(client, extra, [sum(int(getattr(a, "nbytes", 0)) for a in e) for e in extra])
     call = dask.delayed(_call, pure=True)
     for attempt in range(LOST_RETRIES + 1):
         tasks = [call(func, blocks[i], parts[i], extra[i], args) for i in range(len(blocks))]
@@ -187,9 +217,6 @@ def map_user_blocks(
                     f"data with a worker {LOST_RETRIES + 1} times ({type(exc).__name__}: {exc}); retry the call "
                     "once the cluster is healthy"
                 ) from exc
-            for scattered in (parts, extra):
-                if isinstance(scattered, ScatteredParts):
-                    scattered.rescatter()
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 
 from eoca.data import PlatformData
-from eoca.distributed.blocks import _client, _compute, _dask
+from eoca.distributed.blocks import _client, _compute, _dask, hold
 from eoca.distributed.files import open_grid
 from eoca.errors import ValidationError
 from eoca.predict.inference import merge_merchant_partials
@@ -63,9 +63,10 @@ def predict_to_zarr(
 ) -> xr.DataArray:
     """Predict the ETV grid chunk by chunk on the Dask workers and write it to a Zarr store.
 
-    The fitted predictor is shipped to each worker once (pickled; a ``dask.distributed`` client scatters
-    it), each task predicts ``chunk_users`` users and writes its rows straight into the store, so no
-    process ever holds more than one chunk of the grid.
+    The fitted predictor and each chunk's tables travel once, pickled, as data Dask holds (with a
+    ``dask.distributed`` client, :func:`eoca.distributed.blocks.hold`: a worker lost mid-way costs a
+    recomputation, not the prediction), each task predicts ``chunk_users`` users and writes its rows
+    straight into the store, so no process ever holds more than one chunk of the grid.
 
     Models with the user-merchant graph (``"esdpm"``) run two stages, because each merchant's embedding
     attends over *all* users who paid it. Stage 1 maps over the chunks: each summarises its payments
@@ -106,12 +107,12 @@ def predict_to_zarr(
     )
     template.to_zarr(path, mode="w", compute=False)
     client = _client()
-    shipped = client.scatter(predictor, broadcast=True, hash=False) if client is not None else predictor
+    shipped = hold(client, [predictor])[0] if client is not None else predictor
     starts = range(0, n, chunk_users)
     parts = []
     for start in starts:  # one chunk's tables at a time in the client before it goes to a worker
         part = _subset(data, users[start : start + chunk_users])
-        parts.append(client.scatter(part, hash=False) if client is not None else part)
+        parts.append(hold(client, [part])[0] if client is not None else part)
     merchant_h = None
     if predictor.spec_.use_graph and parts:
         # stage 1, in the same graph as stage 2: summaries per chunk, merged pairwise (a tree, so no

@@ -7,7 +7,8 @@ gap under prices and multipliers, the smoothed dual's sums (value, gradient, Hes
 rows gathered into memory (a random sample, the users near a tie), and the ETV of an allocation. Every
 other step (Newton's method in k + m variables, the LP and the MIP of the settlement) runs in the client on
 the few users it needs. The per-user vectors (risk codes, mask rows, constraint weights) are cut along the
-grid's chunks once and, with a ``dask.distributed`` client, scattered once (:func:`split_users`).
+grid's chunks once and, with a ``dask.distributed`` client, sent once as data Dask holds
+(:func:`split_users`).
 """
 
 from __future__ import annotations
