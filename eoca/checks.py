@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from eoca._arrays import writeable
 from eoca.distributed.blocks import map_user_blocks
 from eoca.errors import ValidationError
 from eoca.problem import FUND, AllocationProblem, CompiledProblem
@@ -28,7 +29,7 @@ _CHUNKS = 64  # fixed split of the users: sums never depend on the number of thr
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _tally_bound(etv, user_level, fund_level, codes, prices, holdout, tally, bound):  # pragma: no cover
+def _tally_bound_rows(etv, user_level, fund_level, codes, prices, holdout, tally, bound):  # pragma: no cover
     """One read of the grid, row by row: with ``tally``, the allocation's counts per fund, ETV, unplaced,
     invalid and risk-breaking users; with ``bound``, the users' part of the dual value for ``prices``.
     The risk rule enters the bound as a price table per risk level (+inf where a fund is above the level),
@@ -91,6 +92,12 @@ def _tally_bound(etv, user_level, fund_level, codes, prices, holdout, tally, bou
         invalid += other_c[c, 1]
         risk += other_c[c, 2]
     return counts, objective, unplaced, invalid, risk, users
+
+
+def _tally_bound(etv, user_level, fund_level, codes, prices, holdout, tally, bound):
+    """:func:`_tally_bound_rows` with every array typed writeable (one compiled variant per grid dtype)."""
+    return _tally_bound_rows(*writeable(etv, user_level, fund_level, codes, prices), bool(holdout), bool(tally),
+                             bool(bound))
 
 
 _NO_PRICES = np.zeros(0)
@@ -325,8 +332,8 @@ def _side_users_block(etv, *items):
     extra = np.zeros((0, 0))
     for m, grid in zip(grid_mu, rest[n_w:]):
         extra = m * grid if not extra.size else extra + m * grid
-    best = _best_priced(etv, np.ascontiguousarray(extra, dtype=np.float64), bool(len(grid_mu)), prices, user_level,
-                        fund_level, mask, has_mask, user_w, fund_wm, floor)
+    best = _best_priced(*writeable(etv, np.ascontiguousarray(extra, dtype=np.float64), bool(len(grid_mu)), prices,
+                                   user_level, fund_level, mask, has_mask, user_w, fund_wm, floor))
     return float(best.sum())
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from eoca._arrays import writeable
 from eoca.errors import ConstraintError, show_values
 
 __all__ = ["Quota", "Linear", "CompiledConstraint", "compile_constraints", "compile_mask"]
@@ -81,7 +82,8 @@ class CompiledConstraint:
             codes = np.ascontiguousarray(codes, dtype=np.int32)
             grid = np.zeros((0, k)) if self.grid is None else np.ascontiguousarray(self.grid, dtype=np.float64)
             user = np.zeros(0) if self.user_weight is None else np.ascontiguousarray(self.user_weight, dtype=np.float64)
-            return float(_activity(grid, user, np.ascontiguousarray(self.fund_weight, dtype=np.float64), codes))
+            return float(_activity(*writeable(grid, user, np.ascontiguousarray(self.fund_weight, dtype=np.float64),
+                                              codes)))
         placed = np.flatnonzero((codes >= 0) & (codes < k))
         if self.grid is not None:
             return float(self.grid[placed, codes[placed]].sum())

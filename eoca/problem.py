@@ -182,23 +182,6 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return v
 
 
-class _Alias:
-    """Holds an array interface so that numpy can build a writeable-typed view of read-only memory."""
-
-    def __init__(self, arr):
-        self.base = arr
-        self.__array_interface__ = dict(arr.__array_interface__, data=(arr.__array_interface__["data"][0], False))
-
-
-def mutable_view(arr: np.ndarray) -> np.ndarray:
-    """The same memory, typed as writeable: numba compiles read-only arrays as a separate type, and the
-    grids of a compiled problem are read-only, which would double the JIT compile. The kernels never write
-    the grid or the levels (the tests check that the inputs are unchanged)."""
-    if arr.flags.writeable or arr.size == 0:
-        return arr
-    return np.asarray(_Alias(arr))
-
-
 _FINGERPRINT_ROWS = 4096  # users whose ids and ETV rows a fingerprint covers
 
 #: Grid dtypes a solver reads as given; any other numeric dtype is converted to float64 once.

@@ -392,7 +392,7 @@ def test_a_dask_grid_is_validated_lazily_as_float64_with_every_fund_in_one_chunk
 
 
 def test_mutable_view_types_read_only_memory_as_writeable_without_copying():
-    from eoca.problem import mutable_view
+    from eoca._arrays import mutable_view
 
     writeable = np.arange(6.0)
     assert mutable_view(writeable) is writeable
@@ -403,6 +403,44 @@ def test_mutable_view_types_read_only_memory_as_writeable_without_copying():
     empty = np.zeros(0)
     empty.flags.writeable = False
     assert mutable_view(empty) is empty
+
+
+def test_the_checker_and_the_rule_passes_compile_once_whether_their_arrays_are_read_only_or_not():
+    """A compiled problem's arrays are read-only, a subset's are not, and the codes ``eoca.solve`` hands the
+    checker are read-only again; numba types the two apart, so without ``eoca._arrays.writeable`` each mix
+    compiled its own copy of a kernel (five of the checker's pass in one test run: minutes of a fresh
+    machine's first run)."""
+    from eoca.checks import _best_priced, _tally_bound, _tally_bound_rows, check_allocation, dual_bound
+    from eoca.constraints import _activity
+    from eoca.instances import constrained_problem
+    from eoca.solvers._side_dual import _Layout
+    from eoca.solvers._side_kernels import _choices_kernel, reduced_choices
+
+    problem = constrained_problem(3_000, 4, seed=2)
+    c = problem.compile()
+    assert not c.etv.flags.writeable and not c.user_level.flags.writeable
+    codes = eoca.solve(problem).codes.copy()
+    frozen = codes.copy()
+    frozen.flags.writeable = False
+    lam, mu = np.zeros(c.n_funds), np.full(len(c.constraints), 0.01)
+
+    def run(values):
+        check_allocation(problem, values)
+        dual_bound(c, lam, mu)
+        for con in c.constraints:
+            con.activity(values)
+        reduced_choices(c, c.etv, lam, mu, values)
+        # writeable copies of the problem's arrays, as a subset of users has them
+        _tally_bound(c.etv.copy(), c.user_level.copy(), c.fund_level.copy(), values, lam, False, True, True)
+
+    run(codes)
+    kernels = (_tally_bound_rows, _best_priced, _activity, _choices_kernel)
+    seen = [set(map(str, k.signatures)) for k in kernels]
+    run(frozen)
+    for kernel, before in zip(kernels, seen):
+        assert set(map(str, kernel.signatures)) == before, kernel.py_func.__name__
+    layout = _Layout(c)
+    assert all(getattr(layout, name).flags.writeable for name in ("etv", "user_level", "fund_level", "mask", "user_w"))
 
 
 def test_a_grid_without_funds_is_named_whatever_the_dtype_of_its_empty_coordinate():

@@ -619,7 +619,7 @@ def test_one_node_member_list_matches_the_full_one():
     loaded = (rng.random(n) < 0.1).astype(np.uint8)  # users that moved are in no list
     bnd = np.array([np.iinfo(np.int32).min, 0, 1, 3, np.iinfo(np.int32).max], np.int32)
     C = len(bnd) + 1
-    start, mem = K._build_members(assign, loaded, nodes, ulev, bnd)
+    start, mem = K._build_members(assign, loaded, nodes, ulev, bnd, -1)
     for a in range(nodes):
         st_a, mem_a = K._build_members(assign, loaded, nodes, ulev, bnd, a)
         assert len(mem_a) == ((assign == a) & (loaded == 0)).sum()

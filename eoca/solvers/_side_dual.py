@@ -32,6 +32,7 @@ from dataclasses import replace
 import numba
 import numpy as np
 
+from eoca._arrays import mutable_view
 from eoca.problem import CompiledProblem
 from eoca.solvers import _tuning
 from eoca.solvers._side_freeze import Freeze, quantile
@@ -235,6 +236,9 @@ class _Layout:
         self.grid_q = np.array(grid_q, dtype=np.int64)
         self.holdout = bool(c.holdout)
         self.n = n
+        # one compiled type whether the arrays come read-only (the problem's) or not (a subset's)
+        for name in ("etv", "user_level", "fund_level", "mask", "user_w", "fund_w", "grid0", "grid1", "stacked"):
+            setattr(self, name, mutable_view(getattr(self, name)))
 
 
 @np.errstate(all="ignore")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from eoca.problem import mutable_view
+from eoca._arrays import mutable_view, writeable
 
 __all__ = ["reduced_choices", "coefficient_sizes", "stacked_user_weights"]
 
@@ -108,10 +108,10 @@ def reduced_choices(c, etv: np.ndarray, lam: np.ndarray, mu: np.ndarray, fixed: 
     stacked = np.stack(grids[_SLOTS:]) if len(grids) > _SLOTS else np.zeros((0, 0, k))
     if not (etv.dtype in (np.float32, np.float64) and etv.flags.c_contiguous):
         etv = np.ascontiguousarray(etv, dtype=np.float64)  # a float32 or float64 grid is read as it is
-    _choices_kernel(mutable_view(etv), np.asarray(lam, dtype=np.float64),
-                    c.user_level, c.fund_level, mask, c.mask is not None, user_w, fund_wm, slots[0], slot_mu[0],
-                    slots[1], slot_mu[1], stacked, np.array(grid_mu[_SLOTS:], dtype=np.float64), bool(c.holdout),
-                    fixed, use_fixed, best, gap, short)
+    _choices_kernel(*writeable(etv, np.asarray(lam, dtype=np.float64),
+                               c.user_level, c.fund_level, mask, c.mask is not None, user_w, fund_wm, slots[0],
+                               slot_mu[0], slots[1], slot_mu[1], stacked, np.array(grid_mu[_SLOTS:], dtype=np.float64),
+                               bool(c.holdout), fixed, use_fixed, best, gap, short))
     return best, gap, short
 
 

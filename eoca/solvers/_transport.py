@@ -84,7 +84,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from eoca.problem import mutable_view
+from eoca._arrays import mutable_view
 from eoca.solvers import _transport_kernels as K
 from eoca.solvers import _tuning
 

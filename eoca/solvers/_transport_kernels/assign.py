@@ -193,11 +193,13 @@ def _pass_blocks(etv, ulev, lo, hi, lam, assign, gap, grp, gap2):
                         lv = lvf[t]
                         hit = (lx <= lv) & (lv < hx) & (col[t] - lmx >= lim[t])
                         tied[t] |= bit if hit else 0
-                smax = _pass_rare(etv, ulev, lo, hi, lam, assign, gap, gap2, bc, blk, s, rare, nrare, j1, b1,
-                                  open_idx, nopen, lamabs, smax, tied)
+                smax = _pass_rare(etv, ulev, lo, hi, lam, assign, gap, gap2, bc, np.int64(blk), np.int64(s), rare,
+                                  np.int64(nrare), j1, b1, open_idx, np.int64(nopen), lamabs, smax, tied)
             elif nrare > 0:
-                smax = _pass_rare(etv, ulev, lo, hi, lam, assign, gap, gap2, bc, blk, s, rare, nrare, j1, b1,
-                                  open_idx, nopen, lamabs, smax, tied[:0])
+                # integers cast at both calls: otherwise numba types them apart per call (a literal, the
+                # loop's unsigned index) and compiles _pass_rare three times over
+                smax = _pass_rare(etv, ulev, lo, hi, lam, assign, gap, gap2, bc, np.int64(blk), np.int64(s), rare,
+                                  np.int64(nrare), j1, b1, open_idx, np.int64(nopen), lamabs, smax, tied[:0])
         bmax[blk] = smax
         bits = gap[s0:e0].view(np.uint32)
         for i in range(e0 - s0):

@@ -666,11 +666,11 @@ def repair(etv, ulev, lo, hi, dmin, dmax, lam, assign, counts, cand, theta, tol,
                     batch[p] = m
                     a = path_x[q]
                     if not built and c[a] * 32 >= n:  # the lists of every node, once
-                        start, mem = _build_members(assign, loaded, K, ulev, bnd, -1)
+                        start, mem = _build_members(assign, loaded, K, ulev, bnd, np.int64(-1))
                         built = True
                     st_a, mem_a = start, mem
                     if not built:  # a small node (under 1/32 of the users) before any big one: its own list
-                        st_a, mem_a = _build_members(assign, loaded, K, ulev, bnd, a)
+                        st_a, mem_a = _build_members(assign, loaded, K, ulev, bnd, np.int64(a))
                     PK, PU = _refill(etv, ulev, lo, hi, assign, loaded, a, path_y[q], m, st_a, mem_a, bnd, kappa,
                                      TK, TU, PK, PU, hb, hc, hs, top, stats)
             continue
