@@ -19,7 +19,7 @@ import numpy as np
 
 from eoca.solvers import _tuning
 
-__all__ = ["warmup", "cache_location", "WARMUP_CASES"]
+__all__ = ["warmup", "cache_location", "WARMUP_CASES", "WARMUP_RULES"]
 
 #: (family, users, holdout): instances whose solves reach every kernel. The exact solver's Newton step
 #: runs from 50,000 users on the grid itself and from 500,000 on its warm-start sample (every tenth user,
@@ -32,6 +32,11 @@ WARMUP_CASES = (
 )
 #: Solvers compiled by :func:`warmup` (``ip`` has no kernels).
 WARMUP_SOLVERS = ("exact", "heuristic", "manual")
+#: Users of the deliveries with an eligibility mask and side rules (``eoca.instances.constrained_problem``)
+#: that :func:`warmup` solves: under ``_tuning.DUAL_USERS`` the exact solver settles them with restricted
+#: LPs, from there on with Newton's method on the smoothed dual (its own kernels); the heuristic and the
+#: manual baseline take the mask alone.
+WARMUP_RULES = (2_000, _tuning.DUAL_USERS)
 
 
 def cache_location() -> Path:
@@ -60,7 +65,7 @@ def warmup(dtypes: tuple[str, ...] = ("float64", "float32"), *, echo: Callable[[
     dict
         Seconds per dtype spent in numba's compiler (``"float64"``, ...) and ``"total"`` wall seconds.
     """
-    from eoca.instances import synthetic_problem
+    from eoca.instances import constrained_problem, synthetic_problem
     from eoca.problem import AllocationProblem
     from eoca.solve import compile_clock, solve
 
@@ -75,6 +80,15 @@ def warmup(dtypes: tuple[str, ...] = ("float64", "float32"), *, echo: Callable[[
                                           holdout=holdout)
                 for name in WARMUP_SOLVERS:
                     solve(p, solver=name)
+            for n in WARMUP_RULES:
+                p = constrained_problem(n, n_funds, seed=1)
+                if np.dtype(dtype) != p.compile().etv.dtype:
+                    p = AllocationProblem(p.etv.astype(dtype), p.demand, p.risk_level, p.risk_tolerance,
+                                          eligible=p.eligible, constraints=p.constraints)
+                solve(p, solver="exact")
+                masked = AllocationProblem(p.etv, p.demand, p.risk_level, p.risk_tolerance, eligible=p.eligible)
+                for name in WARMUP_SOLVERS[1:]:
+                    solve(masked, solver=name)
         out[dtype] = seconds[0]
         if echo is not None:
             echo(f"{dtype} grids: kernels ready in {seconds[0]:.1f} s of compiling or loading from the cache")

@@ -454,6 +454,7 @@ def test_warmup_compiles_for_each_dtype_and_says_where_the_cache_is(monkeypatch,
     from eoca import warmup as w
 
     monkeypatch.setattr(w, "WARMUP_CASES", (("matching", 3000, False), ("zeros", 2000, True)))
+    monkeypatch.setattr(w, "WARMUP_RULES", (2_000,))
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     assert main(["warmup", "--dtype", "float64,float32"]) == 0
     out = capsys.readouterr().out
@@ -596,5 +597,6 @@ def test_warmup_reaches_the_newton_step_on_the_strided_warm_start_sample(monkeyp
     monkeypatch.setattr(_transport.K, "arc_density", spy)
     monkeypatch.setattr(w, "WARMUP_CASES", w.WARMUP_CASES[:1])
     monkeypatch.setattr(w, "WARMUP_SOLVERS", ("exact",))
+    monkeypatch.setattr(w, "WARMUP_RULES", ())
     w.warmup(("float64",), echo=None)
     assert False in layouts and True in layouts
