@@ -15,7 +15,7 @@ from eoca._arrays import mutable_view
 from eoca.errors import EocaError, ETVError
 from eoca.problem import FUND, USER, _lazy_grid_values
 
-__all__ = ["WorkerLostError", "hold", "lazy_grid_values", "map_user_blocks", "split_users"]
+__all__ = ["WorkerLostError", "hold", "release", "lazy_grid_values", "map_user_blocks", "split_users"]
 
 _INSTALL = 'pip install "eoca[dask]"'
 
@@ -112,6 +112,18 @@ def hold(client, items: Sequence, sizes: Sequence[int] | None = None) -> list:
     return held
 
 
+def release(*held) -> None:
+    """Let the workers drop data sent by :func:`hold` or :func:`split_users` as soon as a pass or a solve
+    is done with it, not whenever Python's garbage collector frees the handles (some sit in reference
+    cycles: after a 3M-user solve, 117 keys stayed on the workers until a collection)."""
+    client = _client()
+    if client is None:
+        return
+    futures = client.futures_of(list(held))
+    if futures:
+        client.cancel(futures)
+
+
 def split_users(etv, vectors: Sequence[np.ndarray]) -> list:
     """Cut per-user vectors along the grid's user chunks, one list of slices per chunk.
 
@@ -197,17 +209,23 @@ def map_user_blocks(
     if blocks.shape[1] != 1:
         raise ETVError("etv", f"a Dask grid must hold all funds in one chunk; got chunks {etv.chunks[1]} along 'fund'")
     blocks = blocks.ravel()
+    mine = []  # data this pass sent, released when it ends
     if parts is None:
         parts = split_users(etv, vectors)
+        mine.append(parts)
     extra: list = [()] * len(blocks) if per_block is None else [list(p) for p in per_block]
     client = _client()
     if client is not None and per_block is not None:
         extra = hold(client, extra, [sum(int(getattr(a, "nbytes", 0)) for a in e) for e in extra])
+        mine.append(extra)
     call = dask.delayed(_call, pure=True)
     for attempt in range(LOST_RETRIES + 1):
         tasks = [call(func, blocks[i], parts[i], extra[i], args) for i in range(len(blocks))]
         try:
-            return _compute(tasks, progress)
+            out = _compute(tasks, progress)
+            del tasks
+            release(*mine)
+            return out
         except Exception as exc:
             if not _lost(exc):
                 raise
