@@ -48,6 +48,18 @@ def cache_location() -> Path:
     return Path(__file__).resolve().parent
 
 
+def _declared(problem, dtype: str, rules: bool = True):
+    """``problem`` with a grid of ``dtype`` (itself where it has it), without its side constraints unless
+    ``rules``."""
+    from eoca.problem import AllocationProblem
+
+    if rules and np.dtype(dtype) == problem.compile().etv.dtype:
+        return problem
+    p = problem
+    return AllocationProblem(p.etv.astype(dtype, copy=False), p.demand, p.risk_level, p.risk_tolerance,
+                             holdout=p.holdout, eligible=p.eligible, constraints=p.constraints if rules else ())
+
+
 def warmup(dtypes: tuple[str, ...] = ("float64", "float32"), *, echo: Callable[[str], None] | None = print,
            n_funds: int = 8) -> dict[str, float]:
     """Compile (or load from the cache) every kernel the solvers and the checker use.
@@ -66,7 +78,6 @@ def warmup(dtypes: tuple[str, ...] = ("float64", "float32"), *, echo: Callable[[
         Seconds per dtype spent in numba's compiler (``"float64"``, ...) and ``"total"`` wall seconds.
     """
     from eoca.instances import constrained_problem, synthetic_problem
-    from eoca.problem import AllocationProblem
     from eoca.solve import compile_clock, solve
 
     started = time.perf_counter()
@@ -74,19 +85,13 @@ def warmup(dtypes: tuple[str, ...] = ("float64", "float32"), *, echo: Callable[[
     for dtype in dtypes:
         with compile_clock() as seconds:
             for family, n, holdout in WARMUP_CASES:
-                p = synthetic_problem(n, n_funds, family=family, seed=1, holdout=holdout)
-                if np.dtype(dtype) != p.compile().etv.dtype:
-                    p = AllocationProblem(p.etv.astype(dtype), p.demand, p.risk_level, p.risk_tolerance,
-                                          holdout=holdout)
+                p = _declared(synthetic_problem(n, n_funds, family=family, seed=1, holdout=holdout), dtype)
                 for name in WARMUP_SOLVERS:
                     solve(p, solver=name)
             for n in WARMUP_RULES:
                 p = constrained_problem(n, n_funds, seed=1)
-                if np.dtype(dtype) != p.compile().etv.dtype:
-                    p = AllocationProblem(p.etv.astype(dtype), p.demand, p.risk_level, p.risk_tolerance,
-                                          eligible=p.eligible, constraints=p.constraints)
-                solve(p, solver="exact")
-                masked = AllocationProblem(p.etv, p.demand, p.risk_level, p.risk_tolerance, eligible=p.eligible)
+                solve(_declared(p, dtype), solver="exact")
+                masked = _declared(p, dtype, rules=False)
                 for name in WARMUP_SOLVERS[1:]:
                     solve(masked, solver=name)
         out[dtype] = seconds[0]

@@ -44,8 +44,8 @@ def test_killing_a_worker_mid_solve_gives_the_same_optimum(tmp_path, monkeypatch
         real_hold, real_compute = blocks.hold, blocks._compute
         run = "reference"
 
-        def hold(client_, items, sizes=None):
-            out = real_hold(client_, items, sizes)
+        def hold(client_, items):
+            out = real_hold(client_, items)
             held.append(out)
             return out
 

@@ -15,7 +15,7 @@ from eoca._arrays import mutable_view
 from eoca.errors import EocaError, ETVError
 from eoca.problem import FUND, USER, _lazy_grid_values
 
-__all__ = ["WorkerLostError", "hold", "release", "lazy_grid_values", "map_user_blocks", "split_users"]
+__all__ = ["WorkerLostError", "hold", "lazy_grid_values", "map_user_blocks", "split_users"]
 
 _INSTALL = 'pip install "eoca[dask]"'
 
@@ -85,10 +85,17 @@ def _graph_bytes() -> int:
     return int(GRAPH_SHARE * (parse_bytes(limit) if isinstance(limit, str) else int(limit)))
 
 
-def hold(client, items: Sequence, sizes: Sequence[int] | None = None) -> list:
+def _nbytes(item) -> int | None:
+    """Bytes of a chunk's list of arrays; None for any other object (its size is not known)."""
+    if isinstance(item, list | tuple):
+        return sum(int(getattr(a, "nbytes", 0)) for a in item)
+    return None
+
+
+def hold(client, items: Sequence) -> list:
     """``items`` (one object per user chunk, or anything the workers need) as data Dask holds: one task
     per item whose result is that item, persisted on the workers a group at a time (each group's graph
-    under :func:`_graph_bytes` by ``sizes``; each item on its own where no size is given). The scheduler keeps
+    under :func:`_graph_bytes`; an item that is not a list of arrays on its own). The scheduler keeps
     each item's task, so an item lost with a worker is computed again from it, elsewhere, when a pass
     needs it: a loss costs a recomputation, not the solve (data scattered to workers has no task, and its
     loss cannot be recovered)."""
@@ -97,11 +104,12 @@ def hold(client, items: Sequence, sizes: Sequence[int] | None = None) -> list:
     dask, _ = _dask()
     name = f"eoca-held-{uuid.uuid4().hex}"
     most = _graph_bytes()
-    sizes = [most] * len(items) if sizes is None else list(sizes)
     held: list = []
     group: list = []
     size = 0
-    for i, (item, nbytes) in enumerate(zip(items, sizes)):
+    for i, item in enumerate(items):
+        nbytes = _nbytes(item)
+        nbytes = most if nbytes is None else nbytes
         if group and size + nbytes > most:
             held += client.persist(group)
             group, size = [], 0
@@ -110,18 +118,6 @@ def hold(client, items: Sequence, sizes: Sequence[int] | None = None) -> list:
     if group:
         held += client.persist(group)
     return held
-
-
-def release(*held) -> None:
-    """Let the workers drop data sent by :func:`hold` or :func:`split_users` as soon as a pass or a solve
-    is done with it, not whenever Python's garbage collector frees the handles (some sit in reference
-    cycles: after a 3M-user solve, 117 keys stayed on the workers until a collection)."""
-    client = _client()
-    if client is None:
-        return
-    futures = client.futures_of(list(held))
-    if futures:
-        client.cancel(futures)
 
 
 def split_users(etv, vectors: Sequence[np.ndarray]) -> list:
@@ -135,7 +131,7 @@ def split_users(etv, vectors: Sequence[np.ndarray]) -> list:
     parts = [[np.asarray(v)[bounds[i] : bounds[i + 1]] for v in vectors] for i in range(len(bounds) - 1)]
     client = _client()
     if client is not None and vectors:
-        return hold(client, parts, [sum(a.nbytes for a in p) for p in parts])
+        return hold(client, parts)
     return parts
 
 
@@ -209,23 +205,17 @@ def map_user_blocks(
     if blocks.shape[1] != 1:
         raise ETVError("etv", f"a Dask grid must hold all funds in one chunk; got chunks {etv.chunks[1]} along 'fund'")
     blocks = blocks.ravel()
-    mine = []  # data this pass sent, released when it ends
     if parts is None:
         parts = split_users(etv, vectors)
-        mine.append(parts)
     extra: list = [()] * len(blocks) if per_block is None else [list(p) for p in per_block]
     client = _client()
     if client is not None and per_block is not None:
-        extra = hold(client, extra, [sum(int(getattr(a, "nbytes", 0)) for a in e) for e in extra])
-        mine.append(extra)
+        extra = hold(client, extra)
     call = dask.delayed(_call, pure=True)
     for attempt in range(LOST_RETRIES + 1):
         tasks = [call(func, blocks[i], parts[i], extra[i], args) for i in range(len(blocks))]
         try:
-            out = _compute(tasks, progress)
-            del tasks
-            release(*mine)
-            return out
+            return _compute(tasks, progress)
         except Exception as exc:
             if not _lost(exc):
                 raise

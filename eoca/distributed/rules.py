@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from eoca.distributed.blocks import _bounds, map_user_blocks, release, split_users
+from eoca.distributed.blocks import _bounds, map_user_blocks, split_users
 from eoca.problem import CompiledProblem
 from eoca.solvers._side_dual import _Dual, _Layout, layout_sums, rows_problem
 from eoca.solvers._side_exact import solve_by_smoothed_dual
@@ -127,9 +127,7 @@ def solve_rules(c: CompiledProblem, time_limit: float | None = None) -> dict:
     message says to load the grid for the diagnosis the restricted LPs give in memory."""
     start = time.perf_counter()
     deadline = None if time_limit is None else start + time_limit
-    chunked = Chunked(c)
-    out = solve_by_smoothed_dual(c, chunked, deadline, start)
-    release(chunked.parts)
+    out = solve_by_smoothed_dual(c, Chunked(c), deadline, start)
     if out is not None:
         return out
     return {"codes": np.full(c.n_users, -1, dtype=np.int32), "status": "error", "prices": None, "multipliers": None,

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from eoca.distributed.blocks import _bounds, _compute, map_user_blocks, release, split_users
+from eoca.distributed.blocks import _bounds, _compute, map_user_blocks, split_users
 from eoca.errors import EocaError, ValidationError
 from eoca.problem import AllocationProblem, CompiledProblem
 from eoca.solvers import _transport as T
@@ -351,7 +351,6 @@ def solve_exact(
     stats["total_s"] = time.perf_counter() - t_start
     stats["gathered"] = stats["rounds"][-1]["gathered"]
     label = "optimal" if status == K.STATUS_OPTIMAL else "time_limit"
-    release(parts)
     return T.TransportSolution(assignment, corrected, label, stats)
 
 
