@@ -16,7 +16,7 @@ import xarray as xr
 from eoca._arrays import writeable
 from eoca.distributed.blocks import map_user_blocks
 from eoca.errors import ValidationError
-from eoca.problem import FUND, AllocationProblem, CompiledProblem
+from eoca.problem import AllocationProblem, CompiledProblem, fund_vector
 from eoca.result import Checks
 
 if TYPE_CHECKING:
@@ -192,8 +192,6 @@ def _checks(problem: AllocationProblem, counts, objective, unplaced, invalid, ri
     miss = np.where(counts > c.demand_max, counts - c.demand_max, np.where(counts < c.demand_min, counts - c.demand_min, 0))
     if c.holdout:
         unplaced = 0
-    # one coordinate object for both arrays: xarray copies a plain Index into each (1 ms apiece)
-    funds = xr.Coordinates({FUND: problem.funds})
     ineligible, table = _side_checks(c, codes) if codes is not None and c.has_side_rules else (0, None)
     side_ok = ineligible == 0 and (table is None or bool(table["ok"].all()))
     return Checks(
@@ -204,8 +202,8 @@ def _checks(problem: AllocationProblem, counts, objective, unplaced, invalid, ri
         demand_misses=int(np.abs(miss).sum()),
         risk_violations=int(risk),
         invalid=int(invalid),
-        counts=xr.DataArray(counts, dims=(FUND,), coords=funds, name="users"),
-        miss_per_fund=xr.DataArray(miss.astype(np.int64), dims=(FUND,), coords=funds, name="miss"),
+        counts=fund_vector(problem, counts, "users"),
+        miss_per_fund=fund_vector(problem, miss.astype(np.int64), "miss"),
         objective=float(objective),
     )
 

@@ -43,7 +43,7 @@ from eoca.io_encoding import (
     strings_from_layout,
     tolerance_series,
 )
-from eoca.problem import FUND, USER, AllocationProblem, id_kind
+from eoca.problem import FUND, USER, AllocationProblem, fund_vector, id_kind
 from eoca.result import Result, Status, assigned_values
 from eoca.rules_io import dataset_array, side_arrays, side_records, side_rules
 from eoca.zarr_chunks import _read_chunked, lazy_zarr_array, read_zarr_chunk  # noqa: F401 - public here too
@@ -691,10 +691,7 @@ def load_result(directory: str | os.PathLike, problem: AllocationProblem) -> Res
     codes.flags.writeable = False
     prices = [summary["funds"].get(str(f), {}).get("price") for f in problem.funds]
     has_prices = all(p is not None for p in prices)
-    price_da = (
-        xr.DataArray(np.array(prices, dtype=float), dims=(FUND,), coords={FUND: problem.funds}, name="price")
-        if has_prices else None
-    )
+    price_da = fund_vector(problem, np.array(prices, dtype=float), "price") if has_prices else None
     # with prices, the checks and the bound on this problem in one read of the grid; a result with side
     # constraints also saved the multipliers that price them (ignored unless one per constraint)
     multipliers = summary.get("multipliers")

@@ -333,6 +333,14 @@ def user_vector(grid: xr.DataArray, data: np.ndarray, name: str) -> xr.DataArray
     return _share_index(grid.isel({FUND: 0}, drop=True), data, name)
 
 
+def fund_vector(problem: AllocationProblem, data: np.ndarray, name: str) -> xr.DataArray:
+    """A DataArray over "fund" holding ``data``, sharing ``problem``'s fund index object: a shallow copy of
+    its risk levels' array (a tenth of building the coordinate again, which every solve's report did)."""
+    out = problem.risk_level.copy(deep=False, data=data)
+    out.name = name
+    return out
+
+
 def _as_series(value: Any, field_name: str, dim: str) -> pd.Series:
     """Turn a mapping, Series or 1-d DataArray over ``dim`` into a Series indexed by id."""
     if isinstance(value, xr.DataArray):

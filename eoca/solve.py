@@ -8,10 +8,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import xarray as xr
 
 from eoca.checks import check_allocation, check_and_bound
-from eoca.problem import FUND, AllocationProblem
+from eoca.problem import AllocationProblem, fund_vector
 from eoca.result import Result, Status
 from eoca.solvers.base import Solver, SolverOutput, get_solver
 from eoca.solvers.exact import optimal_prices
@@ -142,9 +141,7 @@ def solve(problem: AllocationProblem, solver: str | Solver = DEFAULT_SOLVER, **o
                 + (f"; {message}" if message else "")
             )
 
-    price_da = (
-        xr.DataArray(prices, dims=(FUND,), coords={FUND: problem.funds}, name="price") if solver_prices else None
-    )
+    price_da = fund_vector(problem, prices, "price") if solver_prices else None
     return Result(
         problem=problem,
         codes=codes,
