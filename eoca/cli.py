@@ -73,7 +73,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     import time
 
     from eoca.io import save_problem, save_result
-    from eoca.solve import solve
+    from eoca.solve import compile_note, solve
 
     start = time.perf_counter()
     problem = load_input(args.scenario, **_parse_pairs(args.param, "--param"))
@@ -92,9 +92,9 @@ def _cmd_solve(args: argparse.Namespace) -> int:
             save_problem(problem, out / "problem.zarr")
         stages["write"] = time.perf_counter() - start
         print(f"\nwrote {out}")
+    note = compile_note(result.timings)
     print("\nstages     " + ", ".join(f"{k} {v:.3f} s" for k, v in stages.items())
-          + ("   (compile: numba's first-call JIT; run `eoca warmup` once to pay it ahead)"
-             if "compile" in stages else ""))
+          + (f"   (compile: {note})" if note else ""))
     return 0 if result.ok else 1
 
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from eoca.solve import solve
+from eoca.solve import compile_note, solve
 from eoca.solvers.base import available_solvers
 
 __all__ = ["run_demo", "DEMO_SOLVERS"]
@@ -61,8 +61,8 @@ def run_demo(n_users: int = 10_000, n_funds: int = 8, *, epochs: int = 4, seed: 
         for _, name, options in DEMO_SOLVERS:
             if name in here:
                 solve(warm, solver=name, **options)
-    if compiling[0] >= 0.1:
-        echo(f"      kernels compiled or loaded from the cache in {compiling[0]:.1f} s (not counted below)")
+    if compiling.seconds >= 0.1:
+        echo(f"      kernels compiled or loaded from the cache in {compiling.seconds:.1f} s (not counted below)")
     rows = []
     for label, name, options in DEMO_SOLVERS:
         if name not in here:
@@ -72,10 +72,9 @@ def run_demo(n_users: int = 10_000, n_funds: int = 8, *, epochs: int = 4, seed: 
             echo(f"      {label}: skipped (more than {ip_max_users:,} users)")
             continue
         result = solve(problem, solver=name, **options)
-        compiled = result.timings.get("compile")
+        note = compile_note(result.timings)
         echo(f"      {label}: {result.status.value}, {result.timings['solve']:.3f} s"
-             + (f" (+ {compiled:.1f} s compiling kernels on first use; `eoca warmup` pays it ahead)"
-                if compiled else ""))
+             + (f" (+ {result.timings['compile']:.1f} s of {note})" if note else ""))
         outcome = simulate_delivery(platform, result.assignment, seed=seed)
         rows.append({
             "strategy": label,

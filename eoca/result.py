@@ -143,7 +143,9 @@ class Result:
     timings : dict
         Seconds of the solver's phases (at least "solve"), "check" (the independent recount and the dual
         bound, one read of the grid) and, for a solver without prices, "bound" (computing optimal prices
-        for the bound). "compile" when the solve paid a first-call JIT compile (see ``eoca warmup``).
+        for the bound). "compile" when the solve spent time in numba's compiler (not counted in
+        "solve" or "check"): compiling kernels on their first call or loading them from the on-disk cache
+        (once per process); "jit" the part of it spent compiling, which ``eoca warmup`` pays ahead.
     solver : str
     message : str
     stats : dict

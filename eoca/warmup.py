@@ -83,7 +83,7 @@ def warmup(dtypes: tuple[str, ...] = ("float64", "float32"), *, echo: Callable[[
     started = time.perf_counter()
     out: dict[str, float] = {}
     for dtype in dtypes:
-        with compile_clock() as seconds:
+        with compile_clock() as spent:
             for family, n, holdout in WARMUP_CASES:
                 p = _declared(synthetic_problem(n, n_funds, family=family, seed=1, holdout=holdout), dtype)
                 for name in WARMUP_SOLVERS:
@@ -94,9 +94,9 @@ def warmup(dtypes: tuple[str, ...] = ("float64", "float32"), *, echo: Callable[[
                 masked = _declared(p, dtype, rules=False)
                 for name in WARMUP_SOLVERS[1:]:
                     solve(masked, solver=name)
-        out[dtype] = seconds[0]
+        out[dtype] = spent.seconds
         if echo is not None:
-            echo(f"{dtype} grids: kernels ready in {seconds[0]:.1f} s of compiling or loading from the cache")
+            echo(f"{dtype} grids: kernels ready in {spent.seconds:.1f} s of compiling or loading from the cache")
     out["total"] = time.perf_counter() - started
     if echo is not None:
         where = cache_location()

@@ -446,8 +446,67 @@ def test_solve_reports_compile_time_apart_from_solving():
     problem = synthetic_problem(500, 4, seed=3)
     first = eoca.solve(problem, solver=FirstEligible())
     assert first.timings["compile"] > 0.01 > first.timings["solve"]
+    assert first.timings["jit"] > 0.01
     again = eoca.solve(problem, solver=FirstEligible())
-    assert "compile" not in again.timings
+    assert "compile" not in again.timings and "jit" not in again.timings
+
+
+_CACHED_KERNEL = """
+import json, sys
+import numba, numpy as np
+import eoca
+from eoca.instances import synthetic_problem
+from eoca.solvers import Solver, SolverOutput
+
+
+@numba.njit(cache=True)
+def first_eligible(user_level, fund_level):
+    out = np.full(len(user_level), -1, np.int32)
+    for i in range(len(user_level)):
+        for j in range(len(fund_level)):
+            if user_level[i] >= fund_level[j]:
+                out[i] = j
+                break
+    return out
+
+
+class FirstEligible(Solver):
+    name = "first-eligible"
+
+    def run(self, problem):
+        c = problem.compile()
+        return SolverOutput(codes=first_eligible(c.user_level, c.fund_level), status="feasible")
+
+
+problem = synthetic_problem(500, 4, seed=3)
+eoca.solve(problem, solver="manual")  # eoca's own kernels: loaded (or compiled) before the one measured
+print(json.dumps(eoca.solve(problem, solver=FirstEligible()).timings))
+"""
+
+
+def test_compile_time_says_whether_kernels_were_compiled_or_loaded_from_the_cache(tmp_path):
+    """A new process that finds a kernel in numba's disk cache loads it: compile time, but no JIT, and
+    the message does not send a user who already ran `eoca warmup` to run it again."""
+    import os
+    import subprocess
+    import sys
+
+    from eoca.solve import COMPILE_NOTE_S, compile_note
+
+    (tmp_path / "cached_kernel.py").write_text(_CACHED_KERNEL)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run():
+        out = subprocess.run([sys.executable, str(tmp_path / "cached_kernel.py")], env=env, capture_output=True,
+                             text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    compiled, loaded = run(), run()
+    assert compiled["jit"] > 0.01 and compiled["compile"] >= compiled["jit"], compiled
+    assert loaded["compile"] > 0 and "jit" not in loaded, loaded
+    assert "eoca warmup" in compile_note({"compile": 2.0, "jit": 1.9})
+    assert "cache" in compile_note({"compile": 0.5}) and "warmup" not in compile_note({"compile": 0.5})
+    assert compile_note({"compile": COMPILE_NOTE_S / 2}) == compile_note({"solve": 1.0}) == ""
 
 
 def test_warmup_compiles_for_each_dtype_and_says_where_the_cache_is(monkeypatch, capsys):
