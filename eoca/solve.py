@@ -27,14 +27,19 @@ CERTIFICATE_RTOL = 1e-9
 class CompileTime:
     """Seconds a block spent in numba's compiler (see :func:`compile_clock`)."""
 
-    #: All of it: compiling kernels on their first call, loading them from the on-disk cache (which each new
-    #: process pays once) and ``extensions``.
-    seconds: float = 0.0
-    #: The part spent compiling, which ``eoca warmup`` pays ahead, once per machine.
+    #: Inside numba's compiler lock: compiling kernels on their first call, or loading them from the on-disk
+    #: cache (which each new process pays once).
+    locked: float = 0.0
+    #: The part of ``locked`` spent compiling, which ``eoca warmup`` pays ahead, once per machine.
     compiling: float = 0.0
     #: A process's first use of numba loads numba's extensions (a scan of the installed packages, about
-    #: 0.1 s): :func:`compile_clock` does it on entry, before the block runs.
+    #: 0.1 s, outside the lock): :func:`compile_clock` does it on entry, before the block runs.
     extensions: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        """All of it: ``locked`` and ``extensions``."""
+        return self.locked + self.extensions
 
 
 @contextmanager
@@ -51,11 +56,9 @@ def compile_clock() -> Iterator[CompileTime]:
     start = time.perf_counter()
     init_all()  # returns at once after the first call
     spent.extensions = time.perf_counter() - start
-    locked = [0.0]
-    with ev.install_timer("numba:compiler_lock", lambda d: locked.__setitem__(0, d)), \
+    with ev.install_timer("numba:compiler_lock", lambda d: setattr(spent, "locked", d)), \
             ev.install_timer("numba:compile", lambda d: setattr(spent, "compiling", d)):
         yield spent
-    spent.seconds = locked[0] + spent.extensions
 
 
 #: Seconds of numba's compiler below which eoca's messages say nothing about it.
@@ -151,9 +154,9 @@ def solve(problem: AllocationProblem, solver: str | Solver = DEFAULT_SOLVER, **o
     # or checking time; the extensions were loaded before either phase's clock started
     compiled = run_compile.seconds + check_compile.seconds
     if compiled >= 1e-3:
-        timings["solve"] = max(timings["solve"] - (run_compile.seconds - run_compile.extensions), 0.0)
+        timings["solve"] = max(timings["solve"] - run_compile.locked, 0.0)
         phase = "bound" if "bound" in timings else "check"
-        timings[phase] = max(timings[phase] - (check_compile.seconds - check_compile.extensions), 0.0)
+        timings[phase] = max(timings[phase] - check_compile.locked, 0.0)
         timings["compile"] = compiled
         jit = run_compile.compiling + check_compile.compiling
         if jit >= 1e-3:
