@@ -16,9 +16,10 @@ the largest attention logit, the sum of ``exp(logit - max)`` and the sum of ``ex
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import NamedTuple, TypeVar
 
 import numpy as np
@@ -157,6 +158,7 @@ def merchant_summary(network: ETVNetwork, data: EncodedPlatform, *, chunk_users:
     """:func:`merchant_partials` of every user of ``data``, summarised ``chunk_users`` at a time (one chunk per
     core) and merged in chunk order as they come, so memory grows with the chunks' payments and the number
     of merchants, never with the platform."""
+    _threads_and_workers(True)  # before this thread's first operation (see _WORKERS)
     merged = merchant_partials(network, data, torch.zeros(0, dtype=torch.long))
     pieces = _map_chunks(data.n_users, chunk_users, lambda a, b: merchant_partials(network, data, torch.arange(a, b)))
     for piece in pieces:
@@ -191,6 +193,7 @@ def _chunk_scorer(
     its users and the head on their pairs. Safe to call from several threads at once: each thread keeps
     its own head buffers, and enters inference mode itself (the mode is per thread).
     """
+    _threads_and_workers(True)  # before this thread's first operation (see _WORKERS)
     network.eval()
     k = len(data.fund_ids)
     with torch.inference_mode():
@@ -222,17 +225,55 @@ def _chunk_scorer(
     return outputs
 
 
+# One pool of one-thread workers per process and size, made once: PyTorch's thread count is per
+# thread, but a thread's first look at it (its first operation, or ``torch.get_num_threads``) copies the
+# process-wide "last set" value, which every ``torch.set_num_threads`` also writes, even one made before
+# that look. A pool made per call set that value to 1 while it ran, so another thread that looked then
+# (a Dask task, a second prediction) got 1 thread, and kept it. Now the value is 1 only while a pool is
+# made, under a lock under which every prediction takes its first look; a thread outside eoca that
+# looks at that moment, once per process, can still see it.
+_WORKERS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def _one_thread() -> None:
+    torch.get_num_threads()  # this thread's count initialised now, so that no later look resets it
+    torch.set_num_threads(1)
+
+
+def _threads_and_workers(wanted: bool) -> tuple[int, ThreadPoolExecutor | None]:
+    """The caller's PyTorch thread count and, when it is above 1 and ``wanted``, the pool of that many
+    one-thread workers (made on first use, its workers all started before the caller's count is put
+    back as the process-wide value)."""
+    with _WORKERS_LOCK:  # no caller looks at its count while a pool is being made
+        threads = torch.get_num_threads()
+        if threads <= 1 or not wanted:
+            return threads, None
+        key = (os.getpid(), threads)  # a forked process makes its own
+        pool = _WORKERS.get(key)
+        if pool is None:
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="eoca-predict", initializer=_one_thread)
+            started = threading.Barrier(threads)
+            for future in [pool.submit(started.wait) for _ in range(threads)]:
+                future.result()
+            torch.set_num_threads(threads)
+            _WORKERS[key] = pool
+        return threads, pool
+
+
 def _map_chunks(
     n: int, chunk_users: int, work: Callable[[int, int], T], progress: bool = False
 ) -> Iterator[T]:
     """``work(start, stop)`` over consecutive chunks of ``n`` users, one chunk per core at a time; the
     results in chunk order.
 
-    With PyTorch set to ``t > 1`` threads, ``t`` Python threads each take whole chunks while PyTorch runs
-    one thread per operation in them (the caller's setting is restored afterwards): the per-pair
-    operations are small (a few thousand pairs, sized for the cache), so splitting each across cores cost
-    more in hand-offs than it gained; whole chunks per core predicted 1M x 8 about 1.2x faster on two
-    cores. The chunks' results do not depend on the number of threads.
+    With PyTorch set to ``t > 1`` threads, ``t`` worker threads each take whole chunks while PyTorch runs
+    one thread per operation in them; the caller's own count is left as it is. The per-pair operations
+    are small (a few thousand pairs, sized for the cache), so splitting each across cores cost more in
+    hand-offs than it gained; whole chunks per core predicted 1M x 8 about 1.2x faster on two cores. The
+    chunks' results do not depend on the number of threads. Predictions running at once share the
+    workers. The first error stops the chunks not yet started and reaches the caller once the running
+    ones have ended.
     """
     from tqdm.auto import tqdm
 
@@ -244,18 +285,18 @@ def _map_chunks(
             bar.update(chunk[1] - chunk[0])
             return result
 
-        threads = torch.get_num_threads()
-        if len(chunks) <= 1 or threads <= 1:
+        _, pool = _threads_and_workers(len(chunks) > 1)
+        if pool is None:
             yield from map(one, chunks)
             return
-        # PyTorch's thread count is partly per thread (OpenMP): the workers set their own, and the caller
-        # puts back its own afterwards, also when other predictions run at once
+        futures = [pool.submit(one, chunk) for chunk in chunks]
         try:
-            with ThreadPoolExecutor(min(threads, len(chunks)), thread_name_prefix="eoca-predict",
-                                    initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                yield from pool.map(one, chunks)  # the first error stops the rest
-        finally:
-            torch.set_num_threads(threads)
+            for future in futures:
+                yield future.result()
+        finally:  # an error, or the caller stopped early: nothing of this call runs on afterwards
+            for future in futures:
+                future.cancel()
+            wait(futures)
 
 
 def grid_outputs(

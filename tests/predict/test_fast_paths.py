@@ -178,8 +178,10 @@ def test_an_error_in_one_chunk_reaches_the_caller_and_the_thread_count_is_restor
 
 def test_predictions_running_at_once_leave_each_threads_count_as_it_was(fitted):
     """Dask runs several chunk tasks on the threads of one worker, each a prediction with its own pool of
-    one-thread workers; PyTorch's count is partly per thread, so each caller must get back its own."""
+    one-thread workers; PyTorch's count is partly per thread, so each caller must get back its own,
+    also one that set it just before its first operation, while the others' predictions already run."""
     import threading
+    import time
 
     predictor, test = fitted
     encoded = predictor.schema_.encode(test, impressions=False)
@@ -191,6 +193,7 @@ def test_predictions_running_at_once_leave_each_threads_count_as_it_was(fitted):
         def run(i):
             torch.set_num_threads(2)
             start.wait()
+            time.sleep(0.003 * i)  # each starts while the ones before it run
             results[i] = grid_outputs(predictor.network_, encoded, chunk_users=11 + i)
             counts[i] = torch.get_num_threads()  # this thread's own, after the others' ended or not
 
