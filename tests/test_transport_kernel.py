@@ -4,7 +4,6 @@ degenerate grids (ties everywhere), which is where a price-based solver is most 
 from __future__ import annotations
 
 import itertools
-import time
 
 import numba
 import numpy as np
@@ -249,6 +248,17 @@ def exact_demands(n, k, rng):
     return d
 
 
+def assert_little_repair_work(sol, n, k):
+    """The repair after the price pass touched a small part of the grid: the users it loaded into its
+    heaps, the users it scanned and its heap entries together stay under a quarter of the n * k pairs,
+    in under n / 100 shortest-path runs. Ties everywhere are where a price-based repair could revisit
+    every user many times; counted, not timed, the bound is the same on any machine (the solves here
+    touch at most 3% of the pairs; their speed is measured in benchmarks/)."""
+    s = sol.stats
+    assert s["loaded"] + s["scanned"] + s["heap_entries"] <= n * k // 4, s
+    assert s["dijkstra_runs"] <= n // 100, s
+
+
 def degenerate_grid(kind, n, k, rng):
     if kind == "four_values":
         return rng.choice([0.0, 1.25, 2.5, 10.0], size=(n, k))
@@ -270,10 +280,7 @@ def test_degenerate_at_scale(kind, k):
     ul = np.zeros(n, np.int32)
     fl = np.zeros(k, np.int32)
     d = exact_demands(n, k, rng)
-    solve_transport(etv, ul, fl, d, d, False)  # JIT warm-up is not what is timed
-    t = time.perf_counter()
-    solve_and_check(etv, ul, fl, d, d, False)
-    assert time.perf_counter() - t < 3.0
+    assert_little_repair_work(solve_and_check(etv, ul, fl, d, d, False), n, k)
 
 
 @pytest.mark.parametrize("kind", ["four_values", "ninety_percent_zeros"])
@@ -284,9 +291,7 @@ def test_degenerate_with_holdout_and_ranges(kind):
     ul = rng.integers(0, 3, n).astype(np.int32)
     fl = np.array([0, 0, 1, 1, 2, 2], np.int32)
     d = exact_demands(n // 2, k, rng)
-    t = time.perf_counter()
-    solve_and_check(etv, ul, fl, d // 2, d, True)
-    assert time.perf_counter() - t < 5.0
+    assert_little_repair_work(solve_and_check(etv, ul, fl, d // 2, d, True), n, k)
 
 
 def test_tight_risk_levels():
@@ -304,9 +309,8 @@ def test_tight_risk_levels():
     d[0] += n - high - d[:4].sum()
     # level-1 funds are the least attractive, so the unconstrained choice fights the risk rule
     etv[:, 4:] *= 0.2
-    t = time.perf_counter()
     sol = solve_and_check(etv, ul, fl, d, d, False)
-    assert time.perf_counter() - t < 3.0
+    assert_little_repair_work(sol, n, k)
     assert (fl[sol.assignment[ul == 1]] == 1).all()
 
 
@@ -432,10 +436,8 @@ def test_tight_levels_at_scale(holdout):
     n, k = 200_000, 8
     etv = np.round(rng.gamma(1.0, 10.0, size=(n, k)), 1) * (1.0 + np.arange(k))[None, ::-1]
     ul, fl, dmin, dmax = all_levels_tight(rng, n, k, holdout=holdout)
-    solve_transport(etv[:5000], ul[:5000], fl, dmin * 0, dmax, True)  # JIT warm-up
-    t = time.perf_counter()
     sol = solve_and_check(etv, ul, fl, dmin, dmax, holdout)
-    assert time.perf_counter() - t < 3.0
+    assert_little_repair_work(sol, n, k)
     # each user sits in the block of its own highest reachable level, as tightness forces
     lv = np.unique(fl)
     top = lv[np.searchsorted(lv, ul, side="right") - 1]
