@@ -53,9 +53,10 @@ def _tally_bound_rows(etv, user_level, fund_level, codes, prices, holdout, tally
         unplaced = 0
         invalid = 0
         risk = 0
-        for i in range(c * n // _CHUNKS, (c + 1) * n // _CHUNKS):
-            lv = user_level[i]
-            if tally:
+        lo, hi = c * n // _CHUNKS, (c + 1) * n // _CHUNKS
+        if tally and bound:  # eoca.solve's pass: a loop of its own, without testing the flags per user (6-8%)
+            for i in range(lo, hi):
+                values, lv = etv[i], user_level[i]
                 j = codes[i]
                 if j == -1:
                     unplaced += 1
@@ -63,15 +64,35 @@ def _tally_bound_rows(etv, user_level, fund_level, codes, prices, holdout, tally
                     invalid += 1
                 else:
                     cnt[j] += 1
-                    obj += etv[i, j]
+                    obj += values[j]
                     if lv < fund_level[j]:
                         risk += 1
-            if bound:
                 best = floor
-                row = min(lv, top)
-                for j in range(k):
-                    best = max(best, etv[i, j] - level_price[row, j])
+                priced = level_price[min(lv, top)]
+                for jj in range(k):
+                    reduced = values[jj] - priced[jj]
+                    best = reduced if reduced > best else best
                 total += best
+        else:  # one of the two (check_allocation, dual_bound)
+            for i in range(lo, hi):
+                lv = user_level[i]
+                if tally:
+                    j = codes[i]
+                    if j == -1:
+                        unplaced += 1
+                    elif j < 0 or j >= k:
+                        invalid += 1
+                    else:
+                        cnt[j] += 1
+                        obj += etv[i, j]
+                        if lv < fund_level[j]:
+                            risk += 1
+                if bound:
+                    best = floor
+                    row = min(lv, top)
+                    for j in range(k):
+                        best = max(best, etv[i, j] - level_price[row, j])
+                    total += best
         counts_c[c] = cnt
         objective_c[c] = obj
         bound_c[c] = total

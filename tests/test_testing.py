@@ -109,12 +109,18 @@ def test_helper_rejects_an_optimum_claimed_with_a_gap():
 def test_the_checker_agrees_with_the_recount_on_any_allocation(data):
     problem = data.draw(small_problems(max_users=8, max_funds=4))
     codes = data.draw(allocations(problem))
-    checks, again = check_allocation(problem, codes), recount(problem, codes)
-    assert (checks.ok, checks.unplaced, checks.invalid, checks.risk_violations, checks.demand_misses) == (
-        again.ok, again.unplaced, again.invalid, again.risk_violations, again.demand_misses)
-    np.testing.assert_array_equal(checks.counts.values, again.counts)
-    np.testing.assert_array_equal(checks.miss_per_fund.values, again.miss_per_fund)
-    assert checks.objective == pytest.approx(again.objective, abs=1e-9)
+    prices = np.array(data.draw(st.lists(st.integers(-20, 20), min_size=problem.n_funds,
+                                         max_size=problem.n_funds)), dtype=float) / 4
+    again = recount(problem, codes)
+    # alone, and fused with the bound in eoca.solve's one read of the grid (a loop of its own)
+    fused, bound = check_and_bound(problem, codes, prices)
+    assert bound == pytest.approx(dual_value(problem, prices), abs=1e-9)
+    for checks in (check_allocation(problem, codes), fused):
+        assert (checks.ok, checks.unplaced, checks.invalid, checks.risk_violations, checks.demand_misses) == (
+            again.ok, again.unplaced, again.invalid, again.risk_violations, again.demand_misses)
+        np.testing.assert_array_equal(checks.counts.values, again.counts)
+        np.testing.assert_array_equal(checks.miss_per_fund.values, again.miss_per_fund)
+        assert checks.objective == pytest.approx(again.objective, abs=1e-9)
     # the labelled form: a fund id per user, missing for none (invalid codes have no label: none too)
     labels = [problem.funds[j] if 0 <= j < problem.n_funds else None for j in codes]
     by_label = check_allocation(problem, xr.DataArray(np.array(labels, dtype=object), dims=("user",),
@@ -156,11 +162,16 @@ def test_the_bound_is_the_dual_value_on_a_grid_of_many_users(holdout):
     for prices in (rng.normal(0, 300, problem.n_funds), np.zeros(problem.n_funds)):
         assert dual_bound(problem.compile(), prices) == pytest.approx(dual_value(problem, prices), rel=1e-12)
     codes = rng.integers(-2, problem.n_funds + 1, problem.n_users)
-    checks, again = check_allocation(problem, codes), recount(problem, codes)
-    assert (checks.risk_violations, checks.unplaced, checks.invalid) == (
-        again.risk_violations, again.unplaced, again.invalid)
-    np.testing.assert_array_equal(checks.counts.values, again.counts)
-    assert checks.objective == pytest.approx(again.objective, rel=1e-12)
+    again = recount(problem, codes)
+    prices = rng.normal(0, 300, problem.n_funds)
+    fused, bound = check_and_bound(problem, codes, prices)
+    assert bound == pytest.approx(dual_value(problem, prices), rel=1e-12)
+    for checks in (check_allocation(problem, codes), fused):
+        assert (checks.risk_violations, checks.unplaced, checks.invalid) == (
+            again.risk_violations, again.unplaced, again.invalid)
+        assert again.risk_violations and again.invalid and (again.unplaced or holdout)  # each rule broken somewhere
+        np.testing.assert_array_equal(checks.counts.values, again.counts)
+        assert checks.objective == pytest.approx(again.objective, rel=1e-12)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
