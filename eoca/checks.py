@@ -28,12 +28,40 @@ __all__ = ["check_allocation", "check_and_bound", "dual_bound", "codes_from_assi
 _CHUNKS = 64  # fixed split of the users: sums never depend on the number of threads
 
 
+@numba.njit(cache=True, inline="always")
+def _tally_user(values, level, code, fund_level, counts, other):  # pragma: no cover - compiled
+    """One user's part of the tally: counts its fund (or ``other``'s unplaced, invalid; and risk when the
+    fund is above the user's level) and returns the ETV it adds."""
+    if code == -1:
+        other[0] += 1
+    elif code < 0 or code >= len(counts):
+        other[1] += 1
+    else:
+        counts[code] += 1
+        if level < fund_level[code]:
+            other[2] += 1
+        return values[code]
+    return 0.0
+
+
+@numba.njit(cache=True, inline="always")
+def _best_user(values, priced, floor):  # pragma: no cover - compiled
+    """One user's best reduced value: the max over the row of ``values - priced`` (``priced`` is its
+    level's row of prices, +inf above the level), at least ``floor``."""
+    best = floor
+    for j in range(len(values)):
+        reduced = values[j] - priced[j]
+        best = reduced if reduced > best else best
+    return best
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _tally_bound_rows(etv, user_level, fund_level, codes, prices, holdout, tally, bound):  # pragma: no cover
     """One read of the grid, row by row: with ``tally``, the allocation's counts per fund, ETV, unplaced,
     invalid and risk-breaking users; with ``bound``, the users' part of the dual value for ``prices``.
     The risk rule enters the bound as a price table per risk level (+inf where a fund is above the level),
-    so each user's best reduced value is a branch-free max over one row."""
+    so each user's best reduced value is a branch-free max over one row. Each mix of the two flags has a
+    loop of its own (testing them per user cost eoca.solve's pass, both together, 3-8%)."""
     n, k = etv.shape
     floor = 0.0 if holdout else -np.inf
     top = fund_level.max() if bound else 0  # levels at or above the riskiest fund may take every fund
@@ -46,59 +74,27 @@ def _tally_bound_rows(etv, user_level, fund_level, codes, prices, holdout, tally
     bound_c = np.zeros(_CHUNKS)
     other_c = np.zeros((_CHUNKS, 3), dtype=np.int64)  # unplaced, invalid, risk
     for c in numba.prange(_CHUNKS):
-        # per-chunk accumulators in locals: threads never write the same cache line in the loop
+        # per-chunk accumulators: threads never write the same cache line in the loop
         cnt = np.zeros(k, dtype=np.int64)
+        other = np.zeros(3, dtype=np.int64)
         obj = 0.0
         total = 0.0
-        unplaced = 0
-        invalid = 0
-        risk = 0
         lo, hi = c * n // _CHUNKS, (c + 1) * n // _CHUNKS
-        if tally and bound:  # eoca.solve's pass: a loop of its own, without testing the flags per user (6-8%)
+        if tally and bound:  # eoca.solve's pass
             for i in range(lo, hi):
                 values, lv = etv[i], user_level[i]
-                j = codes[i]
-                if j == -1:
-                    unplaced += 1
-                elif j < 0 or j >= k:
-                    invalid += 1
-                else:
-                    cnt[j] += 1
-                    obj += values[j]
-                    if lv < fund_level[j]:
-                        risk += 1
-                best = floor
-                priced = level_price[min(lv, top)]
-                for jj in range(k):
-                    reduced = values[jj] - priced[jj]
-                    best = reduced if reduced > best else best
-                total += best
-        else:  # one of the two (check_allocation, dual_bound)
+                obj += _tally_user(values, lv, codes[i], fund_level, cnt, other)
+                total += _best_user(values, level_price[min(lv, top)], floor)
+        elif tally:
             for i in range(lo, hi):
-                lv = user_level[i]
-                if tally:
-                    j = codes[i]
-                    if j == -1:
-                        unplaced += 1
-                    elif j < 0 or j >= k:
-                        invalid += 1
-                    else:
-                        cnt[j] += 1
-                        obj += etv[i, j]
-                        if lv < fund_level[j]:
-                            risk += 1
-                if bound:
-                    best = floor
-                    row = min(lv, top)
-                    for j in range(k):
-                        best = max(best, etv[i, j] - level_price[row, j])
-                    total += best
+                obj += _tally_user(etv[i], user_level[i], codes[i], fund_level, cnt, other)
+        elif bound:
+            for i in range(lo, hi):
+                total += _best_user(etv[i], level_price[min(user_level[i], top)], floor)
         counts_c[c] = cnt
         objective_c[c] = obj
         bound_c[c] = total
-        other_c[c, 0] = unplaced
-        other_c[c, 1] = invalid
-        other_c[c, 2] = risk
+        other_c[c] = other
     counts = np.zeros(k, dtype=np.int64)
     objective = 0.0
     users = 0.0

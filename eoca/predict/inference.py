@@ -158,7 +158,7 @@ def merchant_summary(network: ETVNetwork, data: EncodedPlatform, *, chunk_users:
     """:func:`merchant_partials` of every user of ``data``, summarised ``chunk_users`` at a time (one chunk per
     core) and merged in chunk order as they come, so memory grows with the chunks' payments and the number
     of merchants, never with the platform."""
-    _threads_and_workers(True)  # before this thread's first operation (see _WORKERS)
+    _workers(True)  # before this thread's first operation (see _WORKERS)
     merged = merchant_partials(network, data, torch.zeros(0, dtype=torch.long))
     pieces = _map_chunks(data.n_users, chunk_users, lambda a, b: merchant_partials(network, data, torch.arange(a, b)))
     for piece in pieces:
@@ -193,7 +193,7 @@ def _chunk_scorer(
     its users and the head on their pairs. Safe to call from several threads at once: each thread keeps
     its own head buffers, and enters inference mode itself (the mode is per thread).
     """
-    _threads_and_workers(True)  # before this thread's first operation (see _WORKERS)
+    _workers(True)  # before this thread's first operation (see _WORKERS)
     network.eval()
     k = len(data.fund_ids)
     with torch.inference_mode():
@@ -241,14 +241,14 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _threads_and_workers(wanted: bool) -> tuple[int, ThreadPoolExecutor | None]:
-    """The caller's PyTorch thread count and, when it is above 1 and ``wanted``, the pool of that many
-    one-thread workers (made on first use, its workers all started before the caller's count is put
-    back as the process-wide value)."""
+def _workers(wanted: bool) -> ThreadPoolExecutor | None:
+    """When ``wanted`` and the caller's PyTorch thread count ``t`` is above 1, the pool of ``t`` one-thread
+    workers (made on first use, its workers all started before ``t`` is put back as the process-wide
+    value); None otherwise. Either way the caller has taken its first look at its count."""
     with _WORKERS_LOCK:  # no caller looks at its count while a pool is being made
         threads = torch.get_num_threads()
         if threads <= 1 or not wanted:
-            return threads, None
+            return None
         key = (os.getpid(), threads)  # a forked process makes its own
         pool = _WORKERS.get(key)
         if pool is None:
@@ -258,7 +258,7 @@ def _threads_and_workers(wanted: bool) -> tuple[int, ThreadPoolExecutor | None]:
                 future.result()
             torch.set_num_threads(threads)
             _WORKERS[key] = pool
-        return threads, pool
+        return pool
 
 
 def _map_chunks(
@@ -285,7 +285,7 @@ def _map_chunks(
             bar.update(chunk[1] - chunk[0])
             return result
 
-        _, pool = _threads_and_workers(len(chunks) > 1)
+        pool = _workers(len(chunks) > 1)
         if pool is None:
             yield from map(one, chunks)
             return

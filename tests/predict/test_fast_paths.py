@@ -177,7 +177,7 @@ def test_an_error_in_one_chunk_reaches_the_caller_and_the_thread_count_is_restor
 
 
 def test_predictions_running_at_once_leave_each_threads_count_as_it_was(fitted):
-    """Dask runs several chunk tasks on the threads of one worker, each a prediction with its own pool of
+    """Dask runs several chunk tasks on the threads of one worker, each a prediction handing its chunks to
     one-thread workers; PyTorch's count is partly per thread, so each caller must get back its own,
     also one that set it just before its first operation, while the others' predictions already run."""
     import threading
